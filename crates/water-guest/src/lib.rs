@@ -1,0 +1,113 @@
+//! Guest SDK for WATM v0 transports.
+//!
+//! A transport author writes a [`Transport`]: how to build it from its
+//! configuration, and two [`Codec`]s, one per direction. One line,
+//! [`export_transport!`], then gives the module every v0 export (`_water_v0`,
+//! `_water_init`, `_water_cancel_with`, `_water_dial`, `_water_accept`,
+//! `_water_associate`, `_water_worker`) and a worker loop that is correct for
+//! any codec: it waits with `poll_oneoff` (never spins), uses non-blocking fds
+//! with bounded buffers (backpressure instead of unbounded queues), never
+//! drops or reorders bytes, propagates half-closes, and answers cancellation.
+//!
+//! What this crate is not: a general WASI library, or a host. It is `no_std`
+//! and allocation-free so that a guest stays within a few pages of memory and
+//! tens of KiB of code.
+//!
+//! Layout:
+//! - [`codec`]: the [`Codec`] and [`Transport`] traits.
+//! - [`pipe`]: one direction of the worker (buffers, codec, half-close state),
+//!   pure logic, testable on the host.
+//! - `rt` and `sys` (wasm32 only): the exports' bodies and the syscalls.
+//! - [`testing`] (feature `std`): helpers that drive codecs under arbitrary
+//!   segmentation in host-side tests.
+//!
+//! Directions: the *plain* side carries the application's bytes, the *wire*
+//! side the transformed ones. In the dial and accept roles the plain side is
+//! the host's internal fd and the wire side the network fd; in the relay role
+//! the accepted connection is the plain side and the dialed remote the wire
+//! side. The [`Transport::Encoder`] runs plain → wire, the
+//! [`Transport::Decoder`] wire → plain.
+
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+pub mod codec;
+pub mod pipe;
+#[cfg(feature = "std")]
+pub mod testing;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod rt;
+#[cfg(target_arch = "wasm32")]
+mod sys;
+
+pub use codec::{Codec, InitError, Progress, Transport};
+pub use water_abi::Errno;
+
+/// Size of each of the worker's four buffers (input and output, per
+/// direction). Reads and writes move at most this much at a time.
+pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Largest configuration a guest accepts from `pull_config`; a larger one
+/// fails `_water_init` with `-fbig`.
+pub const MAX_CONFIG: usize = 4 * 1024;
+
+/// Exports the v0 ABI for a [`Transport`] type.
+///
+/// On wasm32 this defines the `_water_*` functions; on other targets it
+/// expands to nothing, so the guest crate still builds (and its codecs can be
+/// tested) on the host.
+///
+/// ```text
+/// water_guest::export_transport!(MyTransport);
+/// ```
+#[macro_export]
+macro_rules! export_transport {
+    ($transport:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            static RUNTIME: $crate::rt::Runtime<$transport> = $crate::rt::Runtime::new();
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn _water_v0() {}
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn _water_init() -> i32 {
+                RUNTIME.init()
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn _water_cancel_with(cancel_fd: i32) -> i32 {
+                RUNTIME.cancel_with(cancel_fd)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn _water_dial(internal_fd: i32) -> i32 {
+                RUNTIME.dial(internal_fd)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn _water_accept(internal_fd: i32) -> i32 {
+                RUNTIME.accept(internal_fd)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn _water_associate() -> i32 {
+                RUNTIME.associate()
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn _water_worker() -> i32 {
+                RUNTIME.worker()
+            }
+        };
+    };
+}
+
+/// A guest is `no_std` on wasm32: a panic (a bug in a codec) traps, and the
+/// host reports the trap as that connection's error.
+#[cfg(all(target_arch = "wasm32", not(feature = "std")))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    core::arch::wasm32::unreachable()
+}

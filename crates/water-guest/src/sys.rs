@@ -1,0 +1,126 @@
+//! The few syscalls the runtime makes: WASI preview1 through the `wasi`
+//! crate, and the WATER `env` imports declared here (no crate declares them).
+
+use water_abi::{Errno, status};
+
+mod host {
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        pub fn host_dial() -> i32;
+        pub fn host_accept() -> i32;
+        pub fn pull_config() -> i32;
+    }
+}
+
+pub type Fd = u32;
+
+fn errno(e: wasi::Errno) -> Errno {
+    Errno(e.raw() as u32)
+}
+
+fn fd_from(raw: i32) -> Result<Fd, Errno> {
+    status::decode(raw)
+}
+
+pub fn host_dial() -> Result<Fd, Errno> {
+    // SAFETY: a host import with no arguments and a plain i32 result.
+    fd_from(unsafe { host::host_dial() })
+}
+
+pub fn host_accept() -> Result<Fd, Errno> {
+    // SAFETY: as above.
+    fd_from(unsafe { host::host_accept() })
+}
+
+pub fn pull_config() -> Result<Fd, Errno> {
+    // SAFETY: as above.
+    fd_from(unsafe { host::pull_config() })
+}
+
+pub fn read(fd: Fd, buf: &mut [u8]) -> Result<usize, Errno> {
+    let iov = wasi::Iovec { buf: buf.as_mut_ptr(), buf_len: buf.len() };
+    // SAFETY: the iovec points at `buf`, which outlives the call.
+    unsafe { wasi::fd_read(fd, &[iov]) }.map_err(errno)
+}
+
+pub fn write(fd: Fd, buf: &[u8]) -> Result<usize, Errno> {
+    let iov = wasi::Ciovec { buf: buf.as_ptr(), buf_len: buf.len() };
+    // SAFETY: the iovec points at `buf`, which outlives the call.
+    unsafe { wasi::fd_write(fd, &[iov]) }.map_err(errno)
+}
+
+pub fn close(fd: Fd) {
+    // SAFETY: closing an fd has no memory effects; an error leaves nothing to do.
+    let _ = unsafe { wasi::fd_close(fd) };
+}
+
+pub fn set_nonblocking(fd: Fd) -> Result<(), Errno> {
+    // SAFETY: no memory is passed.
+    unsafe { wasi::fd_fdstat_set_flags(fd, wasi::FDFLAGS_NONBLOCK) }.map_err(errno)
+}
+
+pub fn shutdown_write(fd: Fd) -> Result<(), Errno> {
+    // SAFETY: no memory is passed.
+    unsafe { wasi::sock_shutdown(fd, wasi::SDFLAGS_WR) }.map_err(errno)
+}
+
+/// Writes all of `msg` to stderr, best effort (used for init failures).
+pub fn stderr(msg: &[u8]) {
+    let mut rest = msg;
+    while !rest.is_empty() {
+        match write(2, rest) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => rest = &rest[n..],
+        }
+    }
+}
+
+/// Interest in one fd, for [`poll`].
+#[derive(Clone, Copy)]
+pub enum Interest {
+    Read(Fd),
+    Write(Fd),
+    /// A timeout that has already expired: makes [`poll`] return at once.
+    Now,
+}
+
+/// Waits until at least one interest is ready; returns how many events were
+/// written to `events` (each event's userdata is the interest's index).
+pub fn poll(interests: &[Interest], events: &mut [wasi::Event]) -> Result<usize, Errno> {
+    const MAX: usize = 8;
+    let n = interests.len().min(MAX).min(events.len());
+    let mut subs = [wasi::Subscription {
+        userdata: 0,
+        u: wasi::SubscriptionU {
+            tag: wasi::EVENTTYPE_FD_READ.raw(),
+            u: wasi::SubscriptionUU { fd_read: wasi::SubscriptionFdReadwrite { file_descriptor: 0 } },
+        },
+    }; MAX];
+    for (i, interest) in interests[..n].iter().enumerate() {
+        let (tag, u) = match *interest {
+            Interest::Read(fd) => (
+                wasi::EVENTTYPE_FD_READ,
+                wasi::SubscriptionUU { fd_read: wasi::SubscriptionFdReadwrite { file_descriptor: fd } },
+            ),
+            Interest::Write(fd) => (
+                wasi::EVENTTYPE_FD_WRITE,
+                wasi::SubscriptionUU { fd_write: wasi::SubscriptionFdReadwrite { file_descriptor: fd } },
+            ),
+            Interest::Now => (
+                wasi::EVENTTYPE_CLOCK,
+                wasi::SubscriptionUU {
+                    clock: wasi::SubscriptionClock {
+                        id: wasi::CLOCKID_MONOTONIC,
+                        timeout: 0,
+                        precision: 0,
+                        flags: 0,
+                    },
+                },
+            ),
+        };
+        subs[i] = wasi::Subscription { userdata: i as u64, u: wasi::SubscriptionU { tag: tag.raw(), u } };
+    }
+    // SAFETY: `subs` holds `n` initialised subscriptions and `events` room
+    // for at least `n` events; both outlive the call.
+    unsafe { wasi::poll_oneoff(subs.as_ptr(), events.as_mut_ptr(), n) }.map_err(errno)
+}

@@ -1,0 +1,48 @@
+//! Builds the reference guests so that tests need no manual pre-step, and
+//! writes their paths into `$OUT_DIR/guests.rs`.
+
+#[path = "guest_builder.rs"]
+mod guest_builder;
+
+use std::path::PathBuf;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
+    for dir in
+        ["guests", "crates/water-guest", "crates/water-abi", ".cargo/config.toml", "Cargo.toml", "Cargo.lock"]
+    {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed=guest_builder.rs");
+    // The nested build gets a target directory of its own: the outer build
+    // holds the lock on the usual one.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("watm-build");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let built = match guest_builder::build(&cargo, &rustc, &root, &target_dir) {
+        Ok(built) => built,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut code = String::from("/// Every reference guest, by name.\npub const GUESTS: &[Guest] = &[\n");
+    for b in &built {
+        code += &format!("    Guest {{ name: {:?}, path: {:?} }},\n", b.name, b.path.display().to_string());
+    }
+    code += "];\n";
+    for b in &built {
+        code += &format!(
+            "/// The `{0}` guest.\npub const {1}: Guest = Guest {{ name: {0:?}, path: {2:?} }};\n",
+            b.name,
+            b.name.to_uppercase().replace('-', "_"),
+            b.path.display().to_string()
+        );
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("guests.rs");
+    std::fs::write(out, code).expect("write guests.rs");
+}

@@ -1,0 +1,88 @@
+//! Every built reference guest is a well-formed WATM v0 module within the
+//! size and memory targets, checked with wasmtime against the ABI tables.
+
+use wasmtime::{Engine, ExternType, FuncType, Module, ValType};
+use water_abi::{FuncSig, v0};
+use watm_artifacts::GUESTS;
+
+const MAX_BYTES: usize = 48 * 1024;
+const MAX_INITIAL_PAGES: u64 = 4;
+
+fn matches(ty: &FuncType, sig: &FuncSig) -> bool {
+    let conv = |t: &water_abi::ValType| match t {
+        water_abi::ValType::I32 => ValType::I32,
+    };
+    let same = |have: &mut dyn ExactSizeIterator<Item = ValType>, want: &[water_abi::ValType]| {
+        have.len() == want.len() && have.zip(want).all(|(h, w)| ValType::eq(&h, &conv(w)))
+    };
+    same(&mut ty.params(), sig.params) && same(&mut ty.results(), sig.results)
+}
+
+#[test]
+fn the_three_reference_guests_are_built() {
+    let names: Vec<_> = GUESTS.iter().map(|g| g.name).collect();
+    assert_eq!(names, ["plain", "reverse", "xor"]);
+}
+
+#[test]
+fn every_guest_exports_the_v0_set_with_exact_signatures() {
+    let engine = Engine::default();
+    for guest in GUESTS {
+        let module = Module::new(&engine, guest.bytes()).unwrap();
+        assert!(module.get_export(v0::VERSION_EXPORT).is_some(), "{}: no {}", guest.name, v0::VERSION_EXPORT);
+        for sig in v0::EXPORTS {
+            match module.get_export(sig.name) {
+                Some(ExternType::Func(ty)) => {
+                    assert!(matches(&ty, sig), "{}: {} is {ty:?}, want {sig}", guest.name, sig.name)
+                }
+                other => panic!("{}: export {} is {other:?}, want {sig}", guest.name, sig.name),
+            }
+        }
+        assert!(
+            matches!(module.get_export("memory"), Some(ExternType::Memory(_))),
+            "{}: no memory",
+            guest.name
+        );
+    }
+}
+
+#[test]
+fn every_guest_imports_only_env_and_wasi() {
+    let engine = Engine::default();
+    for guest in GUESTS {
+        let module = Module::new(&engine, guest.bytes()).unwrap();
+        for import in module.imports() {
+            match import.module() {
+                v0::IMPORT_MODULE => {
+                    let sig = v0::import_sig(import.name())
+                        .unwrap_or_else(|| panic!("{}: unknown env import {}", guest.name, import.name()));
+                    let ExternType::Func(ty) = import.ty() else {
+                        panic!("{}: {} is not a function", guest.name, sig)
+                    };
+                    assert!(matches(&ty, sig), "{}: import {} is {ty:?}", guest.name, sig);
+                }
+                v0::WASI_MODULE => {}
+                other => panic!("{}: import from module {other:?}", guest.name),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_guest_is_within_size_and_memory_targets() {
+    let engine = Engine::default();
+    for guest in GUESTS {
+        let bytes = guest.bytes();
+        assert!(bytes.len() <= MAX_BYTES, "{}: {} bytes > {MAX_BYTES}", guest.name, bytes.len());
+        let module = Module::new(&engine, &bytes).unwrap();
+        let Some(ExternType::Memory(mem)) = module.get_export("memory") else {
+            panic!("{}: no memory", guest.name)
+        };
+        assert!(
+            mem.minimum() <= MAX_INITIAL_PAGES,
+            "{}: {} initial pages > {MAX_INITIAL_PAGES}",
+            guest.name,
+            mem.minimum()
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! `xor`: XOR every byte with a repeating key taken from the config.
+//!
+//! The key stream is positional and per direction: byte `i` of a direction's
+//! stream is XORed with `key[i % key.len()]`, counting from the first byte of
+//! the connection, so the result never depends on how TCP split the stream.
+//! Obfuscation only: XOR with a short key is not encryption.
+
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+use water_guest::{Codec, Errno, InitError, Progress, Transport};
+
+/// Longest key, in bytes.
+pub const MAX_KEY: usize = 64;
+
+/// The transport: the key, parsed once in `_water_init`.
+#[derive(Clone, Debug)]
+pub struct Xor {
+    key: [u8; MAX_KEY],
+    len: usize,
+}
+
+impl Xor {
+    /// Parses a config: the key as hex text (upper or lower case),
+    /// surrounding ASCII whitespace ignored, 1 to [`MAX_KEY`] bytes.
+    pub fn from_config(config: &[u8]) -> Result<Xor, InitError> {
+        let text = config.trim_ascii();
+        if text.is_empty() {
+            return Err(InitError::invalid("xor: config is empty; it must hold the key as hex"));
+        }
+        if !text.len().is_multiple_of(2) {
+            return Err(InitError::invalid("xor: key must be an even number of hex digits"));
+        }
+        if text.len() / 2 > MAX_KEY {
+            return Err(InitError::invalid("xor: key is longer than 64 bytes"));
+        }
+        let mut key = [0u8; MAX_KEY];
+        for (slot, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+            match (hex(pair[0]), hex(pair[1])) {
+                (Some(hi), Some(lo)) => *slot = hi << 4 | lo,
+                _ => return Err(InitError::invalid("xor: key is not valid hex")),
+            }
+        }
+        Ok(Xor { key, len: text.len() / 2 })
+    }
+
+    /// The key.
+    pub fn key(&self) -> &[u8] {
+        &self.key[..self.len]
+    }
+
+    /// A fresh key stream, as each direction of a connection starts with.
+    pub fn stream(&self) -> XorStream {
+        XorStream { key: self.key, len: self.len, pos: 0 }
+    }
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One direction's key stream (XOR is its own inverse, so it both encodes
+/// and decodes).
+#[derive(Clone, Debug)]
+pub struct XorStream {
+    key: [u8; MAX_KEY],
+    len: usize,
+    /// Position in the key of the next byte.
+    pos: usize,
+}
+
+impl XorStream {
+    /// XORs `data` in place, advancing the stream.
+    pub fn apply(&mut self, data: &mut [u8]) {
+        for b in data.iter_mut() {
+            *b ^= self.key[self.pos];
+            self.pos += 1;
+            if self.pos == self.len {
+                self.pos = 0;
+            }
+        }
+    }
+}
+
+impl Codec for XorStream {
+    fn transform(&mut self, input: &[u8], output: &mut [u8]) -> Result<Progress, Errno> {
+        let n = input.len().min(output.len());
+        output[..n].copy_from_slice(&input[..n]);
+        self.apply(&mut output[..n]);
+        Ok(Progress { consumed: n, produced: n })
+    }
+}
+
+impl Transport for Xor {
+    const NAME: &'static str = "xor";
+    const WANTS_CONFIG: bool = true;
+    type Encoder = XorStream;
+    type Decoder = XorStream;
+
+    fn new(config: Option<&[u8]>) -> Result<Self, InitError> {
+        match config {
+            Some(config) => Xor::from_config(config),
+            None => Err(InitError::invalid("xor: no config; it must hold the key as hex")),
+        }
+    }
+
+    fn encoder(&self) -> XorStream {
+        self.stream()
+    }
+
+    fn decoder(&self) -> XorStream {
+        self.stream()
+    }
+}
+
+water_guest::export_transport!(Xor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use water_guest::testing::{Segmentation, pump};
+
+    #[test]
+    fn parses_keys_and_rejects_bad_ones() {
+        assert_eq!(Xor::from_config(b"  0aFF\n").unwrap().key(), &[0x0a, 0xff]);
+        assert_eq!(Xor::from_config(&[b'7'; 128]).unwrap().key().len(), 64);
+        for bad in [&b""[..], b"  \n", b"abc", b"zz", b"0x0a", &[b'7'; 130]] {
+            let err = Xor::from_config(bad).unwrap_err();
+            assert_eq!(err.errno, Errno::INVAL, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(Xor::new(None).is_err());
+    }
+
+    #[test]
+    fn key_stream_is_positional() {
+        let t = Xor::from_config(b"010203").unwrap();
+        let mut s = t.stream();
+        let mut a = [0u8; 4];
+        s.apply(&mut a[..1]);
+        s.apply(&mut a[1..]);
+        assert_eq!(a, [1, 2, 3, 1]);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips_however_split(
+            key in proptest::collection::vec(any::<u8>(), 1..=64),
+            data in proptest::collection::vec(any::<u8>(), 0..20_000),
+            enc in (proptest::collection::vec(1usize..5000, 1..8), proptest::collection::vec(1usize..5000, 1..8), 16usize..4096),
+            dec in (proptest::collection::vec(1usize..5000, 1..8), proptest::collection::vec(1usize..5000, 1..8), 16usize..4096),
+        ) {
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let t = Xor::from_config(hex.as_bytes()).unwrap();
+            let enc = Segmentation { reads: enc.0, writes: enc.1, buffer: enc.2 };
+            let dec = Segmentation { reads: dec.0, writes: dec.1, buffer: dec.2 };
+            let wire = pump(t.encoder(), &data, &enc).unwrap();
+            // The wire bytes are the same whatever the segmentation was.
+            prop_assert_eq!(&wire, &pump(t.encoder(), &data, &Segmentation::default()).unwrap());
+            let want: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ key[i % key.len()]).collect();
+            prop_assert_eq!(&wire, &want);
+            prop_assert_eq!(pump(t.decoder(), &wire, &dec).unwrap(), data);
+        }
+    }
+}

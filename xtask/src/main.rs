@@ -1,0 +1,45 @@
+//! `cargo xtask <task>`: the project's chores, in Rust.
+//!
+//! Tasks:
+//! - `build-guests`: build every crate under `guests/` for `wasm32-wasip1`
+//!   (profile `watm`) and copy each module to `target/watm/<name>.wasm`.
+//!
+//! `main` only dispatches; each task has its own module. Commands run from
+//! the workspace root.
+
+mod build_guests;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <task>\n\ntasks:\n  build-guests   build guests/* for wasm32-wasip1 into target/watm/";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    let result = match args.first().map(String::as_str) {
+        Some("build-guests") if args.len() == 1 => build_guests::run(&root),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
