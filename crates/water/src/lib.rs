@@ -1,1 +1,46 @@
-//! placeholder
+//! WATER host runtime: load a WATM (WebAssembly transport module, spec v0)
+//! and open, accept and relay real TCP connections whose bytes the module
+//! transforms.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), water::Error> {
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! let watm = water::Watm::from_file("xor.wasm", water::Config::default().transport_config("c0ffee"))?;
+//! let mut conn = water::Dialer::new(&watm)?.dial("127.0.0.1:8080").await?;
+//! conn.write_all(b"hello").await?;
+//! conn.shutdown().await?;
+//! let mut reply = Vec::new();
+//! conn.read_to_end(&mut reply).await?;
+//! conn.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A module is compiled once ([`Watm`]) and instantiated per connection.
+//! Guests are untrusted: every pointer they pass is bounds-checked, their
+//! memory is capped, their setup calls have a time limit, and a guest that
+//! loops yields its thread every few milliseconds. A failing guest is an
+//! error for its own connection only.
+//!
+//! Layout:
+//! - [`watm`](Watm): loading and validation against the ABI.
+//! - `v0`: the `env` imports and the life of one instance.
+//! - `wasi`: our WASI preview1 layer (fd table, memory access, poll).
+//! - `duplex`: the in-process channel between application and guest.
+//! - `conn`, `roles`: [`Connection`], [`Dialer`], [`Listener`], [`Relay`].
+//! - `config`, `error`: [`Config`], [`Error`].
+
+mod config;
+mod conn;
+mod duplex;
+mod error;
+mod roles;
+mod v0;
+mod wasi;
+mod watm;
+
+pub use config::{Config, Connector, DialFilter};
+pub use conn::Connection;
+pub use error::Error;
+pub use roles::{Dialer, Listener, Relay};
+pub use water_abi::Errno;
+pub use watm::{Role, Watm};

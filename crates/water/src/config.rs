@@ -1,0 +1,115 @@
+//! Options for loading and running a WATM.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// Opens the network connection when a guest calls `host_dial`, to the
+/// address the application (not the guest) gave. Implement it to go through
+/// another proxy, or to pick sockets options.
+pub trait Connector: Send + Sync + 'static {
+    /// Connects to `addr` (`host:port`).
+    fn connect<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + 'a>>;
+}
+
+/// A check on every address `host_dial` is about to connect to; `false`
+/// refuses it with `PermissionDenied` (the guest sees `-acces`).
+pub type DialFilter = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
+/// Options for a [`crate::Watm`]. Every field has a sensible default;
+/// set what you need with the builder methods.
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) transport_config: Option<Arc<[u8]>>,
+    pub(crate) connector: Option<Arc<dyn Connector>>,
+    pub(crate) dial_filter: Option<DialFilter>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) memory_limit: usize,
+    pub(crate) setup_timeout: Duration,
+    pub(crate) close_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            transport_config: None,
+            connector: None,
+            dial_filter: None,
+            connect_timeout: Duration::from_secs(10),
+            memory_limit: 16 << 20,
+            setup_timeout: Duration::from_secs(5),
+            close_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("transport_config", &self.transport_config.as_ref().map(|c| c.len()))
+            .field("connector", &self.connector.is_some())
+            .field("dial_filter", &self.dial_filter.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("memory_limit", &self.memory_limit)
+            .field("setup_timeout", &self.setup_timeout)
+            .field("close_grace", &self.close_grace)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The bytes a guest gets from `pull_config` (without it, `pull_config`
+    /// answers `-acces`, "no config").
+    pub fn transport_config(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.transport_config = Some(bytes.into().into());
+        self
+    }
+
+    /// Connects through `connector` instead of plain TCP.
+    pub fn connector(mut self, connector: impl Connector) -> Self {
+        self.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// Refuses to dial addresses for which `filter` returns `false`.
+    pub fn dial_filter(mut self, filter: impl Fn(SocketAddr) -> bool + Send + Sync + 'static) -> Self {
+        self.dial_filter = Some(Arc::new(filter));
+        self
+    }
+
+    /// Limit on each `host_dial` connect (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Most linear memory one instance may grow to (default 16 MiB).
+    pub fn memory_limit(mut self, bytes: usize) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Wall-clock limit on each setup call (`_start`, `_water_init`, the role
+    /// call, `_water_cancel_with`; default 5 s). The worker has none: it lives
+    /// as long as its connection.
+    pub fn setup_timeout(mut self, timeout: Duration) -> Self {
+        self.setup_timeout = timeout;
+        self
+    }
+
+    /// How long a cancelled worker may take to return before it is dropped
+    /// (default 1 s).
+    pub fn close_grace(mut self, grace: Duration) -> Self {
+        self.close_grace = grace;
+        self
+    }
+}

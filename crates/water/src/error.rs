@@ -1,0 +1,81 @@
+//! The one error type of the host library.
+
+use std::io;
+use std::time::Duration;
+
+use water_abi::Errno;
+
+/// Everything that can go wrong loading a WATM or running a connection.
+///
+/// Load-time variants name the export or import at fault and what was
+/// expected; run-time variants name the guest export that failed. Converts
+/// into `io::Error` (for `AsyncRead`/`AsyncWrite` users) with the closest
+/// `io::ErrorKind`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not a WebAssembly module at all.
+    #[error("not a WebAssembly module (no `\\0asm` header)")]
+    NotWasm,
+    /// WebAssembly, but invalid or not compilable.
+    #[error("invalid WebAssembly module: {0}")]
+    Invalid(String),
+    /// A valid module that is not a WATM v0 (no `_water_v0` export).
+    #[error("not a WATM v0 module: it has no `_water_v0` export")]
+    NotV0,
+    /// A required export is missing.
+    #[error("module has no export `{name}` (expected {expected})")]
+    MissingExport { name: &'static str, expected: String },
+    /// An export has the wrong kind or signature.
+    #[error("export `{name}` has the wrong type: expected {expected}, found {found}")]
+    BadExport { name: String, expected: String, found: String },
+    /// An import the host does not provide.
+    #[error("module imports `{module}.{name}`, which the host does not provide")]
+    UnknownImport { module: String, name: String },
+    /// An import the host provides, with another type.
+    #[error("import `{module}.{name}` has the wrong type: {detail}")]
+    BadImport { module: String, name: String, detail: String },
+    /// The module does not export the role's function.
+    #[error("module does not support the {role} role (no `{export}` export)")]
+    RoleNotSupported { role: &'static str, export: &'static str },
+    /// A guest export returned a negated errno. `message` is the last line
+    /// the guest wrote to stderr, if any.
+    #[error("`{export}` failed: {errno}{}", message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Guest { export: &'static str, errno: Errno, message: Option<String> },
+    /// A role export returned something that is not an fd it holds.
+    #[error("`{export}` returned {fd}, which is not a connection fd of the guest")]
+    BogusFd { export: &'static str, fd: i32 },
+    /// The guest trapped (a panic, `unreachable`, out-of-bounds access...).
+    #[error("guest trapped in `{export}`: {message}")]
+    Trap { export: &'static str, message: String },
+    /// The guest ran past its time limit in a setup call.
+    #[error("guest ran past its {limit:?} limit in `{export}`")]
+    Timeout { export: &'static str, limit: Duration },
+    /// The guest called `proc_exit`.
+    #[error("guest exited with code {code} in `{export}`")]
+    Exit { export: &'static str, code: i32 },
+    /// The worker did not stop within the grace period after cancellation;
+    /// it was dropped.
+    #[error("worker did not stop within {0:?} of being cancelled; it was dropped")]
+    Stuck(Duration),
+    /// A host-side I/O error (connecting, accepting, reading a file).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match &e {
+            Error::Io(inner) => inner.kind(),
+            Error::Guest { errno, .. } => crate::wasi::errno::to_io_kind(*errno),
+            Error::Timeout { .. } | Error::Stuck(_) => io::ErrorKind::TimedOut,
+            Error::NotWasm | Error::Invalid(_) | Error::NotV0 => io::ErrorKind::InvalidData,
+            Error::RoleNotSupported { .. } => io::ErrorKind::Unsupported,
+            _ => io::ErrorKind::Other,
+        };
+        match e {
+            Error::Io(inner) => inner,
+            other => io::Error::new(kind, other),
+        }
+    }
+}

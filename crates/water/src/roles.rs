@@ -1,0 +1,185 @@
+//! The three v0 roles: [`Dialer`], [`Listener`], [`Relay`].
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::Connection;
+use crate::duplex;
+use crate::error::Error;
+use crate::v0::{Links, Session, Setup, spawn_worker};
+use crate::wasi::table::Stream;
+use crate::watm::{Role, Watm};
+
+fn label(role: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{role}#{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sets up a connection whose application side is an in-process duplex.
+async fn app_connection(
+    watm: &Watm,
+    make: impl FnOnce(Stream) -> Setup,
+    role: &str,
+) -> Result<Connection, Error> {
+    let (app, guest) = duplex::pair();
+    let guest = Arc::new(guest);
+    let links = Links::default();
+    let session =
+        Session::start(watm, make(Stream::Duplex(guest.clone())), links.cancel.clone(), label(role)).await?;
+    let done = spawn_worker(session, links.clone(), watm.inner.config.close_grace, Some(guest));
+    Ok(Connection::new(app, links, done))
+}
+
+/// Opens connections through a WATM (the `_water_dial` role).
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    watm: Watm,
+}
+
+impl Dialer {
+    /// A dialer for `watm`; [`Error::RoleNotSupported`] if it has no
+    /// `_water_dial`.
+    pub fn new(watm: &Watm) -> Result<Dialer, Error> {
+        watm.require(Role::Dialer)?;
+        Ok(Dialer { watm: watm.clone() })
+    }
+
+    /// Connects to `addr` (`host:port`) through the transport. Returns once
+    /// the guest's `_water_dial` succeeded, i.e. the TCP connection is up.
+    ///
+    /// Errors: a refused or unreachable address is [`Error::Io`] with the
+    /// matching `io::ErrorKind`; a guest failure is typed (see [`Error`]).
+    pub async fn dial(&self, addr: impl Into<String>) -> Result<Connection, Error> {
+        let target = addr.into();
+        app_connection(&self.watm, |internal| Setup::Dial { internal, target }, "dial").await
+    }
+}
+
+/// Accepts connections through a WATM (the `_water_accept` role).
+#[derive(Debug)]
+pub struct Listener {
+    watm: Watm,
+    listener: TcpListener,
+}
+
+impl Listener {
+    /// Binds a TCP listener at `addr` (port 0 picks a free one).
+    pub async fn bind(watm: &Watm, addr: impl ToSocketAddrs) -> Result<Listener, Error> {
+        watm.require(Role::Listener)?;
+        Ok(Listener { watm: watm.clone(), listener: TcpListener::bind(addr).await? })
+    }
+
+    /// Wraps an already bound listener.
+    pub fn from_tcp(watm: &Watm, listener: TcpListener) -> Result<Listener, Error> {
+        watm.require(Role::Listener)?;
+        Ok(Listener { watm: watm.clone(), listener })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts the next connection and runs the guest's `_water_accept` on
+    /// it (one instance per connection).
+    ///
+    /// An error that belongs to one connection (the guest refused it,
+    /// trapped, timed out) is returned for that connection only: the
+    /// listener stays usable, call `accept` again.
+    pub async fn accept(&self) -> Result<(Connection, SocketAddr), Error> {
+        let (accepted, peer) = self.listener.accept().await?;
+        let _ = accepted.set_nodelay(true);
+        let conn =
+            app_connection(&self.watm, |internal| Setup::Accept { internal, accepted }, "accept").await?;
+        Ok((conn, peer))
+    }
+}
+
+/// Relays connections through a WATM (the `_water_associate` role): each
+/// connection accepted on the listener is joined to a new connection to
+/// `remote`, the remote side carrying the transformed bytes.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    watm: Watm,
+    remote: String,
+}
+
+impl Relay {
+    /// A relay to `remote` (`host:port`).
+    pub fn new(watm: &Watm, remote: impl Into<String>) -> Result<Relay, Error> {
+        watm.require(Role::Relay)?;
+        Ok(Relay { watm: watm.clone(), remote: remote.into() })
+    }
+
+    /// Serves `listener` until `shutdown` completes, then cancels every
+    /// connection and waits for them (at most the close grace each).
+    ///
+    /// Per-connection failures are logged (`tracing`, target `water`) and do
+    /// not stop the relay. Errors: only the listener's own.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let (watm, remote, cancel) = (self.watm.clone(), self.remote.clone(), stop.child_token());
+                        tasks.spawn(relay_one(watm, stream, peer, remote, cancel));
+                    }
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(target: "water", error = %e, "relay accept failed; continuing");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(e) => break Err(e),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        result
+    }
+}
+
+async fn relay_one(
+    watm: Watm,
+    accepted: TcpStream,
+    peer: SocketAddr,
+    remote: String,
+    cancel: CancellationToken,
+) {
+    let _ = accepted.set_nodelay(true);
+    let label = label("relay");
+    let setup = Setup::Associate { accepted, target: remote };
+    let links = Links { closing: cancel, cancel: CancellationToken::new() };
+    let result = match Session::start(&watm, setup, links.cancel.clone(), label.clone()).await {
+        Ok(session) => {
+            let done = spawn_worker(session, links, watm.inner.config.close_grace, None);
+            done.await.unwrap_or(Ok(()))
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => tracing::debug!(target: "water", conn = %label, %peer, "relay connection ended"),
+        Err(e) => {
+            tracing::warn!(target: "water", conn = %label, %peer, error = %e, "relay connection failed")
+        }
+    }
+}
+
+/// Accept errors that concern one connection or a passing resource shortage.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    ) || matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105))
+}

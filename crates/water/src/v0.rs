@@ -1,0 +1,382 @@
+//! WATM v0: the `env` imports, and the life of one instance (one connection)
+//! from instantiation to the end of `_water_worker`.
+//!
+//! Order of calls, as real guests need it: `_start` (when exported; TinyGo
+//! initialises its runtime there), `_water_init`, one role call, then
+//! `_water_cancel_with(cancel_fd)`, then `_water_worker`.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use wasmtime::{Caller, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline};
+use water_abi::{Errno, status, v0 as abi};
+
+use crate::config::Config;
+use crate::duplex::DuplexEnd;
+use crate::error::Error;
+use crate::wasi::p1::GuestExit;
+use crate::wasi::table::{Desc, Stream};
+use crate::wasi::{WasiCtx, WasiView, errno};
+use crate::watm::{Role, Watm};
+
+/// Store data of one instance.
+pub struct Ctx {
+    wasi: WasiCtx,
+    limits: StoreLimits,
+    config: Config,
+    /// Where `host_dial` connects (the application's address).
+    dial_target: Option<String>,
+    /// Whether a `host_dial` succeeded (v0 dials once per instance).
+    dialed: bool,
+    /// The connection `host_accept` hands out (accepted by the host before
+    /// the instance was created).
+    pending_accept: Option<TcpStream>,
+    /// The host-side error of the last failed `host_dial`, so the
+    /// application sees `ConnectionRefused` rather than a bare errno.
+    dial_error: Option<io::Error>,
+    /// Deadline of the current setup call; `None` while the worker runs.
+    deadline: Option<Instant>,
+}
+
+impl WasiView for Ctx {
+    fn wasi(&mut self) -> &mut WasiCtx {
+        &mut self.wasi
+    }
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("wasi", &self.wasi).field("dial_target", &self.dial_target).finish()
+    }
+}
+
+/// Links the `env` imports.
+pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        abi::IMPORT_MODULE,
+        abi::HOST_DIAL.name,
+        |mut caller: Caller<'_, Ctx>, (): ()| {
+            Box::new(async move { Ok(status::encode(host_dial(&mut caller).await)) })
+        },
+    )?;
+    linker.func_wrap(abi::IMPORT_MODULE, abi::HOST_ACCEPT.name, |mut caller: Caller<'_, Ctx>| -> i32 {
+        let ctx = caller.data_mut();
+        status::encode(match ctx.pending_accept.take() {
+            Some(stream) => ctx
+                .wasi
+                .table
+                .insert(Desc::Stream { stream: Stream::Tcp(Arc::new(stream)), nonblocking: false }),
+            // Not a listener or relay, or the one connection was taken.
+            None => Err(Errno::NOTCONN),
+        })
+    })?;
+    linker.func_wrap(abi::IMPORT_MODULE, abi::PULL_CONFIG.name, |mut caller: Caller<'_, Ctx>| -> i32 {
+        let ctx = caller.data_mut();
+        status::encode(match ctx.config.transport_config.clone() {
+            Some(data) => ctx.wasi.table.insert(Desc::Config { data, pos: 0 }),
+            // What the Go host answers; guests read it as "no config".
+            None => Err(Errno::ACCES),
+        })
+    })?;
+    linker.func_wrap(abi::IMPORT_MODULE, abi::HOST_DEFER.name, |_: Caller<'_, Ctx>| {})?;
+    Ok(())
+}
+
+async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
+    let ctx = caller.data_mut();
+    if ctx.dialed {
+        return Err(Errno::ISCONN);
+    }
+    let Some(target) = ctx.dial_target.clone() else {
+        return Err(Errno::NOTSUP);
+    };
+    let config = ctx.config.clone();
+    match connect(&config, &target).await {
+        Ok(stream) => {
+            let _ = stream.set_nodelay(true);
+            let ctx = caller.data_mut();
+            ctx.dialed = true;
+            ctx.wasi.table.insert(Desc::Stream { stream: Stream::Tcp(Arc::new(stream)), nonblocking: false })
+        }
+        Err(e) => {
+            let code = errno::from_io(&e);
+            tracing::debug!(target: "water", %target, error = %e, "host_dial failed");
+            caller.data_mut().dial_error = Some(e);
+            Err(code)
+        }
+    }
+}
+
+async fn connect(config: &Config, target: &str) -> io::Result<TcpStream> {
+    let attempt = async {
+        if let Some(connector) = &config.connector {
+            return connector.connect(target).await;
+        }
+        let mut last = None;
+        for addr in tokio::net::lookup_host(target).await? {
+            if let Some(filter) = &config.dial_filter {
+                if !filter(addr) {
+                    last = Some(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("dial to {addr} refused by the dial filter"),
+                    ));
+                    continue;
+                }
+            }
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"))))
+    };
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {target} timed out"))),
+    }
+}
+
+/// What a role needs from the host before its call.
+pub(crate) enum Setup {
+    Dial { internal: Stream, target: String },
+    Accept { internal: Stream, accepted: TcpStream },
+    Associate { accepted: TcpStream, target: String },
+}
+
+/// A set-up instance whose worker is ready to run.
+pub(crate) struct Session {
+    store: Store<Ctx>,
+    worker: TypedFunc<(), i32>,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error {
+    if let Some(exit) = e.downcast_ref::<GuestExit>() {
+        return Error::Exit { export, code: exit.0 };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Error::Timeout { export, limit },
+        Some(trap) => Error::Trap { export, message: trap.to_string() },
+        None => Error::Trap { export, message: format!("{e:#}") },
+    }
+}
+
+impl Session {
+    /// Instantiates `watm` and runs every setup call for `setup`'s role.
+    pub(crate) async fn start(
+        watm: &Watm,
+        setup: Setup,
+        cancel: CancellationToken,
+        label: String,
+    ) -> Result<Session, Error> {
+        let inner = &watm.inner;
+        let config = inner.config.clone();
+        let limit = config.setup_timeout;
+        let ctx = Ctx {
+            wasi: WasiCtx::new(label),
+            limits: StoreLimitsBuilder::new().memory_size(config.memory_limit).instances(1).build(),
+            config,
+            dial_target: None,
+            dialed: false,
+            pending_accept: None,
+            dial_error: None,
+            deadline: Some(Instant::now() + limit),
+        };
+        let mut store = Store::new(inner.pre.module().engine(), ctx);
+        store.limiter(|ctx| &mut ctx.limits);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match ctx.data().deadline {
+                Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(1),
+            })
+        });
+        store.set_epoch_deadline(1);
+        let instance =
+            inner.pre.instantiate_async(&mut store).await.map_err(|e| classify("instantiate", e, limit))?;
+
+        let func = |store: &mut Store<Ctx>, name: &'static str| instance.get_func(&mut *store, name);
+        if inner.exports.start {
+            let start = func(&mut store, abi::START_EXPORT)
+                .expect("validated")
+                .typed::<(), ()>(&store)
+                .expect("validated");
+            store.data_mut().deadline = Some(Instant::now() + limit);
+            match start.call_async(&mut store, ()).await {
+                Ok(()) => {}
+                // A WASI command's `_start` ends with proc_exit(0): that is success.
+                Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => {}
+                Err(e) => return Err(classify(abi::START_EXPORT, e, limit)),
+            }
+        }
+
+        let call = async |store: &mut Store<Ctx>,
+                          name: &'static str,
+                          arg: Option<i32>|
+               -> Result<i32, Error> {
+            store.data_mut().deadline = Some(Instant::now() + limit);
+            let f = func(store, name).expect("validated");
+            let r = match arg {
+                Some(a) => f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await,
+                None => f.typed::<(), i32>(&*store).expect("validated").call_async(&mut *store, ()).await,
+            };
+            r.map_err(|e| classify(name, e, limit))
+        };
+        let guest_err = |store: &mut Store<Ctx>, export: &'static str, errno: Errno| Error::Guest {
+            export,
+            errno,
+            message: store.data_mut().wasi.output.last_stderr_line(),
+        };
+
+        let r = call(&mut store, abi::INIT.name, None).await?;
+        if let Err(errno) = status::decode(r) {
+            return Err(guest_err(&mut store, abi::INIT.name, errno));
+        }
+
+        let role = match &setup {
+            Setup::Dial { .. } => Role::Dialer,
+            Setup::Accept { .. } => Role::Listener,
+            Setup::Associate { .. } => Role::Relay,
+        };
+        let (export, arg) = match setup {
+            Setup::Dial { internal, target } => {
+                let ctx = store.data_mut();
+                ctx.dial_target = Some(target);
+                let fd = ctx
+                    .wasi
+                    .table
+                    .insert(Desc::Stream { stream: internal, nonblocking: false })
+                    .map_err(|_| Error::Invalid("fd table full".into()))?;
+                (role.export(), Some(fd as i32))
+            }
+            Setup::Accept { internal, accepted } => {
+                let ctx = store.data_mut();
+                ctx.pending_accept = Some(accepted);
+                let fd = ctx
+                    .wasi
+                    .table
+                    .insert(Desc::Stream { stream: internal, nonblocking: false })
+                    .map_err(|_| Error::Invalid("fd table full".into()))?;
+                (role.export(), Some(fd as i32))
+            }
+            Setup::Associate { accepted, target } => {
+                let ctx = store.data_mut();
+                ctx.pending_accept = Some(accepted);
+                ctx.dial_target = Some(target);
+                (role.export(), None)
+            }
+        };
+        let r = call(&mut store, export, arg).await?;
+        match status::decode(r) {
+            Err(errno) => {
+                if let Some(e) = store.data_mut().dial_error.take() {
+                    return Err(Error::Io(e));
+                }
+                return Err(guest_err(&mut store, export, errno));
+            }
+            Ok(fd) if arg.is_some() => {
+                // The network fd the guest returned must be one it holds.
+                if !matches!(store.data_mut().wasi.table.get(fd), Ok(Desc::Stream { .. }))
+                    || Some(fd as i32) == arg
+                {
+                    return Err(Error::BogusFd { export, fd: r });
+                }
+            }
+            Ok(_) => {}
+        }
+
+        let cancel_fd = store
+            .data_mut()
+            .wasi
+            .table
+            .insert(Desc::Cancel { token: cancel.clone(), nonblocking: false })
+            .map_err(|_| Error::Invalid("fd table full".into()))?;
+        let r = call(&mut store, abi::CANCEL_WITH.name, Some(cancel_fd as i32)).await?;
+        if let Err(errno) = status::decode(r) {
+            return Err(guest_err(&mut store, abi::CANCEL_WITH.name, errno));
+        }
+
+        store.data_mut().deadline = None;
+        let worker = func(&mut store, abi::WORKER.name)
+            .expect("validated")
+            .typed::<(), i32>(&store)
+            .expect("validated");
+        Ok(Session { store, worker, cancel })
+    }
+
+    /// Runs `_water_worker` to its end. `-canceled` after a cancellation is
+    /// success; any other negative result is [`Error::Guest`].
+    pub(crate) async fn run(&mut self) -> Result<(), Error> {
+        let r = self
+            .worker
+            .call_async(&mut self.store, ())
+            .await
+            .map_err(|e| classify(abi::WORKER.name, e, Duration::ZERO))?;
+        match status::decode(r) {
+            Ok(_) => Ok(()),
+            Err(Errno::CANCELED) if self.cancel.is_cancelled() => Ok(()),
+            Err(errno) => Err(Error::Guest {
+                export: abi::WORKER.name,
+                errno,
+                message: self.store.data_mut().wasi.output.last_stderr_line(),
+            }),
+        }
+    }
+}
+
+/// The signals between a connection's owner and its worker task.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Links {
+    /// The owner left: the worker has a grace period to finish, then is
+    /// cancelled.
+    pub closing: CancellationToken,
+    /// Cancel now: the guest's cancel fd becomes readable.
+    pub cancel: CancellationToken,
+}
+
+/// Runs a session's worker as its own task. After `links.closing`, the
+/// worker has `grace` to finish before it is cancelled; once cancelled, it
+/// has `grace` to return before it is dropped. On failure the application's
+/// side of `app_link` (if any) reads the error instead of EOF.
+pub(crate) fn spawn_worker(
+    mut session: Session,
+    links: Links,
+    grace: Duration,
+    app_link: Option<Arc<DuplexEnd>>,
+) -> tokio::sync::oneshot::Receiver<Result<(), Error>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Links { closing, cancel } = links;
+        let result = {
+            let work = session.run();
+            tokio::pin!(work);
+            let deadline = async {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = async { closing.cancelled().await; tokio::time::sleep(grace).await } => cancel.cancel(),
+                }
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                r = &mut work => r,
+                () = deadline => Err(Error::Stuck(grace)),
+            }
+        };
+        if let (Err(e), Some(link)) = (&result, &app_link) {
+            link.fail(io::ErrorKind::ConnectionAborted, e.to_string());
+        }
+        // Frees the instance and closes every fd it held, now.
+        drop(session);
+        drop(app_link);
+        let _ = tx.send(result);
+    });
+    rx
+}

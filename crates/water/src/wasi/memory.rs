@@ -1,0 +1,105 @@
+//! The one way host code reads and writes guest memory: bounds-checked
+//! accessors over the instance's linear memory. A bad pointer or length is
+//! `fault` (or `inval`/`overflow` for sizes), never a panic.
+
+use water_abi::Errno;
+
+/// Most iovecs one call may pass (POSIX's usual `IOV_MAX`).
+pub const MAX_IOVECS: u32 = 1024;
+
+/// A view of guest memory for the duration of one host call.
+pub struct GuestMem<'a>(pub &'a mut [u8]);
+
+fn range(len_mem: usize, ptr: u32, len: u32) -> Result<std::ops::Range<usize>, Errno> {
+    let start = ptr as usize;
+    let end = start.checked_add(len as usize).ok_or(Errno::FAULT)?;
+    if end > len_mem {
+        return Err(Errno::FAULT);
+    }
+    Ok(start..end)
+}
+
+impl<'a> GuestMem<'a> {
+    pub fn slice(&self, ptr: u32, len: u32) -> Result<&[u8], Errno> {
+        Ok(&self.0[range(self.0.len(), ptr, len)?])
+    }
+
+    pub fn slice_mut(&mut self, ptr: u32, len: u32) -> Result<&mut [u8], Errno> {
+        let r = range(self.0.len(), ptr, len)?;
+        Ok(&mut self.0[r])
+    }
+
+    #[cfg(test)]
+    fn array<const N: usize>(&self, ptr: u32) -> Result<[u8; N], Errno> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.slice(ptr, N as u32)?);
+        Ok(out)
+    }
+
+    #[cfg(test)]
+    pub fn read_u32(&self, ptr: u32) -> Result<u32, Errno> {
+        Ok(u32::from_le_bytes(self.array(ptr)?))
+    }
+
+    pub fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), Errno> {
+        let len = u32::try_from(bytes.len()).map_err(|_| Errno::OVERFLOW)?;
+        self.slice_mut(ptr, len)?.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    pub fn write_u32(&mut self, ptr: u32, v: u32) -> Result<(), Errno> {
+        self.write(ptr, &v.to_le_bytes())
+    }
+
+    pub fn write_u64(&mut self, ptr: u32, v: u64) -> Result<(), Errno> {
+        self.write(ptr, &v.to_le_bytes())
+    }
+
+    /// Reads an iovec array (`{ buf: u32, len: u32 }` each), checking that
+    /// every buffer lies inside memory.
+    pub fn iovecs(&self, ptr: u32, count: u32) -> Result<Vec<(u32, u32)>, Errno> {
+        if count > MAX_IOVECS {
+            return Err(Errno::INVAL);
+        }
+        let raw = self.slice(ptr, count.checked_mul(8).ok_or(Errno::OVERFLOW)?)?;
+        let mut out = Vec::with_capacity(count as usize);
+        for chunk in raw.chunks_exact(8) {
+            let buf = u32::from_le_bytes(chunk[..4].try_into().expect("4 bytes"));
+            let len = u32::from_le_bytes(chunk[4..].try_into().expect("4 bytes"));
+            range(self.0.len(), buf, len)?;
+            out.push((buf, len));
+        }
+        Ok(out)
+    }
+
+    /// The first non-empty iovec, or an empty one: reads and writes move one
+    /// buffer per call, which preview1 allows (short reads and writes).
+    pub fn first_iovec(&self, ptr: u32, count: u32) -> Result<(u32, u32), Errno> {
+        Ok(self.iovecs(ptr, count)?.into_iter().find(|&(_, len)| len > 0).unwrap_or((0, 0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_bounds_is_fault_not_panic() {
+        let mut mem = [0u8; 64];
+        let mut m = GuestMem(&mut mem);
+        assert_eq!(m.read_u32(61), Err(Errno::FAULT));
+        assert_eq!(m.read_u32(u32::MAX), Err(Errno::FAULT));
+        assert_eq!(m.slice(60, u32::MAX), Err(Errno::FAULT));
+        assert_eq!(m.write_u64(57, 1), Err(Errno::FAULT));
+        m.write_u32(60, 7).unwrap();
+        assert_eq!(m.read_u32(60), Ok(7));
+        // One iovec pointing past the end spoils the array.
+        m.write_u32(0, 16).unwrap();
+        m.write_u32(4, 8).unwrap();
+        m.write_u32(8, 60).unwrap();
+        m.write_u32(12, 8).unwrap();
+        assert_eq!(m.iovecs(0, 1), Ok(vec![(16, 8)]));
+        assert_eq!(m.iovecs(0, 2), Err(Errno::FAULT));
+        assert_eq!(m.iovecs(0, MAX_IOVECS + 1), Err(Errno::INVAL));
+    }
+}

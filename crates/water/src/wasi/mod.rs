@@ -1,0 +1,108 @@
+//! The guest's WASI preview1 world, implemented by us on wasmtime's `Linker`.
+//!
+//! wasmtime-wasi's preview1 layer cannot put a host socket into a guest's fd
+//! table, so this module owns the table ([`table`]) and implements the
+//! preview1 functions real WATMs import (TinyGo and Rust/tokio guests; see
+//! `V0-HOST-NOTES.md`). Every other preview1 function a module imports is
+//! linked to a stub answering `nosys`. No call can panic or trap the host:
+//! guest memory is reached only through [`memory::GuestMem`], whose every
+//! access is bounds-checked, and host errors become errnos in [`errno`].
+//!
+//! - [`table`]: fd numbers → descriptors (stdio, streams, cancel, config).
+//! - [`memory`]: checked guest memory access.
+//! - [`errno`]: `io::Error` ↔ errno.
+//! - [`output`]: guest stdout/stderr to `tracing`, capped.
+//! - [`p1`]: the functions, and `add_to_linker`.
+//! - [`poll`]: `poll_oneoff`.
+
+pub mod errno;
+pub mod memory;
+pub mod output;
+pub mod p1;
+pub mod poll;
+pub mod table;
+
+use std::time::Instant;
+
+use wasmtime::Memory;
+
+/// The module name of preview1 imports.
+pub const MODULE: &str = water_abi::v0::WASI_MODULE;
+
+/// Per-instance WASI state.
+#[derive(Debug)]
+pub struct WasiCtx {
+    pub table: table::FdTable,
+    /// The instance's exported memory, set once after instantiation.
+    pub memory: Option<Memory>,
+    pub output: output::OutputLog,
+    /// Zero of the guest's monotonic clock.
+    pub clock_base: Instant,
+}
+
+impl WasiCtx {
+    pub fn new(label: String) -> Self {
+        WasiCtx {
+            table: table::FdTable::default(),
+            memory: None,
+            output: output::OutputLog::new(label),
+            clock_base: Instant::now(),
+        }
+    }
+}
+
+/// Store data that holds a [`WasiCtx`].
+pub trait WasiView: Send + 'static {
+    fn wasi(&mut self) -> &mut WasiCtx;
+}
+
+/// Every function of `wasi_snapshot_preview1`, for telling a real (but not
+/// implemented) preview1 import from an unknown one.
+pub const ALL_FUNCTIONS: &[&str] = &[
+    "args_get",
+    "args_sizes_get",
+    "environ_get",
+    "environ_sizes_get",
+    "clock_res_get",
+    "clock_time_get",
+    "fd_advise",
+    "fd_allocate",
+    "fd_close",
+    "fd_datasync",
+    "fd_fdstat_get",
+    "fd_fdstat_set_flags",
+    "fd_fdstat_set_rights",
+    "fd_filestat_get",
+    "fd_filestat_set_size",
+    "fd_filestat_set_times",
+    "fd_pread",
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+    "fd_pwrite",
+    "fd_read",
+    "fd_readdir",
+    "fd_renumber",
+    "fd_seek",
+    "fd_sync",
+    "fd_tell",
+    "fd_write",
+    "path_create_directory",
+    "path_filestat_get",
+    "path_filestat_set_times",
+    "path_link",
+    "path_open",
+    "path_readlink",
+    "path_remove_directory",
+    "path_rename",
+    "path_symlink",
+    "path_unlink_file",
+    "poll_oneoff",
+    "proc_exit",
+    "proc_raise",
+    "sched_yield",
+    "random_get",
+    "sock_accept",
+    "sock_recv",
+    "sock_send",
+    "sock_shutdown",
+];

@@ -1,0 +1,208 @@
+//! The guest's fd table: what each preview1 fd number means, owned by the
+//! host. Lookups answer the precise errno (`badf` for a free fd).
+
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use water_abi::Errno;
+
+use crate::duplex::{DuplexEnd, ReadReadiness};
+
+/// Most fds one instance may hold (a guest needs five or six).
+pub const MAX_FDS: usize = 64;
+
+/// A byte stream the guest reads and writes: a network socket, or the
+/// application's end of an in-process duplex.
+#[derive(Debug, Clone)]
+pub enum Stream {
+    Tcp(Arc<TcpStream>),
+    Duplex(Arc<DuplexEnd>),
+}
+
+impl Stream {
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read(buf),
+            Stream::Duplex(d) => d.try_read(buf),
+        }
+    }
+
+    pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(data),
+            Stream::Duplex(d) => d.try_write(data),
+        }
+    }
+
+    /// Ready when a read would not block: with the bytes known to be
+    /// available (at least 1 for a socket) and whether the stream ended.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<ReadReadiness>> {
+        match self {
+            Stream::Tcp(s) => {
+                let mut byte = [0u8; 1];
+                let mut buf = tokio::io::ReadBuf::new(&mut byte);
+                match s.poll_peek(cx, &mut buf) {
+                    Poll::Ready(Ok(0)) => Poll::Ready(Ok(ReadReadiness { available: 0, closed: true })),
+                    Poll::Ready(Ok(n)) => Poll::Ready(Ok(ReadReadiness { available: n, closed: false })),
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Stream::Duplex(d) => d.poll_read_ready(cx).map(Ok),
+        }
+    }
+
+    /// Ready when a write would not block, with the room known (0 when
+    /// unknown, as for a socket).
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Tcp(s) => s.poll_write_ready(cx).map_ok(|()| 0),
+            Stream::Duplex(d) => d.poll_write_ready(cx).map(Ok),
+        }
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_read_ready(cx).map_ok(|_| ())).await
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.writable().await,
+            Stream::Duplex(d) => {
+                std::future::poll_fn(|cx| d.poll_write_ready(cx)).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// `sock_shutdown`: `read`/`write` as preview1's `sdflags` say.
+    pub fn shutdown(&self, read: bool, write: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                let how = match (read, write) {
+                    (true, true) => std::net::Shutdown::Both,
+                    (true, false) => std::net::Shutdown::Read,
+                    (false, true) => std::net::Shutdown::Write,
+                    (false, false) => return Ok(()),
+                };
+                socket2::SockRef::from(s.as_ref()).shutdown(how)
+            }
+            Stream::Duplex(d) => {
+                if write {
+                    d.shutdown_write();
+                }
+                if read {
+                    d.shutdown_read();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Which output stream a stdio fd is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// What an fd refers to.
+#[derive(Debug)]
+pub enum Desc {
+    /// fd 0: always at EOF.
+    Stdin,
+    /// fds 1 and 2: lines go to `tracing`, capped per instance.
+    Output(Output),
+    Stream {
+        stream: Stream,
+        nonblocking: bool,
+    },
+    /// Becomes readable (at EOF) when the host cancels the worker.
+    Cancel {
+        token: CancellationToken,
+        nonblocking: bool,
+    },
+    /// The transport's configuration: a read-only in-memory file.
+    Config {
+        data: Arc<[u8]>,
+        pos: u64,
+    },
+}
+
+/// fd number → descriptor; numbers are reused lowest-first, as POSIX does.
+#[derive(Debug)]
+pub struct FdTable {
+    slots: Vec<Option<Desc>>,
+}
+
+impl Default for FdTable {
+    fn default() -> Self {
+        FdTable {
+            slots: vec![
+                Some(Desc::Stdin),
+                Some(Desc::Output(Output::Stdout)),
+                Some(Desc::Output(Output::Stderr)),
+            ],
+        }
+    }
+}
+
+impl FdTable {
+    /// Inserts `desc` under the lowest free number; `mfile` when full.
+    pub fn insert(&mut self, desc: Desc) -> Result<u32, Errno> {
+        if let Some(i) = self.slots.iter().position(Option::is_none) {
+            self.slots[i] = Some(desc);
+            return Ok(i as u32);
+        }
+        if self.slots.len() >= MAX_FDS {
+            return Err(Errno::MFILE);
+        }
+        self.slots.push(Some(desc));
+        Ok(self.slots.len() as u32 - 1)
+    }
+
+    pub fn get(&self, fd: u32) -> Result<&Desc, Errno> {
+        self.slots.get(fd as usize).and_then(Option::as_ref).ok_or(Errno::BADF)
+    }
+
+    pub fn get_mut(&mut self, fd: u32) -> Result<&mut Desc, Errno> {
+        self.slots.get_mut(fd as usize).and_then(Option::as_mut).ok_or(Errno::BADF)
+    }
+
+    /// Removes (and so closes) an fd.
+    pub fn remove(&mut self, fd: u32) -> Result<Desc, Errno> {
+        self.slots.get_mut(fd as usize).and_then(Option::take).ok_or(Errno::BADF)
+    }
+
+    /// The stream behind `fd`, or `notsock` when `fd` is something else.
+    pub fn stream(&self, fd: u32) -> Result<&Stream, Errno> {
+        match self.get(fd)? {
+            Desc::Stream { stream, .. } => Ok(stream),
+            _ => Err(Errno::NOTSOCK),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_reused_lowest_first_and_bounded() {
+        let mut t = FdTable::default();
+        let a = t.insert(Desc::Stdin).unwrap();
+        let b = t.insert(Desc::Stdin).unwrap();
+        assert_eq!((a, b), (3, 4));
+        t.remove(3).unwrap();
+        assert_eq!(t.remove(3).unwrap_err(), Errno::BADF);
+        assert_eq!(t.insert(Desc::Stdin).unwrap(), 3);
+        while t.insert(Desc::Stdin).is_ok() {}
+        assert_eq!(t.insert(Desc::Stdin), Err(Errno::MFILE));
+        assert_eq!(t.get(9999).unwrap_err(), Errno::BADF);
+        assert_eq!(t.stream(0).unwrap_err(), Errno::NOTSOCK);
+    }
+}

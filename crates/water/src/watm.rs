@@ -1,0 +1,288 @@
+//! Loading a WATM: compile once, validate against the ABI, pre-link.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, ValType};
+use water_abi::{FuncSig, v0 as abi};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::v0::Ctx;
+use crate::wasi;
+
+/// How often the shared engine's epoch advances: the granularity of the
+/// setup time limit, and how often a guest that never calls the host yields
+/// its thread to other connections.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The process-wide engine: compiled code and the epoch ticker are shared by
+/// every loaded module.
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true);
+        let engine = Engine::new(&cfg).expect("the default engine configuration is valid");
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("water-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .expect("spawn the epoch thread");
+        engine
+    })
+}
+
+/// Which optional exports a module has.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Exports {
+    pub start: bool,
+    pub dial: bool,
+    pub accept: bool,
+    pub associate: bool,
+}
+
+pub(crate) struct Inner {
+    pub pre: InstancePre<Ctx>,
+    pub exports: Exports,
+    pub config: Config,
+}
+
+/// A compiled, validated WATM v0 module, ready to be instantiated once per
+/// connection. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Watm {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Watm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watm")
+            .field("exports", &self.inner.exports)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// A connection role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `_water_dial`.
+    Dialer,
+    /// `_water_accept`.
+    Listener,
+    /// `_water_associate`.
+    Relay,
+}
+
+impl Role {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Role::Dialer => "dialer",
+            Role::Listener => "listener",
+            Role::Relay => "relay",
+        }
+    }
+
+    pub(crate) fn export(self) -> &'static str {
+        match self {
+            Role::Dialer => abi::DIAL.name,
+            Role::Listener => abi::ACCEPT.name,
+            Role::Relay => abi::ASSOCIATE.name,
+        }
+    }
+}
+
+impl Watm {
+    /// Compiles and validates a module.
+    ///
+    /// Errors: [`Error::NotWasm`], [`Error::Invalid`], [`Error::NotV0`], and
+    /// for a v0 module whose exports or imports do not match the ABI,
+    /// [`Error::MissingExport`], [`Error::BadExport`], [`Error::UnknownImport`]
+    /// or [`Error::BadImport`]. Cost: one compilation (milliseconds to tens of
+    /// milliseconds for a small module); instantiation per connection is then
+    /// cheap.
+    pub fn new(bytes: &[u8], config: Config) -> Result<Watm, Error> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(Error::NotWasm);
+        }
+        let module = Module::new(engine(), bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let exports = validate(&module)?;
+        let mut linker = Linker::new(engine());
+        crate::v0::add_to_linker(&mut linker).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        wasi::p1::add_to_linker(&mut linker, &module).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(&module).map_err(|e| link_error(&module, e))?;
+        Ok(Watm { inner: Arc::new(Inner { pre, exports, config }) })
+    }
+
+    /// Reads and loads a `.wasm` file; see [`Watm::new`].
+    pub fn from_file(path: impl AsRef<Path>, config: Config) -> Result<Watm, Error> {
+        let bytes = std::fs::read(path.as_ref())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.as_ref().display())))?;
+        Watm::new(&bytes, config)
+    }
+
+    /// Whether the module exports the function of `role`.
+    pub fn supports(&self, role: Role) -> bool {
+        let e = self.inner.exports;
+        match role {
+            Role::Dialer => e.dial,
+            Role::Listener => e.accept,
+            Role::Relay => e.associate,
+        }
+    }
+
+    /// The options it was loaded with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn require(&self, role: Role) -> Result<(), Error> {
+        if self.supports(role) {
+            Ok(())
+        } else {
+            Err(Error::RoleNotSupported { role: role.name(), export: role.export() })
+        }
+    }
+}
+
+fn conv(t: water_abi::ValType) -> ValType {
+    match t {
+        water_abi::ValType::I32 => ValType::I32,
+    }
+}
+
+fn same_sig(ty: &FuncType, sig: &FuncSig) -> bool {
+    let eq = |have: Vec<ValType>, want: &[water_abi::ValType]| {
+        have.len() == want.len() && have.iter().zip(want).all(|(h, w)| ValType::eq(h, &conv(*w)))
+    };
+    eq(ty.params().collect(), sig.params) && eq(ty.results().collect(), sig.results)
+}
+
+fn describe(ty: &ExternType) -> String {
+    match ty {
+        ExternType::Func(f) => {
+            let list = |v: Vec<ValType>| v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+            format!("function ({}) -> ({})", list(f.params().collect()), list(f.results().collect()))
+        }
+        ExternType::Global(_) => "a global".into(),
+        ExternType::Memory(_) => "a memory".into(),
+        ExternType::Table(_) => "a table".into(),
+        ExternType::Tag(_) => "a tag".into(),
+    }
+}
+
+fn expected(sig: &FuncSig) -> String {
+    let list = |v: &[water_abi::ValType]| v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
+    format!("function ({}) -> ({})", list(sig.params), list(sig.results))
+}
+
+fn validate(module: &Module) -> Result<Exports, Error> {
+    // v0 is recognised by the name alone: TinyGo exports a function, some
+    // Rust guests an i32 global.
+    if module.get_export(abi::VERSION_EXPORT).is_none() {
+        return Err(Error::NotV0);
+    }
+    let check = |sig: &'static FuncSig, required: bool| -> Result<bool, Error> {
+        match module.get_export(sig.name) {
+            None if required => Err(Error::MissingExport { name: sig.name, expected: expected(sig) }),
+            None => Ok(false),
+            Some(ExternType::Func(ty)) if same_sig(&ty, sig) => Ok(true),
+            Some(other) => Err(Error::BadExport {
+                name: sig.name.into(),
+                expected: expected(sig),
+                found: describe(&other),
+            }),
+        }
+    };
+    for sig in abi::REQUIRED_EXPORTS {
+        check(sig, true)?;
+    }
+    let exports = Exports {
+        start: match module.get_export(abi::START_EXPORT) {
+            None => false,
+            Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => true,
+            Some(other) => {
+                return Err(Error::BadExport {
+                    name: abi::START_EXPORT.into(),
+                    expected: "function () -> ()".into(),
+                    found: describe(&other),
+                });
+            }
+        },
+        dial: check(&abi::DIAL, false)?,
+        accept: check(&abi::ACCEPT, false)?,
+        associate: check(&abi::ASSOCIATE, false)?,
+    };
+    match module.get_export("memory") {
+        Some(ExternType::Memory(_)) => {}
+        Some(other) => {
+            return Err(Error::BadExport {
+                name: "memory".into(),
+                expected: "a memory".into(),
+                found: describe(&other),
+            });
+        }
+        None => return Err(Error::MissingExport { name: "memory", expected: "a memory".into() }),
+    }
+    for import in module.imports() {
+        let (m, name) = (import.module(), import.name());
+        let unknown = || Error::UnknownImport { module: m.into(), name: name.into() };
+        match m {
+            abi::IMPORT_MODULE => {
+                let sig = abi::import_sig(name).ok_or_else(unknown)?;
+                match import.ty() {
+                    ExternType::Func(ty) if same_sig(&ty, sig) => {}
+                    other => {
+                        return Err(Error::BadImport {
+                            module: m.into(),
+                            name: name.into(),
+                            detail: format!("expected {}, found {}", expected(sig), describe(&other)),
+                        });
+                    }
+                }
+            }
+            abi::WASI_MODULE => {
+                if !wasi::ALL_FUNCTIONS.contains(&name) {
+                    return Err(unknown());
+                }
+                let ExternType::Func(ty) = import.ty() else { return Err(unknown()) };
+                // Every preview1 function but proc_exit returns an errno.
+                let errno_result =
+                    ty.results().len() == 1 && ty.results().all(|t| ValType::eq(&t, &ValType::I32));
+                if name != "proc_exit" && !errno_result {
+                    return Err(Error::BadImport {
+                        module: m.into(),
+                        name: name.into(),
+                        detail: format!("expected an errno (i32) result, found {}", describe(&import.ty())),
+                    });
+                }
+            }
+            _ => return Err(unknown()),
+        }
+    }
+    Ok(exports)
+}
+
+/// Turns a link failure (a preview1 import with the wrong signature) into a
+/// typed error naming the import.
+fn link_error(module: &Module, e: wasmtime::Error) -> Error {
+    let text = format!("{e:#}");
+    for import in module.imports() {
+        if text.contains(&format!("`{}::{}`", import.module(), import.name())) {
+            return Error::BadImport {
+                module: import.module().into(),
+                name: import.name().into(),
+                detail: text,
+            };
+        }
+    }
+    Error::Invalid(text)
+}

@@ -1,0 +1,109 @@
+//! Shared fixtures for the host tests: an echo server, random data, the
+//! reference guests' codecs, and an fd counter. Every server is bound to
+//! 127.0.0.1:0 and every wait is bounded.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use water::{Config, Watm};
+use water_guest::Transport;
+use water_guest::testing::{Segmentation, pump};
+
+/// Every test gives up after this long instead of hanging CI.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+pub const XOR_KEY: &str = "9f3c51a7e0";
+
+pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f).await.expect("test timed out")
+}
+
+/// Loads a reference guest (xor with [`XOR_KEY`]).
+pub fn guest(name: &str) -> Watm {
+    let g = watm_artifacts::Guest::named(name).expect("built guest");
+    let config = if name == "xor" { Config::default().transport_config(XOR_KEY) } else { Config::default() };
+    Watm::new(&g.bytes(), config).expect("load guest")
+}
+
+pub const GUESTS: [&str; 3] = ["plain", "xor", "reverse"];
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A TCP echo server; runs until the test's runtime ends.
+pub async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The wire encoding of `plain` under guest `name`'s encoder.
+pub fn encode(name: &str, plain: &[u8]) -> Vec<u8> {
+    let seg = Segmentation::default();
+    match name {
+        "plain" => pump(watm_plain::Plain.encoder(), plain, &seg).unwrap(),
+        "xor" => {
+            pump(watm_xor::Xor::from_config(XOR_KEY.as_bytes()).unwrap().encoder(), plain, &seg).unwrap()
+        }
+        "reverse" => pump(watm_reverse::Reverse.encoder(), plain, &seg).unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+/// The plain bytes of a wire stream under guest `name`'s decoder.
+pub fn decode(name: &str, wire: &[u8]) -> Vec<u8> {
+    let seg = Segmentation::default();
+    match name {
+        "plain" => pump(watm_plain::Plain.decoder(), wire, &seg).unwrap(),
+        "xor" => pump(watm_xor::Xor::from_config(XOR_KEY.as_bytes()).unwrap().decoder(), wire, &seg).unwrap(),
+        "reverse" => pump(watm_reverse::Reverse.decoder(), wire, &seg).unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+/// Writes `out` and reads to EOF at the same time; returns what was read.
+pub async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: S,
+    out: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let (mut r, mut w) = tokio::io::split(s);
+    let write = async {
+        w.write_all(out).await?;
+        w.shutdown().await
+    };
+    let mut got = Vec::new();
+    let read = r.read_to_end(&mut got);
+    tokio::try_join!(write, read)?;
+    Ok(got)
+}
+
+/// Open fds of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.unwrap()
+}
