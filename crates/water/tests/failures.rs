@@ -1,0 +1,230 @@
+//! Bad input gets a clear, typed error, and never disturbs a healthy
+//! connection running beside it.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use water::{Config, Dialer, Errno, Error, Listener, Watm};
+
+/// A minimal v0 module; each argument replaces one function body.
+fn module(init: &str, dial: &str, worker: &str, extra: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+          (import "env" "host_dial" (func $host_dial (result i32)))
+          (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          {extra}
+          (memory (export "memory") 1)
+          (func (export "_water_v0"))
+          (func (export "_water_init") (result i32) {init})
+          (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+          (func (export "_water_dial") (param $internal i32) (result i32) {dial})
+          (func (export "_water_worker") (result i32) {worker}))"#
+    ))
+    .unwrap()
+}
+
+const OK: &str = "i32.const 0";
+const DIAL: &str = "call $host_dial";
+
+fn load(bytes: &[u8]) -> Result<Watm, Error> {
+    Watm::new(bytes, Config::default().setup_timeout(Duration::from_millis(300)))
+}
+
+async fn dial(bytes: &[u8], addr: std::net::SocketAddr) -> Result<water::Connection, Error> {
+    Dialer::new(&load(bytes)?)?.dial(addr.to_string()).await
+}
+
+#[test]
+fn not_wasm_and_invalid_wasm() {
+    assert!(matches!(load(b"hello, world"), Err(Error::NotWasm)));
+    assert!(matches!(load(b"\0asm\x01\0\0\0\xff\xff"), Err(Error::Invalid(_))));
+}
+
+#[test]
+fn not_v0() {
+    let bytes = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "_water_init") (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    assert!(matches!(load(&bytes), Err(Error::NotV0)));
+}
+
+#[test]
+fn missing_worker_is_named() {
+    let bytes = module(OK, DIAL, OK, "").into_iter().collect::<Vec<_>>();
+    assert!(load(&bytes).is_ok());
+    let no_worker = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "_water_v0"))
+           (func (export "_water_init") (result i32) i32.const 0)
+           (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    match load(&no_worker) {
+        Err(Error::MissingExport { name, expected }) => {
+            assert_eq!(name, "_water_worker");
+            assert_eq!(expected, "function () -> (i32)");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn wrong_signature_is_named_with_both_types() {
+    let bytes = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "_water_v0"))
+           (func (export "_water_init") (result i32) i32.const 0)
+           (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+           (func (export "_water_dial") (param i64) (result i32) i32.const 0)
+           (func (export "_water_worker") (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    let err = load(&bytes).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "export `_water_dial` has the wrong type: expected function (i32) -> (i32), found function (i64) -> (i32)"
+    );
+}
+
+#[test]
+fn unknown_imports_are_named() {
+    let env = module(OK, DIAL, OK, r#"(import "env" "host_teleport" (func))"#);
+    assert!(
+        matches!(load(&env), Err(Error::UnknownImport { module, name }) if module == "env" && name == "host_teleport")
+    );
+    let wasi = module(OK, DIAL, OK, r#"(import "wasi_snapshot_preview1" "fd_teleport" (func (result i32)))"#);
+    assert!(matches!(load(&wasi), Err(Error::UnknownImport { name, .. }) if name == "fd_teleport"));
+    let other = module(OK, DIAL, OK, r#"(import "elsewhere" "f" (func))"#);
+    assert!(matches!(load(&other), Err(Error::UnknownImport { module, .. }) if module == "elsewhere"));
+    // A real preview1 function with the wrong type.
+    let bad = module(
+        OK,
+        DIAL,
+        OK,
+        r#"(import "wasi_snapshot_preview1" "sched_yield" (func (param i32) (result i32)))"#,
+    );
+    assert!(
+        matches!(load(&bad), Err(Error::BadImport { name, .. }) if name == "sched_yield"),
+        "{:?}",
+        load(&bad)
+    );
+    // A preview1 function we do not implement links, and answers nosys.
+    let unimplemented = module(
+        OK,
+        DIAL,
+        OK,
+        r#"(import "wasi_snapshot_preview1" "fd_pread" (func (param i32 i32 i32 i64 i32) (result i32)))"#,
+    );
+    assert!(load(&unimplemented).is_ok());
+}
+
+#[test]
+fn a_role_the_module_lacks_is_refused() {
+    let watm = load(&module(OK, DIAL, OK, "")).unwrap();
+    assert!(matches!(Dialer::new(&watm), Ok(_)));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let err = rt.block_on(Listener::bind(&watm, "127.0.0.1:0")).unwrap_err();
+    assert!(matches!(err, Error::RoleNotSupported { export: "_water_accept", .. }));
+}
+
+/// Every run-time failure, each while a healthy 4 MiB transfer runs beside
+/// it on the same runtime; the transfer must come through intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_time_failures_are_typed_and_isolated() {
+    bounded(async {
+        let echo = echo_server().await;
+        let healthy = {
+            let dialer = Dialer::new(&guest("xor")).unwrap();
+            tokio::spawn(async move {
+                let conn = dialer.dial(echo.to_string()).await.unwrap();
+                let sent = data(4 << 20, 3);
+                // Trickle so that it overlaps the failures.
+                let (mut r, mut w) = tokio::io::split(conn);
+                let writer = async {
+                    for chunk in sent.chunks(64 << 10) {
+                        w.write_all(chunk).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    w.shutdown().await.unwrap();
+                };
+                let mut got = Vec::new();
+                let reader = r.read_to_end(&mut got);
+                let ((), n) = tokio::join!(writer, reader);
+                n.unwrap();
+                got == sent
+            })
+        };
+
+        // Refused: a port nobody listens on.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        match Dialer::new(&guest("plain")).unwrap().dial(closed.to_string()).await {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+            other => panic!("refused dial: {other:?}"),
+        }
+
+        // Init loops forever: stopped at the setup deadline.
+        match dial(&module("(loop br 0) i32.const 0", DIAL, OK, ""), echo).await {
+            Err(Error::Timeout { export: "_water_init", .. }) => {}
+            other => panic!("looping init: {other:?}"),
+        }
+
+        // A private negative code is kept raw.
+        match dial(&module("i32.const -1", DIAL, OK, ""), echo).await {
+            Err(Error::Guest { export: "_water_init", errno, .. }) => assert_eq!(errno, Errno(1)),
+            other => panic!("init -1: {other:?}"),
+        }
+
+        // xor with no config says why, from the guest's stderr.
+        let xor = watm_artifacts::Guest::named("xor").unwrap();
+        match Dialer::new(&Watm::new(&xor.bytes(), Config::default()).unwrap()).unwrap().dial(echo.to_string()).await {
+            Err(Error::Guest { export: "_water_init", errno: Errno::INVAL, message: Some(m) }) => {
+                assert!(m.contains("no config"), "{m}")
+            }
+            other => panic!("xor without key: {other:?}"),
+        }
+
+        // A bogus fd from _water_dial.
+        match dial(&module(OK, "call $host_dial drop i32.const 99", OK, ""), echo).await {
+            Err(Error::BogusFd { export: "_water_dial", fd: 99 }) => {}
+            other => panic!("bogus fd: {other:?}"),
+        }
+        // ... or the internal fd handed back.
+        match dial(&module(OK, "call $host_dial drop local.get $internal", OK, ""), echo).await {
+            Err(Error::BogusFd { .. }) => {}
+            other => panic!("internal fd returned: {other:?}"),
+        }
+
+        // A hostile pointer: fd_write with an iovec past the end of memory
+        // answers `fault`; the guest passes it on.
+        let hostile = "(i32.store (i32.const 0) (i32.const 65530)) (i32.store (i32.const 4) (i32.const 100))
+                       (i32.sub (i32.const 0) (call $fd_write (i32.const 3) (i32.const 0) (i32.const 1) (i32.const 8)))";
+        let conn = dial(&module(OK, DIAL, hostile, ""), echo).await.unwrap();
+        match conn.close().await {
+            Err(Error::Guest { export: "_water_worker", errno: Errno::FAULT, .. }) => {}
+            other => panic!("hostile pointer: {other:?}"),
+        }
+
+        // A trap mid-stream: the worker reads the first bytes, then traps.
+        let trap = "(i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 16))
+                    (drop (call $fd_read (i32.const 3) (i32.const 0) (i32.const 1) (i32.const 8)))
+                    unreachable";
+        let mut conn = dial(&module(OK, DIAL, trap, ""), echo).await.unwrap();
+        conn.write_all(b"first bytes").await.unwrap();
+        let mut buf = [0u8; 8];
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+        match conn.close().await {
+            Err(Error::Trap { export: "_water_worker", .. }) => {}
+            other => panic!("trap: {other:?}"),
+        }
+
+        assert!(healthy.await.unwrap(), "the healthy connection's bytes were damaged");
+    })
+    .await;
+}
