@@ -117,14 +117,14 @@ async fn connect(config: &Config, target: &str) -> io::Result<TcpStream> {
         }
         let mut last = None;
         for addr in tokio::net::lookup_host(target).await? {
-            if let Some(filter) = &config.dial_filter {
-                if !filter(addr) {
-                    last = Some(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!("dial to {addr} refused by the dial filter"),
-                    ));
-                    continue;
-                }
+            if let Some(filter) = &config.dial_filter
+                && !filter(addr)
+            {
+                last = Some(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("dial to {addr} refused by the dial filter"),
+                ));
+                continue;
             }
             match TcpStream::connect(addr).await {
                 Ok(s) => return Ok(s),

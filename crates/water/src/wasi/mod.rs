@@ -12,8 +12,9 @@
 //! - [`memory`]: checked guest memory access.
 //! - [`errno`]: `io::Error` ↔ errno.
 //! - [`output`]: guest stdout/stderr to `tracing`, capped.
-//! - [`p1`]: the functions, and `add_to_linker`.
-//! - [`poll`]: `poll_oneoff`.
+//! - `p1`: the functions, and `add_to_linker`.
+//! - `poll`: `poll_oneoff`.
+//!
 
 pub mod errno;
 pub mod memory;

@@ -144,16 +144,16 @@ pub async fn poll_oneoff<T: WasiView>(
         if clock_due {
             let now = Instant::now();
             for sub in &subs {
-                if let Waiter::Clock(Some(deadline)) = sub.waiter {
-                    if deadline <= now {
-                        events.push(Event {
-                            userdata: sub.userdata,
-                            error: Errno(0),
-                            tag: sub.tag,
-                            nbytes: 0,
-                            hangup: false,
-                        });
-                    }
+                if let Waiter::Clock(Some(deadline)) = sub.waiter
+                    && deadline <= now
+                {
+                    events.push(Event {
+                        userdata: sub.userdata,
+                        error: Errno(0),
+                        tag: sub.tag,
+                        nbytes: 0,
+                        hangup: false,
+                    });
                 }
             }
         }
