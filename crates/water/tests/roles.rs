@@ -144,3 +144,39 @@ async fn half_close_request_then_whole_reply() {
     })
     .await;
 }
+
+/// Goes to a fixed address whatever the application asked for (a stand-in
+/// for "through another proxy").
+struct FixedConnector(std::net::SocketAddr);
+
+impl water::Connector for FixedConnector {
+    fn connect<'a>(
+        &'a self,
+        _addr: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'a>,
+    > {
+        Box::pin(tokio::net::TcpStream::connect(self.0))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_connector_and_dial_filter() {
+    bounded(async {
+        let echo = echo_server().await;
+        let bytes = watm_artifacts::Guest::named("plain").unwrap().bytes();
+
+        let via = water::Watm::new(&bytes, water::Config::default().connector(FixedConnector(echo))).unwrap();
+        let conn = Dialer::new(&via).unwrap().dial("unresolvable.invalid:9").await.unwrap();
+        assert_eq!(exchange(conn, b"through the connector").await.unwrap(), b"through the connector");
+
+        let fenced =
+            water::Watm::new(&bytes, water::Config::default().dial_filter(|a| !a.ip().is_loopback()))
+                .unwrap();
+        match Dialer::new(&fenced).unwrap().dial(echo.to_string()).await {
+            Err(water::Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+            other => panic!("filtered dial: {other:?}"),
+        }
+    })
+    .await;
+}
