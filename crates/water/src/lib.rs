@@ -44,3 +44,15 @@ pub use error::Error;
 pub use roles::{Dialer, Listener, Relay};
 pub use water_abi::Errno;
 pub use watm::{Role, Watm};
+
+/// Internals exposed for the benchmarks in `benches/` only; not API.
+#[doc(hidden)]
+pub mod __bench {
+    /// A connected in-process duplex, as between application and guest.
+    pub fn duplex_pair() -> (
+        impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    ) {
+        crate::duplex::pair()
+    }
+}
