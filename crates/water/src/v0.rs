@@ -246,34 +246,24 @@ impl Session {
             Setup::Accept { .. } => Role::Listener,
             Setup::Associate { .. } => Role::Relay,
         };
-        let (export, arg) = match setup {
-            Setup::Dial { internal, target } => {
-                let ctx = store.data_mut();
-                ctx.dial_target = Some(target);
-                let fd = ctx
-                    .wasi
-                    .table
-                    .insert(Desc::Stream { stream: internal, nonblocking: false })
-                    .map_err(|_| Error::Invalid("fd table full".into()))?;
-                (role.export(), Some(fd as i32))
-            }
-            Setup::Accept { internal, accepted } => {
-                let ctx = store.data_mut();
-                ctx.pending_accept = Some(accepted);
-                let fd = ctx
-                    .wasi
-                    .table
-                    .insert(Desc::Stream { stream: internal, nonblocking: false })
-                    .map_err(|_| Error::Invalid("fd table full".into()))?;
-                (role.export(), Some(fd as i32))
-            }
-            Setup::Associate { accepted, target } => {
-                let ctx = store.data_mut();
-                ctx.pending_accept = Some(accepted);
-                ctx.dial_target = Some(target);
-                (role.export(), None)
-            }
+        let (internal, accepted, target) = match setup {
+            Setup::Dial { internal, target } => (Some(internal), None, Some(target)),
+            Setup::Accept { internal, accepted } => (Some(internal), Some(accepted), None),
+            Setup::Associate { accepted, target } => (None, Some(accepted), Some(target)),
         };
+        let ctx = store.data_mut();
+        ctx.pending_accept = accepted;
+        ctx.dial_target = target;
+        let arg = match internal {
+            Some(stream) => Some(
+                ctx.wasi
+                    .table
+                    .insert(Desc::Stream { stream, nonblocking: false })
+                    .map_err(|_| Error::Invalid("fd table full".into()))? as i32,
+            ),
+            None => None,
+        };
+        let export = role.export();
         let r = call(&mut store, export, arg).await?;
         match status::decode(r) {
             Err(errno) => {
