@@ -178,8 +178,11 @@ async fn relay_one(
 
 /// Accept errors that concern one connection or a passing resource shortage.
 fn is_transient(e: &io::Error) -> bool {
+    // Linux: ENFILE (23), EMFILE (24), ENOMEM (12), ENOBUFS (105). Out of
+    // fds is a reason to wait, not to stop serving.
+    const SHORTAGE: [i32; 4] = [23, 24, 12, 105];
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
-    ) || matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105))
+    ) || e.raw_os_error().is_some_and(|code| SHORTAGE.contains(&code))
 }

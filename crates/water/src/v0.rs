@@ -203,7 +203,10 @@ impl Session {
         let instance =
             inner.pre.instantiate_async(&mut store).await.map_err(|e| classify("instantiate", e, limit))?;
 
-        let func = |store: &mut Store<Ctx>, name: &'static str| instance.get_func(&mut *store, name);
+        let func = |store: &mut Store<Ctx>, name: &'static str| {
+            let export = inner.index.get(name)?;
+            instance.get_module_export(&mut *store, export)?.into_func()
+        };
         if inner.exports.start {
             let start = func(&mut store, abi::START_EXPORT)
                 .expect("validated")

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, ValType};
+use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, ModuleExport, ValType};
 use water_abi::{FuncSig, v0 as abi};
 
 use crate::config::Config;
@@ -49,9 +49,26 @@ pub(crate) struct Exports {
     pub associate: bool,
 }
 
+/// The functions the host calls, resolved once per module so that setting
+/// up a connection does no lookups by name.
+pub(crate) struct ExportIndex(Vec<(&'static str, ModuleExport)>);
+
+impl ExportIndex {
+    fn new(module: &Module) -> Self {
+        let names = [abi::START_EXPORT].into_iter().chain(abi::EXPORTS.iter().map(|sig| sig.name));
+        ExportIndex(names.filter_map(|name| Some((name, module.get_export_index(name)?))).collect())
+    }
+
+    /// The export's location, when the module has it.
+    pub fn get(&self, name: &str) -> Option<&ModuleExport> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, e)| e)
+    }
+}
+
 pub(crate) struct Inner {
     pub pre: InstancePre<Ctx>,
     pub exports: Exports,
+    pub index: ExportIndex,
     pub config: Config,
 }
 
@@ -119,7 +136,8 @@ impl Watm {
         crate::v0::add_to_linker(&mut linker).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         wasi::p1::add_to_linker(&mut linker, &module).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&module).map_err(|e| link_error(&module, e))?;
-        Ok(Watm { inner: Arc::new(Inner { pre, exports, config }) })
+        let index = ExportIndex::new(&module);
+        Ok(Watm { inner: Arc::new(Inner { pre, exports, index, config }) })
     }
 
     /// Reads and loads a `.wasm` file; see [`Watm::new`].

@@ -52,6 +52,38 @@ impl WasiCtx {
     }
 }
 
+/// The guest's clocks. CPU-time clocks are answered with the monotonic one:
+/// a guest only uses them to measure intervals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    Realtime,
+    Monotonic,
+}
+
+impl Clock {
+    /// Resolves a preview1 clock id; `inval` for an unknown one.
+    pub fn from_id(id: u32) -> Result<Clock, water_abi::Errno> {
+        match id {
+            0 => Ok(Clock::Realtime),
+            1..=3 => Ok(Clock::Monotonic),
+            _ => Err(water_abi::Errno::INVAL),
+        }
+    }
+}
+
+impl WasiCtx {
+    /// The clock's reading: time since the Unix epoch, or since this
+    /// instance's monotonic zero.
+    pub fn now(&self, clock: Clock) -> std::time::Duration {
+        match clock {
+            Clock::Realtime => {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+            }
+            Clock::Monotonic => self.clock_base.elapsed(),
+        }
+    }
+}
+
 /// Store data that holds a [`WasiCtx`].
 pub trait WasiView: Send + 'static {
     fn wasi(&mut self) -> &mut WasiCtx;

@@ -4,14 +4,12 @@
 //! the `env` imports, preview1 does not negate). Bodies take `Result<_, Errno>`
 //! so that every failure path is one `?`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use wasmtime::{Caller, Extern, FuncType, Linker, Module, Val};
 use water_abi::Errno;
 
 use super::memory::GuestMem;
 use super::table::{Desc, Stream};
-use super::{MODULE, WasiCtx, WasiView, errno};
+use super::{Clock, MODULE, WasiCtx, WasiView, errno};
 
 /// Why an instance stopped inside a host call (a trap, not an errno).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +30,6 @@ const FILETYPE_REGULAR_FILE: u8 = 4;
 const FILETYPE_SOCKET_STREAM: u8 = 6;
 const FDFLAGS_NONBLOCK: u16 = 1 << 2;
 const RIGHTS_ALL: u64 = (1 << 30) - 1;
-const CLOCK_REALTIME: u32 = 0;
-const CLOCK_MONOTONIC: u32 = 1;
-const CLOCK_PROCESS_CPUTIME: u32 = 2;
-const CLOCK_THREAD_CPUTIME: u32 = 3;
 const SDFLAGS_RD: u32 = 1;
 const SDFLAGS_WR: u32 = 2;
 const WHENCE_SET: u32 = 0;
@@ -163,12 +157,9 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
         },
     )?;
     linker.func_wrap(MODULE, "clock_res_get", |mut caller: Caller<'_, T>, id: i32, out: i32| -> i32 {
-        ret(match id as u32 {
-            CLOCK_REALTIME | CLOCK_MONOTONIC | CLOCK_PROCESS_CPUTIME | CLOCK_THREAD_CPUTIME => {
-                split(&mut caller).and_then(|(mut mem, _)| mem.write_u64(out as u32, 1_000))
-            }
-            _ => Err(Errno::INVAL),
-        })
+        ret(Clock::from_id(id as u32)
+            .and_then(|_| split(&mut caller))
+            .and_then(|(mut mem, _)| mem.write_u64(out as u32, 1_000)))
     })?;
     for (sizes, get) in [("args_sizes_get", "args_get"), ("environ_sizes_get", "environ_get")] {
         // Empty argument list and environment.
@@ -391,14 +382,9 @@ fn fd_seek<T: WasiView>(
 }
 
 fn clock_time_get<T: WasiView>(caller: &mut Caller<'_, T>, id: u32, out: u32) -> Result<(), Errno> {
+    let clock = Clock::from_id(id)?;
     let (mut mem, wasi) = split(caller)?;
-    let now = match id {
-        CLOCK_REALTIME => SystemTime::now().duration_since(UNIX_EPOCH).map_err(|_| Errno::IO)?,
-        // CPU-time clocks are answered with the monotonic clock: a guest only
-        // uses them to measure intervals.
-        CLOCK_MONOTONIC | CLOCK_PROCESS_CPUTIME | CLOCK_THREAD_CPUTIME => wasi.clock_base.elapsed(),
-        _ => return Err(Errno::INVAL),
-    };
+    let now = wasi.now(clock);
     mem.write_u64(out, u64::try_from(now.as_nanos()).map_err(|_| Errno::OVERFLOW)?)
 }
 

@@ -14,14 +14,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use wasmtime::Caller;
 use water_abi::Errno;
 
 use super::p1::split;
 use super::table::{Desc, Stream};
-use super::{WasiView, errno};
+use super::{Clock, WasiCtx, WasiView, errno};
 
 const SUBSCRIPTION_SIZE: u32 = 48;
 const EVENT_SIZE: u32 = 32;
@@ -85,12 +85,7 @@ pub async fn poll_oneoff<T: WasiView>(
             let waiter = match tag {
                 TAG_CLOCK => {
                     let flags = u16::from_le_bytes(s[40..42].try_into().expect("2 bytes"));
-                    clock_deadline(
-                        wasi.clock_base,
-                        u32_at(16),
-                        u64_at(24),
-                        flags & SUBCLOCKFLAGS_ABSTIME != 0,
-                    )
+                    clock_deadline(wasi, u32_at(16), u64_at(24), flags & SUBCLOCKFLAGS_ABSTIME != 0)
                 }
                 TAG_FD_READ | TAG_FD_WRITE => fd_waiter(&wasi.table, u32_at(16), tag == TAG_FD_READ),
                 _ => return Err(Errno::INVAL),
@@ -175,22 +170,15 @@ pub async fn poll_oneoff<T: WasiView>(
     mem.write_u32(nevents_ptr, events.len() as u32)
 }
 
-fn clock_deadline(base: Instant, id: u32, timeout: u64, absolute: bool) -> Waiter {
-    let now = Instant::now();
-    let delay = match (id, absolute) {
-        (0..=3, false) => Duration::from_nanos(timeout),
-        // Monotonic (and the CPU clocks we answer with it) count from `base`.
-        (1..=3, true) => match base.checked_add(Duration::from_nanos(timeout)) {
-            Some(at) => at.saturating_duration_since(now),
-            None => return Waiter::Clock(None),
-        },
-        (0, true) => {
-            let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            Duration::from_nanos(timeout).saturating_sub(since_epoch)
-        }
-        _ => return Waiter::Fail(Errno::INVAL),
+fn clock_deadline(wasi: &WasiCtx, id: u32, timeout: u64, absolute: bool) -> Waiter {
+    let clock = match Clock::from_id(id) {
+        Ok(clock) => clock,
+        Err(e) => return Waiter::Fail(e),
     };
-    Waiter::Clock(now.checked_add(delay))
+    let timeout = Duration::from_nanos(timeout);
+    // An absolute timeout is a reading of the same clock.
+    let delay = if absolute { timeout.saturating_sub(wasi.now(clock)) } else { timeout };
+    Waiter::Clock(Instant::now().checked_add(delay))
 }
 
 fn fd_waiter(table: &super::table::FdTable, fd: u32, read: bool) -> Waiter {
