@@ -228,3 +228,57 @@ async fn run_time_failures_are_typed_and_isolated() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_capped_per_instance() {
+    bounded(async {
+        let echo = echo_server().await;
+        // Grows by 32 MiB in init; answers -nomem when the host refuses.
+        let greedy = module(
+            "(if (i32.eq (memory.grow (i32.const 512)) (i32.const -1)) (then (return (i32.const -48)))) i32.const 0",
+            DIAL,
+            OK,
+            "",
+        );
+        let capped = Watm::new(&greedy, Config::default().memory_limit(16 << 20)).unwrap();
+        match Dialer::new(&capped).unwrap().dial(echo.to_string()).await {
+            Err(Error::Guest { export: "_water_init", errno: Errno::NOMEM, .. }) => {}
+            other => panic!("16 MiB cap: {other:?}"),
+        }
+        let roomy = Watm::new(&greedy, Config::default().memory_limit(64 << 20)).unwrap();
+        Dialer::new(&roomy).unwrap().dial(echo.to_string()).await.unwrap().abort().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_connection_does_not_stop_the_listener() {
+    bounded(async {
+        let listener = Listener::bind(&guest("reverse"), "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..2 {
+                let (conn, _) = listener.accept().await.unwrap();
+                let (mut r, mut w) = tokio::io::split(conn);
+                let copied = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+                outcomes.push(copied.map_err(|e| e.kind()));
+            }
+            outcomes
+        });
+        // A zero-length frame is a protocol error in `reverse`.
+        let mut bad = connect(addr).await;
+        bad.write_all(b"\x00\x00").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = bad.read_to_end(&mut rest).await;
+        // The next client is served as if nothing happened.
+        let sent = data(1 << 20, 4);
+        let back = exchange(connect(addr).await, &encode("reverse", &sent)).await.unwrap();
+        assert!(decode("reverse", &back) == sent);
+        let outcomes = app.await.unwrap();
+        assert!(outcomes[0].is_err(), "the bad connection's application saw no error");
+        assert!(outcomes[1].is_ok(), "{:?}", outcomes[1]);
+    })
+    .await;
+}
