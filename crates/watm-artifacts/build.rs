@@ -32,15 +32,17 @@ fn main() {
     };
     let mut code = String::from("/// Every reference guest, by name.\npub const GUESTS: &[Guest] = &[\n");
     for b in &built {
-        code += &format!("    Guest {{ name: {:?}, path: {:?} }},\n", b.name, b.path.display().to_string());
+        let path = b.path.display().to_string();
+        code +=
+            &format!("    Guest {{ name: {:?}, path: {path:?}, wasm: include_bytes!({path:?}) }},\n", b.name);
     }
     code += "];\n";
     for b in &built {
         code += &format!(
-            "/// The `{0}` guest.\npub const {1}: Guest = Guest {{ name: {0:?}, path: {2:?} }};\n",
+            "/// The `{0}` guest.\npub const {1}: Guest = GUESTS[{2}];\n",
             b.name,
             b.name.to_uppercase().replace('-', "_"),
-            b.path.display().to_string()
+            built.iter().position(|x| x.name == b.name).expect("listed")
         );
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("guests.rs");

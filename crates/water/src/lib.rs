@@ -41,7 +41,7 @@ mod watm;
 pub use config::{Config, Connector, DialFilter};
 pub use conn::Connection;
 pub use error::Error;
-pub use roles::{Dialer, Listener, Relay};
+pub use roles::{Dialer, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
 pub use watm::{Role, Watm};
 

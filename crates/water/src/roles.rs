@@ -60,6 +60,55 @@ impl Dialer {
         let target = addr.into();
         app_connection(&self.watm, |internal| Setup::Dial { internal, target }, "dial").await
     }
+
+    /// Connects to `addr` through the transport with `app` as the plain side:
+    /// the guest reads and writes that socket itself, with no copy through
+    /// the host (what a tunnel wants: `water client` hands the accepted
+    /// socket over). Returns once `_water_dial` succeeded.
+    pub async fn dial_socket(&self, addr: impl Into<String>, app: TcpStream) -> Result<Tunnel, Error> {
+        let (target, internal) = (addr.into(), Stream::Tcp(Arc::new(app)));
+        let links = Links::default();
+        let session =
+            Session::start(&self.watm, Setup::Dial { internal, target }, links.cancel.clone(), label("dial"))
+                .await?;
+        let done = spawn_worker(session, links.clone(), self.watm.inner.config.close_grace, None);
+        Ok(Tunnel { links, done: Some(done) })
+    }
+}
+
+/// A running connection whose plain side is a socket handed to the guest
+/// (see [`Dialer::dial_socket`]). Dropping it ends the connection as
+/// [`Connection`]'s drop does: the worker gets the close grace, then is
+/// cancelled.
+#[derive(Debug)]
+pub struct Tunnel {
+    links: Links,
+    done: Option<tokio::sync::oneshot::Receiver<Result<(), Error>>>,
+}
+
+impl Tunnel {
+    /// Waits until the connection ends by itself (both sides closed) and
+    /// reports how the worker ended. A second call returns `Ok` at once.
+    pub async fn wait(&mut self) -> Result<(), Error> {
+        match self.done.take() {
+            Some(done) => done.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+
+    /// Cancels the worker at once and waits for it.
+    pub async fn abort(mut self) -> Result<(), Error> {
+        self.links.cancel.cancel();
+        self.wait().await
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            self.links.closing.cancel();
+        }
+    }
 }
 
 /// Accepts connections through a WATM (the `_water_accept` role).
