@@ -1,0 +1,186 @@
+//! `water client`, `server` and `relay`: accept on `--listen`, run every
+//! connection through the transport, stop cleanly on SIGINT/SIGTERM.
+//!
+//! A failing connection is logged and never takes the tunnel down; only
+//! errors of the listening socket itself (and bad arguments) end it.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use std::io::Write;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use water::{Dialer, Listener, Relay, Role};
+
+use crate::transport;
+
+/// How long connections still open at shutdown get before the process exits.
+const DRAIN: Duration = Duration::from_millis(1500);
+
+/// Binds `addr` and announces it: exactly one line on stdout.
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {local}")?;
+    out.flush()?;
+    Ok(listener)
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+pub fn on_signal() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received: stopping");
+        token.cancel();
+    });
+    Ok(stop)
+}
+
+/// Accept errors that concern one connection, or a passing shortage.
+fn transient(e: &io::Error) -> bool {
+    // Linux: ENFILE, EMFILE, ENOMEM, ENOBUFS.
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    ) || e.raw_os_error().is_some_and(|c| [23, 24, 12, 105].contains(&c))
+}
+
+/// Waits for the connection tasks, at most [`DRAIN`].
+async fn drain(mut tasks: JoinSet<()>) {
+    let all = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN, all).await.is_err() {
+        tracing::warn!("connections still open after {DRAIN:?}; exiting anyway");
+    }
+}
+
+pub async fn client(t: &str, config: Option<&Path>, listen: &str, remote: String) -> anyhow::Result<()> {
+    let dialer = Dialer::new(&transport::load(t, config)?)?;
+    let listener = bind(listen).await?;
+    run_client(dialer, listener, remote, on_signal()?).await
+}
+
+/// The client tunnel on a bound listener, until `stop`.
+pub async fn run_client(
+    dialer: Dialer,
+    listener: TcpListener,
+    remote: String,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    serve(listener, stop, |stream, stop| {
+        let (dialer, remote) = (dialer.clone(), remote.clone());
+        async move {
+            // The accepted socket is the guest's plain side: no copy here.
+            let mut tunnel = dialer.dial_socket(remote.clone(), stream).await?;
+            tokio::select! {
+                r = tunnel.wait() => Ok(r?),
+                () = stop.cancelled() => Ok(tunnel.abort().await?),
+            }
+        }
+    })
+    .await
+}
+
+pub async fn server(t: &str, config: Option<&Path>, listen: &str, forward: String) -> anyhow::Result<()> {
+    let watm = transport::load(t, config)?;
+    if !watm.supports(Role::Listener) {
+        anyhow::bail!("{t} does not support the listener role (no _water_accept export)");
+    }
+    let listener = Listener::from_tcp(&watm, bind(listen).await?)?;
+    run_server(listener, forward, on_signal()?).await
+}
+
+/// The server tunnel on a bound listener, until `stop`.
+pub async fn run_server(listener: Listener, forward: String, stop: CancellationToken) -> anyhow::Result<()> {
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (conn, peer) = match accepted {
+            Ok(c) => c,
+            Err(water::Error::Io(e)) if !transient(&e) => return Err(e).context("accept failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "incoming connection failed");
+                continue;
+            }
+        };
+        let (forward, stop) = (forward.clone(), stop.clone());
+        tasks.spawn(async move {
+            let result: anyhow::Result<()> = async {
+                let mut upstream =
+                    TcpStream::connect(&forward).await.with_context(|| format!("connect {forward}"))?;
+                let _ = upstream.set_nodelay(true);
+                let mut conn = conn;
+                tokio::select! {
+                    r = tokio::io::copy_bidirectional(&mut conn, &mut upstream) => { r?; }
+                    () = stop.cancelled() => { conn.abort().await?; return Ok(()); }
+                }
+                conn.close().await?;
+                Ok(())
+            }
+            .await;
+            log_end(peer, result);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    drain(tasks).await;
+    Ok(())
+}
+
+pub async fn relay(t: &str, config: Option<&Path>, listen: &str, remote: String) -> anyhow::Result<()> {
+    let relay = Relay::new(&transport::load(t, config)?, remote)?;
+    let listener = bind(listen).await?;
+    let stop = on_signal()?;
+    relay.serve(listener, stop.cancelled()).await.context("relay")?;
+    Ok(())
+}
+
+/// Accepts until `stop`, running `handle` per connection as its own task.
+async fn serve<F, Fut>(listener: TcpListener, stop: CancellationToken, handle: F) -> anyhow::Result<()>
+where
+    F: Fn(TcpStream, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let work = handle(stream, stop.clone());
+                tasks.spawn(async move { log_end(peer, work.await) });
+            }
+            Err(e) if transient(&e) => {
+                tracing::warn!(error = %e, "accept failed; continuing");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).context("accept failed"),
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    drain(tasks).await;
+    Ok(())
+}
+
+fn log_end(peer: std::net::SocketAddr, result: anyhow::Result<()>) {
+    match result {
+        Ok(()) => tracing::debug!(%peer, "connection ended"),
+        Err(e) => tracing::warn!(%peer, "connection failed: {e:#}"),
+    }
+}

@@ -1,0 +1,332 @@
+//! The real `water` binary, spawned as a user would: tunnels in front of a
+//! web server nobody here wrote (Python's `http.server`, fetched with
+//! `curl`), relays, `check`, clean shutdown, and bad input. Every process is
+//! killed when its handle drops, and every wait is bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const WATER: &str = env!("CARGO_BIN_EXE_water");
+const LIMIT: Duration = Duration::from_secs(60);
+const BUILTINS: [&str; 3] = ["plain", "xor", "reverse"];
+
+/// A child process killed on drop, with its stderr collected.
+struct Proc {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Starts `water ARGS` and waits for its `listening on` line.
+    fn listening(args: &[&str]) -> (Proc, SocketAddr) {
+        let mut p = Proc::spawn(WATER, args);
+        let stdout = p.child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(LIMIT).expect("no `listening on` line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first stdout line was {line:?}; stderr: {}", p.stderr_text()))
+            .parse()
+            .unwrap();
+        (p, addr)
+    }
+
+    fn spawn(program: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("WATER_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let mut err = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            let _ = tx.send(s);
+        });
+        Proc { child, stderr: rx }
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < LIMIT, "process did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it wrote to stderr (waits for it to exit).
+    fn stderr_text(&mut self) -> String {
+        let _ = self.child.kill();
+        self.stderr.recv_timeout(LIMIT).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(WATER).args(args).env("WATER_LOG", "warn").stdin(Stdio::null()).output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("water-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A thread-per-connection echo service.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `data`, half-closes, reads to EOF.
+fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let out = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&out).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    got
+}
+
+#[test]
+fn a_16_mib_download_through_client_and_server_for_each_builtin() {
+    let dir = temp_dir("www");
+    let body = pattern(16 << 20, 7);
+    std::fs::write(dir.join("file.bin"), &body).unwrap();
+    let want = Sha256::digest(&body);
+
+    // Python's web server, on a free port it reports.
+    let mut web = Proc::spawn(
+        "python3",
+        &["-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", dir.to_str().unwrap()],
+    );
+    let stdout = web.child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let banner = rx.recv_timeout(LIMIT).expect("http.server banner");
+    let port: u16 =
+        banner.split(" port ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
+    let web_addr = format!("127.0.0.1:{port}");
+
+    for t in BUILTINS {
+        let (_server, server_addr) =
+            Proc::listening(&["server", "--transport", t, "--listen", "127.0.0.1:0", "--forward", &web_addr]);
+        let (_client, client_addr) = Proc::listening(&[
+            "client",
+            "--transport",
+            t,
+            "--listen",
+            "127.0.0.1:0",
+            "--remote",
+            &server_addr.to_string(),
+        ]);
+        let out = dir.join(format!("got-{t}.bin"));
+        let status = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "60",
+                "-o",
+                out.to_str().unwrap(),
+                &format!("http://{client_addr}/file.bin"),
+            ])
+            .status()
+            .expect("curl");
+        assert!(status.success(), "{t}: curl failed: {status}");
+        let got = std::fs::read(&out).unwrap();
+        assert_eq!(got.len(), body.len(), "{t}: size");
+        assert_eq!(Sha256::digest(&got), want, "{t}: SHA-256 differs");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn relay_between_a_plain_client_and_an_echo_service_for_each_builtin() {
+    let echo = echo_server();
+    for (i, t) in BUILTINS.iter().enumerate() {
+        let (_relay, addr) = Proc::listening(&[
+            "relay",
+            "--transport",
+            t,
+            "--listen",
+            "127.0.0.1:0",
+            "--remote",
+            &echo.to_string(),
+        ]);
+        let sent = pattern(2 << 20, i as u32 + 1);
+        assert!(exchange(addr, &sent) == sent, "{t}: relay round trip differs");
+    }
+}
+
+#[test]
+fn check_passes_builtins_and_names_what_a_broken_module_lacks() {
+    for t in BUILTINS {
+        let (status, out, err) = run(&["check", t]);
+        assert!(status.success(), "{t}: {out}{err}");
+        for role in ["dial", "accept", "associate"] {
+            assert!(out.contains(&format!("PASS {role}")), "{t}: {out}");
+        }
+    }
+    let dir = temp_dir("check");
+    let broken = dir.join("no-worker.wasm");
+    let wasm = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "_water_v0"))
+           (func (export "_water_init") (result i32) i32.const 0)
+           (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    std::fs::write(&broken, wasm).unwrap();
+    let (status, out, err) = run(&["check", broken.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(out.contains("FAIL load") && out.contains("_water_worker"), "{out}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_with_connections_open_exits_zero() {
+    let echo = echo_server();
+    let (mut server, server_addr) = Proc::listening(&[
+        "server",
+        "--transport",
+        "xor",
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &echo.to_string(),
+    ]);
+    let (mut client, client_addr) = Proc::listening(&[
+        "client",
+        "--transport",
+        "xor",
+        "--listen",
+        "127.0.0.1:0",
+        "--remote",
+        &server_addr.to_string(),
+    ]);
+    // Two connections open and in use at the moment of the signal.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(client_addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        open.push(s);
+    }
+    for p in [&mut client, &mut server] {
+        let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = p.wait();
+        assert!(exit.success(), "exit {exit}: {}", p.stderr_text());
+    }
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["client", "-t", "rot13", "--listen", "127.0.0.1:0", "--remote", "127.0.0.1:1"],
+            "unknown transport",
+        ),
+        (
+            &["client", "-t", "/nonexistent/t.wasm", "--listen", "127.0.0.1:0", "--remote", "127.0.0.1:1"],
+            "cannot read",
+        ),
+        (
+            &["server", "-t", "plain", "--listen", "not-an-address", "--forward", "127.0.0.1:1"],
+            "cannot listen on not-an-address",
+        ),
+        (&["relay", "-t", "plain", "--listen", &taken_addr, "--remote", "127.0.0.1:1"], "cannot listen on"),
+        (&["check", "plain", "--config", "/nonexistent/key"], "cannot read config"),
+    ];
+    for (args, want) in cases {
+        let (status, out, err) = run(args);
+        assert!(!status.success(), "{args:?} succeeded");
+        let errors: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {err}");
+        assert!(errors[0].contains(want), "{args:?}: {}", errors[0]);
+        assert!(!out.contains("listening on"), "{args:?} announced a listener");
+    }
+}
+
+#[test]
+fn an_unreachable_remote_fails_that_connection_not_the_tunnel() {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (_client, addr) =
+        Proc::listening(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", &closed]);
+    for _ in 0..3 {
+        // The dial fails, so the tunnel closes this connection (cleanly or
+        // with a reset) without a byte...
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        let _ = s.write_all(b"hello");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(got.is_empty());
+    }
+    // ...and is still there for the next.
+    TcpStream::connect(addr).expect("tunnel still accepting");
+}
