@@ -18,18 +18,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes buffered in each direction before writers must wait. Measured
 /// (`cargo bench -p water-benches --bench app_path`): at 64 KiB the
 /// cross-thread wakeups dominate and the duplex ran at 0.4x a Unix socket
-/// pair; at 256 KiB it runs at about 1.9x. The ring is allocated on first
-/// write and pages are only touched as used.
+/// pair; at 256 KiB it runs at about 1.9x. A ring's storage starts at
+/// 16 KiB and grows to this only under a burst.
 pub const CAPACITY: usize = 256 * 1024;
 
-/// A fixed-capacity byte ring, allocated on first write (an idle
-/// connection costs no buffer).
+/// A byte ring holding at most [`CAPACITY`] bytes. Its storage starts
+/// small and doubles as a burst needs it, so the many connections that
+/// never carry much cost little memory.
 #[derive(Debug, Default)]
 struct Ring {
     data: Vec<u8>,
     head: usize,
     len: usize,
 }
+
+/// First allocation of a ring.
+const FIRST_ALLOCATION: usize = 16 * 1024;
 
 impl Ring {
     fn len(&self) -> usize {
@@ -44,14 +48,28 @@ impl Ring {
         *self = Ring::default();
     }
 
+    /// Grows the storage (keeping the bytes, unwrapped) to hold `want`.
+    fn reserve(&mut self, want: usize) {
+        let cap = self.data.len();
+        if want <= cap || cap == CAPACITY {
+            return;
+        }
+        let new_cap = want.next_power_of_two().clamp(FIRST_ALLOCATION, CAPACITY);
+        let mut data = vec![0; new_cap];
+        let n = self.len;
+        self.pop(&mut data[..n]);
+        self.data = data;
+        self.head = 0;
+        self.len = n;
+    }
+
     /// Appends as much of `src` as fits in [`CAPACITY`]; returns how much.
     fn push(&mut self, src: &[u8]) -> usize {
-        if self.data.is_empty() {
-            self.data = vec![0; CAPACITY];
-        }
-        let n = src.len().min(CAPACITY - self.len);
-        let tail = (self.head + self.len) % CAPACITY;
-        let first = n.min(CAPACITY - tail);
+        self.reserve(self.len + src.len());
+        let cap = self.data.len();
+        let n = src.len().min(cap - self.len);
+        let tail = (self.head + self.len) % cap;
+        let first = n.min(cap - tail);
         self.data[tail..tail + first].copy_from_slice(&src[..first]);
         self.data[..n - first].copy_from_slice(&src[first..n]);
         self.len += n;
@@ -61,10 +79,14 @@ impl Ring {
     /// Moves up to `dst.len()` bytes out; returns how many.
     fn pop(&mut self, dst: &mut [u8]) -> usize {
         let n = dst.len().min(self.len);
-        let first = n.min(CAPACITY - self.head);
+        if n == 0 {
+            return 0;
+        }
+        let cap = self.data.len();
+        let first = n.min(cap - self.head);
         dst[..first].copy_from_slice(&self.data[self.head..self.head + first]);
         dst[first..n].copy_from_slice(&self.data[..n - first]);
-        self.head = (self.head + n) % CAPACITY;
+        self.head = (self.head + n) % cap;
         self.len -= n;
         if self.len == 0 {
             self.head = 0;
@@ -335,6 +357,55 @@ mod tests {
         b.write_all(b"done").await.unwrap();
         drop(b);
         assert_eq!(writer.await.unwrap(), b"done");
+    }
+
+    #[test]
+    fn the_ring_grows_keeping_order_across_wraps() {
+        let (a, b) = pair();
+        let mut next = 0u8;
+        let mut expect = 0u8;
+        let mut buf = vec![0u8; 7000];
+        // Uneven writes and reads so that the ring wraps before it grows.
+        for round in 0..200 {
+            let chunk: Vec<u8> = (0..(round * 397 % 20_000 + 1))
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
+            let mut off = 0;
+            while off < chunk.len() {
+                match a.try_write(&chunk[off..]) {
+                    Ok(n) => off += n,
+                    Err(_) => {
+                        let n = b.try_read(&mut buf).unwrap();
+                        for &x in &buf[..n] {
+                            expect = expect.wrapping_add(1);
+                            assert_eq!(x, expect);
+                        }
+                    }
+                }
+            }
+            if round % 3 == 0 {
+                let n = b.try_read(&mut buf).unwrap();
+                for &x in &buf[..n] {
+                    expect = expect.wrapping_add(1);
+                    assert_eq!(x, expect);
+                }
+            }
+        }
+        a.shutdown_write();
+        loop {
+            let n = b.try_read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            for &x in &buf[..n] {
+                expect = expect.wrapping_add(1);
+                assert_eq!(x, expect);
+            }
+        }
+        assert_eq!(expect, next);
     }
 
     #[test]

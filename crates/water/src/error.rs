@@ -58,6 +58,10 @@ pub enum Error {
     /// it was dropped.
     #[error("worker did not stop within {0:?} of being cancelled; it was dropped")]
     Stuck(Duration),
+    /// The host ran out of a resource (memory, mappings) for this
+    /// connection; others go on.
+    #[error("host resources exhausted: {0}")]
+    Exhausted(String),
     /// A host-side I/O error (connecting, accepting, reading a file).
     #[error(transparent)]
     Io(#[from] io::Error),

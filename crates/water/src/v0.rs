@@ -191,7 +191,10 @@ impl Session {
             dial_error: None,
             deadline: Some(Instant::now() + limit),
         };
-        let mut store = Store::new(inner.pre.module().engine(), ctx);
+        // try_new: out of memory is this connection's error, not a panic
+        // that takes every other connection down with it.
+        let mut store = Store::try_new(inner.pre.module().engine(), ctx)
+            .map_err(|e| Error::Exhausted(format!("creating the instance's store: {e:#}")))?;
         store.limiter(|ctx| &mut ctx.limits);
         store.epoch_deadline_callback(|ctx| {
             Ok(match ctx.data().deadline {

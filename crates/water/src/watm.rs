@@ -24,6 +24,17 @@ fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         let mut cfg = wasmtime::Config::new();
         cfg.epoch_interruption(true);
+        // One instance per connection means thousands of live instances, and
+        // Linux caps a process's memory mappings (vm.max_map_count, 65,530
+        // by default). The default 4 GiB reservation with guard regions and
+        // a copy-on-write image costs several mappings per instance; small
+        // WATMs need none of that: an exact-size memory (explicit bounds
+        // checks) and data segments copied at instantiation.
+        cfg.memory_reservation(0);
+        cfg.memory_guard_size(0);
+        cfg.memory_reservation_for_growth(0);
+        cfg.guard_before_linear_memory(false);
+        cfg.memory_init_cow(false);
         let engine = Engine::new(&cfg).expect("the default engine configuration is valid");
         let weak = engine.weak();
         std::thread::Builder::new()
