@@ -1,1 +1,201 @@
-//! Benchmarks only: see `benches/`.
+//! Measurements of the WATER host next to native baselines, shared by the
+//! criterion benches (`benches/`) and `water bench`.
+//!
+//! Every figure is taken against an echo service on loopback, through one of
+//! these [`Path`]s, so that baselines and WATER share everything but the part
+//! being measured:
+//! - [`Path::Direct`]: the application talks TCP to the echo service.
+//! - [`Path::Native`]: a plain Rust task sits exactly where the guest would —
+//!   the same in-process duplex on the application side, the same TCP socket
+//!   on the other — and copies bytes with no wasm.
+//! - [`Path::Water`]: a [`water::Dialer`] through a WATM.
+//!
+//! Functions return raw durations; the callers take medians and ratios.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A byte stream of any of the paths.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// How the application reaches the echo service.
+#[derive(Debug, Clone)]
+pub enum Path {
+    Direct,
+    Native,
+    Water(water::Dialer),
+}
+
+impl Path {
+    /// Opens one connection to `echo`.
+    pub async fn connect(&self, echo: SocketAddr) -> io::Result<Pin<Box<dyn Stream>>> {
+        match self {
+            Path::Direct => {
+                let s = TcpStream::connect(echo).await?;
+                s.set_nodelay(true)?;
+                Ok(Box::pin(s))
+            }
+            Path::Native => {
+                let (app, mut guest_side) = water::__bench::duplex_pair();
+                let mut net = TcpStream::connect(echo).await?;
+                net.set_nodelay(true)?;
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut guest_side,
+                        &mut net,
+                        GUEST_BUFFER,
+                        GUEST_BUFFER,
+                    )
+                    .await;
+                });
+                Ok(Box::pin(app))
+            }
+            Path::Water(dialer) => {
+                Ok(Box::pin(dialer.dial(echo.to_string()).await.map_err(io::Error::from)?))
+            }
+        }
+    }
+}
+
+/// The copy buffer of the native baselines: the same as each of the guest
+/// SDK's buffers, so both move bytes in chunks of the same size.
+pub const GUEST_BUFFER: usize = 16 << 10;
+
+/// A TCP echo service on 127.0.0.1 (runs until the runtime ends).
+pub async fn echo_server() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A one-hop TCP forwarder to `to` (the native stand-in for `water client`).
+pub async fn tcp_forwarder(to: SocketAddr) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                if let Ok(mut up) = TcpStream::connect(to).await {
+                    let _ = up.set_nodelay(true);
+                    let _ =
+                        tokio::io::copy_bidirectional_with_sizes(&mut s, &mut up, GUEST_BUFFER, GUEST_BUFFER)
+                            .await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Size of each write in the throughput measurements.
+pub const WRITE_SIZE: usize = 64 << 10;
+
+/// Sends `total` bytes in [`WRITE_SIZE`] writes while reading the echo; the
+/// time until the last byte is back. Checks the count, not the content (the
+/// tests check content).
+pub async fn echo_bulk(stream: Pin<Box<dyn Stream>>, total: usize) -> io::Result<Duration> {
+    let (mut r, mut w) = tokio::io::split(stream);
+    let start = Instant::now();
+    let write = async {
+        let chunk = vec![0xa5u8; WRITE_SIZE];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(WRITE_SIZE);
+            w.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        w.shutdown().await
+    };
+    let read = async {
+        let mut buf = vec![0u8; WRITE_SIZE];
+        let mut got = 0;
+        while got < total {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("echo ended at {got} of {total}"),
+                ));
+            }
+            got += n;
+        }
+        Ok(())
+    };
+    tokio::try_join!(write, read)?;
+    Ok(start.elapsed())
+}
+
+/// `count` ping-pongs of `size` bytes on one connection; each round trip.
+pub async fn ping_pong(
+    stream: &mut Pin<Box<dyn Stream>>,
+    size: usize,
+    count: usize,
+) -> io::Result<Vec<Duration>> {
+    let ping = vec![0x5au8; size];
+    let mut pong = vec![0u8; size];
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        stream.write_all(&ping).await?;
+        stream.read_exact(&mut pong).await?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+/// Connect, send one byte, get it back: connection setup as the
+/// application sees it.
+pub async fn setup(path: &Path, echo: SocketAddr) -> io::Result<Duration> {
+    let t = Instant::now();
+    let mut s = path.connect(echo).await?;
+    s.write_all(b"x").await?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await?;
+    let took = t.elapsed();
+    drop(s);
+    Ok(took)
+}
+
+/// `conns` connections at once, each echoing `each` bytes; the time until
+/// the last is done.
+pub async fn concurrent(path: &Path, echo: SocketAddr, conns: usize, each: usize) -> io::Result<Duration> {
+    let mut streams = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        streams.push(path.connect(echo).await?);
+    }
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in streams {
+        tasks.spawn(echo_bulk(s, each));
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(io::Error::other)??;
+    }
+    Ok(start.elapsed())
+}
+
+/// The median of some durations (`ZERO` for none).
+pub fn median(mut d: Vec<Duration>) -> Duration {
+    if d.is_empty() {
+        return Duration::ZERO;
+    }
+    d.sort();
+    d[d.len() / 2]
+}

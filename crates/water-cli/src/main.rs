@@ -11,9 +11,11 @@
 //! to stdout; everything else goes to stderr. Errors are one line,
 //! `error: ...`, and a non-zero exit.
 
+mod bench;
 mod check;
 mod demo;
 mod loopback;
+mod scale;
 mod transport;
 mod tunnel;
 
@@ -85,6 +87,35 @@ enum Command {
     /// Run echo service, server and client with the built-in xor on loopback,
     /// push a few MiB through and print the figures.
     Demo,
+    /// An echo service (for `bench --scale`, which needs it in a process of
+    /// its own).
+    #[command(hide = true)]
+    Echo {
+        #[arg(long)]
+        listen: String,
+    },
+    /// Measure throughput, round trip, setup and concurrency on loopback,
+    /// each next to a native baseline from the same run, with the ratio.
+    Bench {
+        /// Built-in transport or path to a .wasm file.
+        #[arg(long, short = 't', default_value = "plain")]
+        transport: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Connections for the aggregate-throughput figure.
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Rough total time to spend measuring.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also hold this many connections at once through a `water server`
+        /// child (plain or xor), reporting its peak RSS and fds.
+        #[arg(long)]
+        scale: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -114,6 +145,18 @@ fn main() -> ExitCode {
             }
             Command::Check { transport, config } => check::run(&transport, config.as_deref()).await,
             Command::Demo => demo::run().await,
+            Command::Echo { listen } => tunnel::echo(&listen).await,
+            Command::Bench { transport, config, connections, seconds, json, scale } => {
+                bench::run(bench::Options {
+                    transport: &transport,
+                    config: config.as_deref(),
+                    connections,
+                    seconds,
+                    json,
+                    scale,
+                })
+                .await
+            }
         }
     });
     // Workers still draining after shutdown do not hold the exit.

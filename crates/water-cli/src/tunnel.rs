@@ -184,3 +184,16 @@ fn log_end(peer: std::net::SocketAddr, result: anyhow::Result<()>) {
         Err(e) => tracing::warn!(%peer, "connection failed: {e:#}"),
     }
 }
+
+/// `water echo` (hidden): echoes every connection until a signal.
+pub async fn echo(listen: &str) -> anyhow::Result<()> {
+    let listener = bind(listen).await?;
+    let stop = on_signal()?;
+    serve(listener, stop, |mut stream, _stop| async move {
+        let (mut r, mut w) = stream.split();
+        tokio::io::copy(&mut r, &mut w).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut w).await?;
+        Ok(())
+    })
+    .await
+}

@@ -330,3 +330,30 @@ fn an_unreachable_remote_fails_that_connection_not_the_tunnel() {
     // ...and is still there for the next.
     TcpStream::connect(addr).expect("tunnel still accepting");
 }
+
+#[test]
+fn bench_reports_each_figure_with_its_baseline_as_json() {
+    let (status, out, err) =
+        run(&["bench", "-t", "xor", "--seconds", "1", "--connections", "4", "--json", "--scale", "50"]);
+    assert!(status.success(), "{err}");
+    let json = out.trim();
+    assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+    for name in [
+        "dialer throughput",
+        "tunnel throughput",
+        "round trip, 64 B (median)",
+        "setup to first byte (median)",
+    ] {
+        assert!(json.contains(&format!(r#""name":"{name}""#)), "{name} missing: {json}");
+    }
+    // Every figure has a positive value, baseline and ratio.
+    assert!(!json.contains(r#""water":0.000"#) && !json.contains(r#""baseline":0.000"#), "{json}");
+    assert!(json.contains(r#""verified":50"#), "{json}");
+    let field = |key: &str| -> u64 {
+        let at =
+            json.find(&format!(r#""{key}":"#)).unwrap_or_else(|| panic!("{key}: {json}")) + key.len() + 3;
+        json[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    assert_eq!(field("server_fds_after"), field("server_fds_before"), "fds leaked: {json}");
+    assert!(field("server_fds_held") >= field("server_fds_before") + 100, "{json}");
+}
