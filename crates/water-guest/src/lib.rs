@@ -46,7 +46,7 @@ pub use water_abi::Errno;
 
 /// Size of each of the worker's four buffers (input and output, per
 /// direction). Reads and writes move at most this much at a time.
-pub const BUFFER_SIZE: usize = 16 * 1024;
+pub const BUFFER_SIZE: usize = 32 * 1024;
 
 /// Largest configuration a guest accepts from `pull_config`; a larger one
 /// fails `_water_init` with `-fbig`.
