@@ -17,6 +17,31 @@ pub const MAX_FRAME: usize = 8192;
 /// Length of a frame header.
 pub const HEADER: usize = 2;
 
+/// `dst[i] = src[src.len() - 1 - i]`. In wasm with SIMD, sixteen bytes per
+/// shuffle; the byte loop elsewhere (and for the last few bytes).
+fn reverse_into(dst: &mut [u8], src: &[u8]) {
+    debug_assert_eq!(dst.len(), src.len());
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let (dst, src) = {
+        use core::arch::wasm32::{i8x16_shuffle, v128, v128_load, v128_store};
+        let mut d = dst.chunks_exact_mut(16);
+        let mut s = src.rchunks_exact(16);
+        for (dc, sc) in (&mut d).zip(&mut s) {
+            // SAFETY: both chunks are exactly 16 bytes long, and wasm's v128
+            // loads and stores take unaligned addresses.
+            unsafe {
+                let v = v128_load(sc.as_ptr() as *const v128);
+                let r = i8x16_shuffle::<15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0>(v, v);
+                v128_store(dc.as_mut_ptr() as *mut v128, r);
+            }
+        }
+        (d.into_remainder(), s.remainder())
+    };
+    for (o, i) in dst.iter_mut().zip(src.iter().rev()) {
+        *o = *i;
+    }
+}
+
 /// The transport: no config.
 #[derive(Debug)]
 pub struct Reverse;
@@ -26,17 +51,17 @@ pub struct Reverse;
 pub struct Encoder;
 
 impl Codec for Encoder {
+    /// Room for a whole frame: without it the encoder would cut small frames
+    /// to fit whatever space the output buffer had left.
+    const MIN_OUTPUT: usize = HEADER + MAX_FRAME;
+
     fn transform(&mut self, input: &[u8], output: &mut [u8]) -> Result<Progress, Errno> {
         if input.is_empty() || output.len() <= HEADER {
             return Ok(Progress::default());
         }
         let n = input.len().min(MAX_FRAME).min(output.len() - HEADER);
         output[..HEADER].copy_from_slice(&(n as u16).to_be_bytes());
-        // A copy then an in-place reverse: both compile to wide moves and
-        // shuffles, where a byte-by-byte reversed copy does not.
-        let payload = &mut output[HEADER..HEADER + n];
-        payload.copy_from_slice(&input[..n]);
-        payload.reverse();
+        reverse_into(&mut output[HEADER..HEADER + n], &input[..n]);
         Ok(Progress { consumed: n, produced: HEADER + n })
     }
 }
@@ -69,9 +94,7 @@ impl Decoder {
     fn drain(&mut self, len: usize, sent: usize, output: &mut [u8]) -> usize {
         let k = (len - sent).min(output.len());
         // Payload byte `len - 1 - j` is original byte `j`.
-        let out = &mut output[..k];
-        out.copy_from_slice(&self.frame[len - sent - k..len - sent]);
-        out.reverse();
+        reverse_into(&mut output[..k], &self.frame[len - sent - k..len - sent]);
         self.state =
             if sent + k == len { State::Header { have: 0 } } else { State::Drain { len, sent: sent + k } };
         k
@@ -94,6 +117,19 @@ impl Codec for Decoder {
                     let rest = &input[p.consumed..];
                     if rest.is_empty() {
                         return Ok(p);
+                    }
+                    // Fast path: a whole frame in the input and room for it
+                    // in the output goes straight across, without the frame
+                    // buffer.
+                    if have == 0 && rest.len() > HEADER {
+                        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                        let out = &mut output[p.produced..];
+                        if len != 0 && len <= MAX_FRAME && rest.len() >= HEADER + len && out.len() >= len {
+                            reverse_into(&mut out[..len], &rest[HEADER..HEADER + len]);
+                            p.consumed += HEADER + len;
+                            p.produced += len;
+                            continue;
+                        }
                     }
                     let k = (HEADER - have).min(rest.len());
                     self.header[have..have + k].copy_from_slice(&rest[..k]);
