@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use water::{Dialer, Listener, Relay, Role, Watm};
 
-use crate::loopback::{echo_server, exchange, pattern};
+use crate::loopback::{exchange, pattern};
 use crate::transport;
+use water_bench::echo_server;
 
 const SIZE: usize = 256 << 10;
 const LIMIT: Duration = Duration::from_secs(15);
@@ -40,7 +41,7 @@ pub async fn run(t: &str, config: Option<&Path>) -> anyhow::Result<()> {
         bail!("{t} exports no role function (_water_dial, _water_accept, _water_associate)");
     }
     let stop = CancellationToken::new();
-    let echo = echo_server(stop.clone()).await?;
+    let echo = echo_server().await?;
     let mut failed = 0;
     for (role, name) in [(Role::Dialer, "dial"), (Role::Listener, "accept"), (Role::Relay, "associate")] {
         if !watm.supports(role) {

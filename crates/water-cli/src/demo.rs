@@ -11,8 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use water::{Dialer, Listener};
 
-use crate::loopback::{echo_server, exchange, pattern};
+use crate::loopback::{exchange, pattern};
 use crate::{transport, tunnel};
+use water_bench::echo_server;
 
 const SIZE: usize = 8 << 20;
 const PINGS: usize = 200;
@@ -20,7 +21,7 @@ const PINGS: usize = 200;
 pub async fn run() -> anyhow::Result<()> {
     let watm = transport::load("xor", None)?;
     let stop = CancellationToken::new();
-    let echo = echo_server(stop.clone()).await?;
+    let echo = echo_server().await?;
     let server_listener = Listener::from_tcp(&watm, TcpListener::bind("127.0.0.1:0").await?)?;
     let server_addr = server_listener.local_addr()?;
     tokio::spawn(tunnel::run_server(server_listener, echo.to_string(), stop.clone()));

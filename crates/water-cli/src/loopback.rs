@@ -1,31 +1,7 @@
-//! Loopback helpers for `check` and `demo`: an echo service and a
-//! write-while-reading exchange.
-
-use std::net::SocketAddr;
+//! Loopback helpers for `check` and `demo`: a write-while-reading exchange
+//! with progress, and test bytes. (The echo service is `water_bench`'s.)
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-/// A TCP echo service on 127.0.0.1, until `stop`.
-pub async fn echo_server(stop: CancellationToken) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = tokio::select! {
-                () = stop.cancelled() => return,
-                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    Ok(addr)
-}
 
 /// Writes `out` (then half-closes) while reading to EOF; returns what came
 /// back. `progress` is called with the bytes read so far.
