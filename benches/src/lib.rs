@@ -65,7 +65,7 @@ impl Path {
 
 /// The copy buffer of the native baselines: the same as each of the guest
 /// SDK's buffers, so both move bytes in chunks of the same size.
-pub const GUEST_BUFFER: usize = 16 << 10;
+pub const GUEST_BUFFER: usize = water_guest::BUFFER_SIZE;
 
 /// A TCP echo service on 127.0.0.1 (runs until the runtime ends).
 pub async fn echo_server() -> io::Result<SocketAddr> {

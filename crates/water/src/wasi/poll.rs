@@ -40,7 +40,12 @@ enum Waiter {
     Clock(Option<Instant>),
     Read(Stream),
     Write(Stream),
-    Cancel(Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>),
+    /// The future is made only when the call has to wait: the worker polls
+    /// its cancel fd on every round, and most rounds find something ready.
+    Cancel(
+        tokio_util::sync::CancellationToken,
+        Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    ),
     /// Ready now, with this many bytes (config file, stdio).
     Now(u64, bool),
     /// Fails now with this errno (bad fd, unknown clock).
@@ -102,7 +107,10 @@ pub async fn poll_oneoff<T: WasiView>(
             _ => None,
         })
         .min();
-    let mut sleep = earliest.map(|d| Box::pin(tokio::time::sleep_until(d.into())));
+    // A deadline already passed (the worker's "don't sleep" zero timeout)
+    // needs no timer: the first pass reports it.
+    let due_at_start = earliest.is_some_and(|d| d <= Instant::now());
+    let mut sleep = earliest.filter(|_| !due_at_start).map(|d| Box::pin(tokio::time::sleep_until(d.into())));
     let mut subs = subs;
     let events = std::future::poll_fn(|cx| {
         let mut events = Vec::new();
@@ -123,8 +131,15 @@ pub async fn poll_oneoff<T: WasiView>(
                     Poll::Ready(Err(e)) => events.push(ev(errno::from_io(&e), 0, false)),
                     Poll::Pending => {}
                 },
-                Waiter::Cancel(fut) => {
-                    if fut.as_mut().poll(cx).is_ready() {
+                Waiter::Cancel(token, fut) => {
+                    let cancelled = match fut {
+                        _ if token.is_cancelled() => true,
+                        Some(f) => f.as_mut().poll(cx).is_ready(),
+                        // Nothing else ready on the first pass either: only
+                        // then is a future (and a waker) worth making.
+                        None => false,
+                    };
+                    if cancelled {
                         events.push(ev(Errno(0), 0, true));
                     }
                 }
@@ -132,10 +147,11 @@ pub async fn poll_oneoff<T: WasiView>(
         }
         // Clocks fire when they have expired; check them even when an fd is
         // ready, so that a zero timeout is reported too.
-        let clock_due = match sleep.as_mut() {
-            Some(s) => s.as_mut().poll(cx).is_ready(),
-            None => false,
-        };
+        let clock_due = due_at_start
+            || match sleep.as_mut() {
+                Some(s) => s.as_mut().poll(cx).is_ready(),
+                None => false,
+            };
         if clock_due {
             let now = Instant::now();
             for sub in &subs {
@@ -152,7 +168,24 @@ pub async fn poll_oneoff<T: WasiView>(
                 }
             }
         }
-        if events.is_empty() { Poll::Pending } else { Poll::Ready(events) }
+        if !events.is_empty() {
+            return Poll::Ready(events);
+        }
+        // About to wait: register on the cancel tokens too.
+        let mut registered_late = false;
+        for sub in subs.iter_mut() {
+            if let Waiter::Cancel(token, fut @ None) = &mut sub.waiter {
+                let mut f = Box::pin(token.clone().cancelled_owned());
+                if f.as_mut().poll(cx).is_ready() {
+                    registered_late = true;
+                }
+                *fut = Some(f);
+            }
+        }
+        if registered_late {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     })
     .await;
 
@@ -186,7 +219,7 @@ fn fd_waiter(table: &super::table::FdTable, fd: u32, read: bool) -> Waiter {
         (Err(e), _) => Waiter::Fail(e),
         (Ok(Desc::Stream { stream, .. }), true) => Waiter::Read(stream.clone()),
         (Ok(Desc::Stream { stream, .. }), false) => Waiter::Write(stream.clone()),
-        (Ok(Desc::Cancel { token, .. }), true) => Waiter::Cancel(Box::pin(token.clone().cancelled_owned())),
+        (Ok(Desc::Cancel { token, .. }), true) => Waiter::Cancel(token.clone(), None),
         (Ok(Desc::Config { data, pos }), true) => {
             let left = (data.len() as u64).saturating_sub(*pos);
             Waiter::Now(left, left == 0)
