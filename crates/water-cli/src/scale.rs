@@ -142,7 +142,7 @@ fn codec(transport: &str, config: Option<&Path>) -> anyhow::Result<WireCodec> {
             let xor = watm_xor::Xor::from_config(&key).map_err(|e| anyhow::anyhow!(e.message))?;
             // Each connection's stream starts at key position 0, and the
             // echoed reply is encoded the same way: one pass each.
-            Ok(Box::new(move |buf: &mut [u8]| xor.stream().apply(buf)))
+            Ok(Box::new(move |buf: &mut [u8]| xor.stream().apply_in_place(buf)))
         }
         other => bail!("--scale speaks the built-in plain and xor wire formats only, not {other}"),
     }
