@@ -26,15 +26,25 @@ fn engine() -> &'static Engine {
         cfg.epoch_interruption(true);
         // One instance per connection means thousands of live instances, and
         // Linux caps a process's memory mappings (vm.max_map_count, 65,530
-        // by default). The default 4 GiB reservation with guard regions and
-        // a copy-on-write image costs several mappings per instance; small
-        // WATMs need none of that: an exact-size memory (explicit bounds
-        // checks) and data segments copied at instantiation.
-        cfg.memory_reservation(0);
-        cfg.memory_guard_size(0);
+        // by default). Each memory keeps wasmtime's 4 GiB reservation with a
+        // guard region after it, which costs no memory and one mapping split
+        // (reserved / accessible), but lets compiled code skip the bounds
+        // check on every load and store: the XOR guest's per-byte cost fell
+        // by half with it. What costs mappings without paying for itself
+        // here is off: the guard before the memory and the copy-on-write
+        // image (small WATMs copy their data segments at instantiation).
+        // Four mappings per instance (memory: 2, async stack and its guard:
+        // 2), and 4 GiB of address space, of which x86-64 has 128 TiB.
+        cfg.memory_reservation(4 << 30);
+        cfg.memory_guard_size(32 << 20);
         cfg.memory_reservation_for_growth(0);
         cfg.guard_before_linear_memory(false);
         cfg.memory_init_cow(false);
+        // `WATER_PROFILE=perfmap`: wasmtime writes /tmp/perf-<pid>.map so
+        // that `perf report` names each wasm function (see BENCHMARKS.md).
+        if std::env::var_os("WATER_PROFILE").is_some_and(|v| v == "perfmap") {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&cfg).expect("the default engine configuration is valid");
         let weak = engine.weak();
         std::thread::Builder::new()
