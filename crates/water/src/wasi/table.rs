@@ -1,6 +1,7 @@
 //! The guest's fd table: what each preview1 fd number means, owned by the
 //! host. Lookups answer the precise errno (`badf` for a free fd).
 
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,7 +26,27 @@ pub enum Stream {
 impl Stream {
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.try_read(buf),
+            Stream::Tcp(s) => {
+                // A short read drained the socket: forget its readiness now,
+                // as tokio's own `poll_read` does, so the guest's next read
+                // waits for the next event instead of costing a `recv` that
+                // answers EAGAIN. (Readiness from an event newer than the
+                // read survives: tokio clears only what it had seen.)
+                let want = buf.len();
+                let mut short = None;
+                let result = s.try_io(tokio::io::Interest::READABLE, || {
+                    let n = io::Read::read(&mut &*socket2::SockRef::from(s.as_ref()), buf)?;
+                    if n > 0 && n < want {
+                        short = Some(n);
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(n)
+                });
+                match short {
+                    Some(n) => Ok(n),
+                    None => result,
+                }
+            }
             Stream::Duplex(d) => d.try_read(buf),
         }
     }
@@ -38,15 +59,26 @@ impl Stream {
     }
 
     /// Ready when a read would not block: with the bytes known to be
-    /// available (at least 1 for a socket) and whether the stream ended.
+    /// available and whether the stream ended.
+    ///
+    /// For a socket this is tokio's readiness, which costs no syscall: at
+    /// least one byte (`available: 1`, or a spurious wake-up, which the
+    /// guest's read answers with `again`), unless the peer has hung up. Only
+    /// then, once per connection, a peek tells how much is left before EOF.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<ReadReadiness>> {
         match self {
             Stream::Tcp(s) => {
+                if let Err(e) = std::task::ready!(s.poll_read_ready(cx)) {
+                    return Poll::Ready(Err(e));
+                }
+                if !read_closed(s) {
+                    return Poll::Ready(Ok(ReadReadiness { available: 1, closed: false }));
+                }
                 let mut byte = [0u8; 1];
                 let mut buf = tokio::io::ReadBuf::new(&mut byte);
                 match s.poll_peek(cx, &mut buf) {
                     Poll::Ready(Ok(0)) => Poll::Ready(Ok(ReadReadiness { available: 0, closed: true })),
-                    Poll::Ready(Ok(n)) => Poll::Ready(Ok(ReadReadiness { available: n, closed: false })),
+                    Poll::Ready(Ok(n)) => Poll::Ready(Ok(ReadReadiness { available: n, closed: true })),
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     Poll::Pending => Poll::Pending,
                 }
@@ -100,6 +132,16 @@ impl Stream {
                 Ok(())
             }
         }
+    }
+}
+
+/// Whether tokio's readiness for `s` says the peer hung up (EPOLLRDHUP);
+/// reads its cached state, no syscall.
+fn read_closed(s: &TcpStream) -> bool {
+    let ready = std::pin::pin!(s.ready(tokio::io::Interest::READABLE));
+    match ready.poll(&mut Context::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(Ok(r)) => r.is_read_closed(),
+        _ => false,
     }
 }
 
