@@ -57,16 +57,28 @@ fn progress(what: &str) {
     let _ = std::io::stderr().flush();
 }
 
-/// Runs `f` until `budget` is spent (at least `min` times); the samples.
-async fn repeat<F, Fut>(budget: Duration, min: usize, mut f: F) -> anyhow::Result<Vec<Duration>>
+/// Samples `paths` measurements in turn — one of each, then again — until
+/// `budget` is spent and each has at least `min`; the samples of each.
+///
+/// Taking them in turn rather than one path after the other means a change
+/// in the load of this shared machine during the run hits every path alike,
+/// instead of skewing the ratio.
+async fn alternate<F, Fut>(
+    budget: Duration,
+    min: usize,
+    paths: usize,
+    mut f: F,
+) -> anyhow::Result<Vec<Vec<Duration>>>
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::io::Result<Duration>>,
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Vec<Duration>>>,
 {
     let start = Instant::now();
-    let mut out = Vec::new();
-    while out.len() < min || start.elapsed() < budget {
-        out.push(f().await?);
+    let mut out = vec![Vec::new(); paths];
+    while out[0].len() < min || start.elapsed() < budget {
+        for (i, samples) in out.iter_mut().enumerate() {
+            samples.extend(f(i).await?);
+        }
     }
     Ok(out)
 }
@@ -85,17 +97,15 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     let mut figures = Vec::new();
 
     // Throughput through the library, three ways.
-    let mut bulk = Vec::new();
-    for (name, via) in [("direct", Via::Direct), ("native", Via::Native), ("water", water.clone())] {
-        progress(&format!("throughput via {name}"));
-        let samples = repeat(slice, 3, || {
-            let via = via.clone();
-            async move { echo_bulk(via.connect(echo).await?, BULK).await }
-        })
-        .await
-        .with_context(|| format!("throughput via {name}"))?;
-        bulk.push(mib_s(2 * BULK, median(samples)));
-    }
+    progress("throughput via direct TCP, native forwarder and water, in turn");
+    let vias = [Via::Direct, Via::Native, water.clone()];
+    let bulk = alternate(3 * slice, 3, vias.len(), |i| {
+        let via = vias[i].clone();
+        async move { Ok(vec![echo_bulk(via.connect(echo).await?, BULK).await?]) }
+    })
+    .await
+    .context("dialer throughput")?;
+    let bulk: Vec<f64> = bulk.into_iter().map(|s| mib_s(2 * BULK, median(s))).collect();
     figures.push(Figure {
         name: "dialer throughput",
         unit: "MiB/s",
@@ -119,14 +129,15 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     let tunnel_addr = tunnel_listener.local_addr()?;
     tokio::spawn(tunnel::run_client(dialer.clone(), tunnel_listener, echo.to_string(), stop.clone()));
     let forwarder = tcp_forwarder(echo).await?;
-    let mut hops = Vec::new();
-    for (name, addr) in [("native one-hop forwarder", forwarder), ("water client tunnel", tunnel_addr)] {
-        progress(&format!("throughput via {name}"));
-        let samples =
-            repeat(slice, 3, || async move { echo_bulk(Via::Direct.connect(addr).await?, BULK).await })
-                .await?;
-        hops.push(mib_s(2 * BULK, median(samples)));
-    }
+    progress("throughput via a native one-hop forwarder and the water client tunnel, in turn");
+    let fronts = [forwarder, tunnel_addr];
+    let hops = alternate(2 * slice, 3, fronts.len(), |i| {
+        let addr = fronts[i];
+        async move { Ok(vec![echo_bulk(Via::Direct.connect(addr).await?, BULK).await?]) }
+    })
+    .await
+    .context("tunnel throughput")?;
+    let hops: Vec<f64> = hops.into_iter().map(|s| mib_s(2 * BULK, median(s))).collect();
     figures.push(Figure {
         name: "tunnel throughput",
         unit: "MiB/s",
@@ -136,18 +147,18 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
         better: Better::Higher,
     });
 
-    // Round trip, 64 bytes.
-    let mut rtt = Vec::new();
-    for (name, via) in [("direct", Via::Direct), ("water", water.clone())] {
-        progress(&format!("64-byte round trips via {name}"));
-        let mut s = via.connect(echo).await?;
-        let start = Instant::now();
-        let mut samples = Vec::new();
-        while samples.len() < 200 || start.elapsed() < slice {
-            samples.extend(ping_pong(&mut s, 64, 100).await?);
+    // Round trip, 64 bytes: one connection each, 100 round trips in turn.
+    progress("64-byte round trips via direct TCP and water, in turn");
+    let mut conns = vec![Via::Direct.connect(echo).await?, water.connect(echo).await?];
+    let mut rtt = vec![Vec::new(); conns.len()];
+    let start = Instant::now();
+    while rtt[0].len() < 200 || start.elapsed() < 2 * slice {
+        for (conn, samples) in conns.iter_mut().zip(&mut rtt) {
+            samples.extend(ping_pong(conn, 64, 100).await?);
         }
-        rtt.push(median(samples).as_secs_f64() * 1e6);
     }
+    drop(conns);
+    let rtt: Vec<f64> = rtt.into_iter().map(|s| median(s).as_secs_f64() * 1e6).collect();
     figures.push(Figure {
         name: "round trip, 64 B (median)",
         unit: "µs",
@@ -158,12 +169,15 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     });
 
     // Setup.
-    let mut set = Vec::new();
-    for (name, via) in [("direct", Via::Direct), ("water", water.clone())] {
-        progress(&format!("connection setup via {name}"));
-        let samples = repeat(slice, 50, || setup(&via, echo)).await?;
-        set.push(median(samples).as_secs_f64() * 1e6);
-    }
+    progress("connection setup via direct TCP and water, in turn");
+    let vias = [Via::Direct, water.clone()];
+    let set = alternate(2 * slice, 50, vias.len(), |i| {
+        let via = vias[i].clone();
+        async move { Ok(vec![setup(&via, echo).await?]) }
+    })
+    .await
+    .context("setup")?;
+    let set: Vec<f64> = set.into_iter().map(|s| median(s).as_secs_f64() * 1e6).collect();
     figures.push(Figure {
         name: "setup to first byte (median)",
         unit: "µs",
@@ -174,13 +188,15 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     });
 
     // Concurrency.
-    let mut conc = Vec::new();
-    for (name, via) in [("direct", Via::Direct), ("water", water.clone())] {
-        progress(&format!("{} connections at once via {name}", o.connections));
-        let each = 64 << 10;
-        let samples = repeat(slice, 2, || concurrent(&via, echo, o.connections, each)).await?;
-        conc.push(mib_s(2 * each * o.connections, median(samples)));
-    }
+    progress(&format!("{} connections at once via direct TCP and water, in turn", o.connections));
+    let each = 64 << 10;
+    let conc = alternate(2 * slice, 2, vias.len(), |i| {
+        let via = vias[i].clone();
+        async move { Ok(vec![concurrent(&via, echo, o.connections, each).await?]) }
+    })
+    .await
+    .context("concurrency")?;
+    let conc: Vec<f64> = conc.into_iter().map(|s| mib_s(2 * each * o.connections, median(s))).collect();
     figures.push(Figure {
         name: if o.connections == 1 { "1 connection, aggregate" } else { "N connections, aggregate" },
         unit: "MiB/s",

@@ -1,0 +1,108 @@
+//! A profiling driver, not a benchmark: runs only the tunnel measurement of
+//! `water bench` (a one-hop forwarder in front of an echo service: the
+//! native one, and a WATER dialer handed the accepted socket, samples in
+//! turn) for a while, and prints each path's median throughput, the
+//! process's CPU time per GiB moved on it, and the ratio. Meant for
+//! `perf record` / `perf stat`, where the full bench mixes phases.
+//!
+//! `cargo run --release -p water-bench --example tunnel_loop -- xor 8`
+//!
+//! Environment: `SOLO=1` runs the WATER path alone (for a profile of it);
+//! `THREADS=N` sets tokio's worker threads (`1`: a current-thread runtime,
+//! where the ratio is one of CPU cost alone); `WATER_PROFILE=perfmap` lets
+//! `perf report` name wasm functions.
+
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use water_bench::{Path, echo_bulk, echo_server, median, tcp_forwarder};
+
+const BULK: usize = 8 << 20;
+
+fn cpu() -> Duration {
+    let t = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields 14 and 15 (utime, stime), in clock ticks, after the ")".
+    let rest = t.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    Duration::from_millis(ticks * 10)
+}
+
+fn main() -> std::io::Result<()> {
+    let threads: usize = std::env::var("THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b.enable_all().build()?
+    };
+    rt.block_on(run())
+}
+
+async fn run() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_else(|| "plain".into());
+    let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let echo = echo_server().await?;
+    let native = tcp_forwarder(echo).await?;
+    let mut fronts = vec![("native", native)];
+    if what != "native" {
+        let guest = watm_artifacts::Guest::named(&what).expect("plain, xor or reverse");
+        let mut config = water::Config::default();
+        if what == "xor" {
+            config = config.transport_config(b"5741544552".to_vec());
+        }
+        let watm = water::Watm::new(guest.wasm, config).expect("load");
+        let dialer = water::Dialer::new(&watm).expect("dialer");
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let _ = s.set_nodelay(true);
+                let dialer = dialer.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut t) = dialer.dial_socket(echo.to_string(), s).await {
+                        let _ = t.wait().await;
+                    }
+                });
+            }
+        });
+        fronts.push(("water", addr));
+        if std::env::var_os("SOLO").is_some() {
+            // For a profile of the WATER path alone.
+            fronts.remove(0);
+        }
+    }
+    // Paths in turn, so that load changes on the machine hit both alike.
+    let mut samples = vec![Vec::new(); fronts.len()];
+    let mut cpus = vec![Duration::ZERO; fronts.len()];
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        for (i, (_, front)) in fronts.iter().enumerate() {
+            let c = cpu();
+            let took = echo_bulk(Path::Direct.connect(*front).await?, BULK).await?;
+            cpus[i] += cpu() - c;
+            samples[i].push(took);
+        }
+    }
+    let mut rates = Vec::new();
+    for ((name, _), (s, c)) in fronts.iter().zip(samples.into_iter().zip(cpus)) {
+        let gib = (2 * BULK * s.len()) as f64 / (1u64 << 30) as f64;
+        let total: Duration = s.iter().sum();
+        let rate = (2 * BULK) as f64 / 1048576.0 / median(s).as_secs_f64();
+        println!(
+            "{what} {name}: median {rate:.0} MiB/s, {:.2} CPU-s per GiB ({:.0}% of one core)",
+            c.as_secs_f64() / gib,
+            100.0 * c.as_secs_f64() / total.as_secs_f64()
+        );
+        rates.push(rate);
+    }
+    if let [native, water] = rates[..] {
+        println!("{what} ratio: {:.3}", water / native);
+    }
+    Ok(())
+}
