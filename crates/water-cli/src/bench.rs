@@ -88,6 +88,9 @@ fn mib_s(bytes: usize, d: Duration) -> f64 {
 }
 
 pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
+    if let Some(n) = o.scale {
+        crate::scale::prepare(n)?;
+    }
     let watm = transport::load(o.transport, o.config)?;
     let dialer = Dialer::new(&watm)?;
     let echo = echo_server().await?;

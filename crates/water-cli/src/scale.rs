@@ -95,9 +95,23 @@ fn raise_nofile(want: u64) -> anyhow::Result<()> {
     }
     bail!(
         "the server needs {want} open files for this many connections (two sockets each), \
-         but the hard limit here is {} and cannot be raised (no CAP_SYS_RESOURCE)",
-        lim.rlim_max
+         but the hard limit here is {} and cannot be raised (no CAP_SYS_RESOURCE): \
+         at most {} connections fit",
+        lim.rlim_max,
+        lim.rlim_max.saturating_sub(SERVER_OWN_FDS) / 2
     )
+}
+
+/// Files the server holds besides its connections' sockets (stdio, the
+/// listener, tokio's epoll and waker, the signal pipe: 12 measured), with a
+/// little room.
+const SERVER_OWN_FDS: u64 = 16;
+
+/// Raises the open-file limit for `n` connections, or says how many fit:
+/// called before the other measurements too, so a count that cannot work
+/// fails at once.
+pub fn prepare(n: usize) -> anyhow::Result<()> {
+    raise_nofile((n as u64) * 2 + SERVER_OWN_FDS)
 }
 
 /// Starts `water ARGS` and reads its `listening on` line.
@@ -152,7 +166,7 @@ pub async fn run(transport: &str, config: Option<&Path>, n: usize) -> anyhow::Re
     let codec = Arc::new(codec(transport, config)?);
     // Three processes share the fds: this one (the clients), an echo
     // service, and the server (two sockets per connection).
-    raise_nofile((n as u64) * 2 + 64)?;
+    prepare(n)?;
     let (_echo, echo) = child(&["echo".into(), "--listen".into(), "127.0.0.1:0".into()]).await?;
     let mut args =
         vec!["server".to_string(), "-t".into(), transport.into(), "--listen".into(), "127.0.0.1:0".into()];
