@@ -8,6 +8,8 @@
 //! `cargo run --release -p water-bench --example tunnel_loop -- xor 8`
 //!
 //! Environment: `SOLO=1` runs the WATER path alone (for a profile of it);
+//! `CONC=N` measures instead N connections at once through the dialer
+//! (64 KiB each way each), against direct TCP, as `water bench` does;
 //! `THREADS=N` sets tokio's worker threads (`1`: a current-thread runtime,
 //! where the ratio is one of CPU cost alone); `WATER_PROFILE=perfmap` lets
 //! `perf report` name wasm functions.
@@ -48,6 +50,30 @@ async fn run() -> std::io::Result<()> {
     let what = args.next().unwrap_or_else(|| "plain".into());
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let echo = echo_server().await?;
+    if let Some(n) = std::env::var("CONC").ok().and_then(|c| c.parse::<usize>().ok()) {
+        let guest = watm_artifacts::Guest::named(&what).expect("plain, xor or reverse");
+        let watm = water::Watm::new(guest.wasm, water::Config::default()).expect("load");
+        let paths = [Path::Direct, Path::Water(water::Dialer::new(&watm).expect("dialer"))];
+        let solo = std::env::var_os("SOLO").is_some();
+        let mut samples = vec![Vec::new(), Vec::new()];
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < secs {
+            for (i, p) in paths.iter().enumerate() {
+                if solo && i == 0 {
+                    continue;
+                }
+                samples[i].push(water_bench::concurrent(p, echo, n, 64 << 10).await?);
+            }
+        }
+        for (i, s) in samples.into_iter().enumerate() {
+            if s.is_empty() {
+                continue;
+            }
+            let rate = (2 * n * (64 << 10)) as f64 / 1048576.0 / median(s).as_secs_f64();
+            println!("conc {n} path {i}: {rate:.0} MiB/s");
+        }
+        return Ok(());
+    }
     let native = tcp_forwarder(echo).await?;
     let mut fronts = vec![("native", native)];
     if what != "native" {
