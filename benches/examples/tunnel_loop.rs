@@ -52,7 +52,11 @@ async fn run() -> std::io::Result<()> {
     let echo = echo_server().await?;
     if let Some(n) = std::env::var("CONC").ok().and_then(|c| c.parse::<usize>().ok()) {
         let guest = watm_artifacts::Guest::named(&what).expect("plain, xor or reverse");
-        let watm = water::Watm::new(guest.wasm, water::Config::default()).expect("load");
+        let mut config = water::Config::default();
+        if what == "xor" {
+            config = config.transport_config(b"5741544552".to_vec());
+        }
+        let watm = water::Watm::new(guest.wasm, config).expect("load");
         let paths = [Path::Direct, Path::Water(water::Dialer::new(&watm).expect("dialer"))];
         let solo = std::env::var_os("SOLO").is_some();
         let mut samples = vec![Vec::new(), Vec::new()];
