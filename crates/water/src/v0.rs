@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::wasi::p1::GuestExit;
 use crate::wasi::table::{Desc, Stream};
 use crate::wasi::{WasiCtx, WasiView, errno};
+use crate::watm::{Inner, Linked};
 use crate::watm::{Role, Watm};
 
 /// Store data of one instance.
@@ -170,6 +171,49 @@ fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error 
     }
 }
 
+/// A store for `ctx` in `engine`, with the limits and the epoch deadline.
+fn new_store(engine: &wasmtime::Engine, ctx: Ctx) -> Result<Store<Ctx>, Error> {
+    // try_new: out of memory is this connection's error, not a panic that
+    // takes every other connection down with it.
+    let mut store = Store::try_new(engine, ctx)
+        .map_err(|e| Error::Exhausted(format!("creating the instance's store: {e:#}")))?;
+    store.limiter(|ctx| &mut ctx.limits);
+    store.epoch_deadline_callback(|ctx| {
+        Ok(match ctx.data().deadline {
+            Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
+            _ => UpdateDeadline::Yield(1),
+        })
+    });
+    store.set_epoch_deadline(1);
+    Ok(store)
+}
+
+/// Instantiates the module in a free pool slot, or, when every slot is
+/// taken (or the module is not pooled), mapped on demand.
+async fn instantiate(
+    inner: &Inner,
+    ctx: Ctx,
+    limit: Duration,
+) -> Result<(Store<Ctx>, wasmtime::Instance, &Linked), Error> {
+    let mut ctx = ctx;
+    if let Some(pooled) = &inner.pooled {
+        let mut store = new_store(pooled.pre.module().engine(), ctx)?;
+        match pooled.pre.instantiate_async(&mut store).await {
+            Ok(instance) => return Ok((store, instance, pooled)),
+            Err(e) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                tracing::trace!("instance pool full; mapping this instance on demand");
+                ctx = store.into_data();
+            }
+            Err(e) => return Err(classify("instantiate", e, limit)),
+        }
+    }
+    let linked = &inner.on_demand;
+    let mut store = new_store(linked.pre.module().engine(), ctx)?;
+    let instance =
+        linked.pre.instantiate_async(&mut store).await.map_err(|e| classify("instantiate", e, limit))?;
+    Ok((store, instance, linked))
+}
+
 impl Session {
     /// Instantiates `watm` and runs every setup call for `setup`'s role.
     pub(crate) async fn start(
@@ -191,23 +235,10 @@ impl Session {
             dial_error: None,
             deadline: Some(Instant::now() + limit),
         };
-        // try_new: out of memory is this connection's error, not a panic
-        // that takes every other connection down with it.
-        let mut store = Store::try_new(inner.pre.module().engine(), ctx)
-            .map_err(|e| Error::Exhausted(format!("creating the instance's store: {e:#}")))?;
-        store.limiter(|ctx| &mut ctx.limits);
-        store.epoch_deadline_callback(|ctx| {
-            Ok(match ctx.data().deadline {
-                Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
-                _ => UpdateDeadline::Yield(1),
-            })
-        });
-        store.set_epoch_deadline(1);
-        let instance =
-            inner.pre.instantiate_async(&mut store).await.map_err(|e| classify("instantiate", e, limit))?;
+        let (mut store, instance, linked) = instantiate(inner, ctx, limit).await?;
 
         let func = |store: &mut Store<Ctx>, name: &'static str| {
-            let export = inner.index.get(name)?;
+            let export = linked.index.get(name)?;
             instance.get_module_export(&mut *store, export)?.into_func()
         };
         if inner.exports.start {

@@ -17,47 +17,121 @@ use crate::wasi;
 /// its thread to other connections.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// The process-wide engine: compiled code and the epoch ticker are shared by
-/// every loaded module.
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut cfg = wasmtime::Config::new();
-        cfg.epoch_interruption(true);
-        // One instance per connection means thousands of live instances, and
-        // Linux caps a process's memory mappings (vm.max_map_count, 65,530
-        // by default). Each memory keeps wasmtime's 4 GiB reservation with a
-        // guard region after it, which costs no memory and one mapping split
-        // (reserved / accessible), but lets compiled code skip the bounds
-        // check on every load and store: the XOR guest's per-byte cost fell
-        // by half with it. What costs mappings without paying for itself
-        // here is off: the guard before the memory and the copy-on-write
-        // image (small WATMs copy their data segments at instantiation).
-        // Four mappings per instance (memory: 2, async stack and its guard:
-        // 2), and 4 GiB of address space, of which x86-64 has 128 TiB.
-        cfg.memory_reservation(4 << 30);
-        cfg.memory_guard_size(32 << 20);
-        cfg.memory_reservation_for_growth(0);
-        cfg.guard_before_linear_memory(false);
-        cfg.memory_init_cow(false);
-        // `WATER_PROFILE=perfmap`: wasmtime writes /tmp/perf-<pid>.map so
-        // that `perf report` names each wasm function (see BENCHMARKS.md).
-        if std::env::var_os("WATER_PROFILE").is_some_and(|v| v == "perfmap") {
-            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+/// Instance slots in the pooled engine, unless `WATER_POOL_SLOTS` says
+/// otherwise (`0`: no pool).
+pub const DEFAULT_POOL_SLOTS: u32 = 1024;
+
+/// Guest memory kept resident in a pool slot for its next instance.
+const KEEP_RESIDENT: usize = 256 << 10;
+
+/// The process-wide engines: compiled code and the epoch ticker are shared
+/// by every loaded module.
+///
+/// - `pooled`: wasmtime's pooling allocator, a fixed number of instance
+///   slots reserved once and reused. A new connection then maps nothing:
+///   its memory, tables and async stack are a reused slot, and its guest
+///   memory's dirty pages (up to [`KEEP_RESIDENT`]) were reset in place
+///   rather than unmapped and faulted in again. `None` when the pool cannot
+///   be reserved here (address-space limits) or is turned off.
+/// - `on_demand`: maps every instance afresh. It takes the connections the
+///   pool has no free slot for, and modules the pool cannot hold, so that
+///   the pool's size is never a limit on connections.
+///
+/// Both compile code the same way, so a module compiled once is loaded
+/// into the other by deserialization instead of a second compilation.
+pub(crate) struct Engines {
+    pub pooled: Option<Engine>,
+    pub on_demand: Engine,
+}
+
+fn base_config() -> wasmtime::Config {
+    let mut cfg = wasmtime::Config::new();
+    cfg.epoch_interruption(true);
+    // One instance per connection means thousands of live instances, and
+    // Linux caps a process's memory mappings (vm.max_map_count, 65,530
+    // by default). Each memory keeps wasmtime's 4 GiB reservation with a
+    // guard region after it, which costs no memory and one mapping split
+    // (reserved / accessible), but lets compiled code skip the bounds
+    // check on every load and store: the XOR guest's per-byte cost fell
+    // by half with it. What costs mappings without paying for itself
+    // here is off: the guard before the memory and the copy-on-write
+    // image (small WATMs copy their data segments at instantiation).
+    // Four mappings per instance (memory: 2, async stack and its guard:
+    // 2), and 4 GiB of address space, of which x86-64 has 128 TiB.
+    cfg.memory_reservation(4 << 30);
+    cfg.memory_guard_size(32 << 20);
+    cfg.memory_reservation_for_growth(0);
+    cfg.guard_before_linear_memory(false);
+    cfg.memory_init_cow(false);
+    // `WATER_PROFILE=perfmap`: wasmtime writes /tmp/perf-<pid>.map so
+    // that `perf report` names each wasm function (see BENCHMARKS.md).
+    if std::env::var_os("WATER_PROFILE").is_some_and(|v| v == "perfmap") {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    cfg
+}
+
+/// The pool's size: `WATER_POOL_SLOTS` if it is a number, else the default.
+fn pool_slots() -> u32 {
+    match std::env::var("WATER_POOL_SLOTS") {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(value = %v, "WATER_POOL_SLOTS is not a number; using {DEFAULT_POOL_SLOTS}");
+            DEFAULT_POOL_SLOTS
+        }),
+        Err(_) => DEFAULT_POOL_SLOTS,
+    }
+}
+
+fn pooled_engine(slots: u32) -> Option<Engine> {
+    if slots == 0 {
+        return None;
+    }
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    pool.total_core_instances(slots).total_memories(slots).total_tables(slots).total_stacks(slots);
+    // A slot spans the whole reservation anyway; the store's limiter
+    // (`Config::memory_limit`) is what bounds a guest's memory.
+    pool.max_memory_size(4 << 30);
+    pool.linear_memory_keep_resident(KEEP_RESIDENT);
+    // Reset only the pages a guest dirtied (Linux 6.7+), so that a slot
+    // keeps resident what its last guest used, not all of KEEP_RESIDENT.
+    pool.pagemap_scan(wasmtime::Enabled::Auto);
+    // Reuse slots that were used before over fresh ones: what stays
+    // resident is then bounded by the peak number of connections.
+    pool.max_unused_warm_slots(0);
+    let mut cfg = base_config();
+    cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&cfg) {
+        Ok(engine) => Some(engine),
+        Err(e) => {
+            tracing::warn!("no pooled engine ({e:#}): every instance is mapped on demand");
+            None
         }
-        let engine = Engine::new(&cfg).expect("the default engine configuration is valid");
-        let weak = engine.weak();
+    }
+}
+
+pub(crate) fn engines() -> &'static Engines {
+    static ENGINES: OnceLock<Engines> = OnceLock::new();
+    ENGINES.get_or_init(|| {
+        let on_demand = Engine::new(&base_config()).expect("the default engine configuration is valid");
+        let pooled = pooled_engine(pool_slots());
+        let weak: Vec<_> = pooled.iter().chain([&on_demand]).map(Engine::weak).collect();
         std::thread::Builder::new()
             .name("water-epoch".into())
             .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
+                loop {
+                    let mut alive = false;
+                    for engine in weak.iter().filter_map(|w| w.upgrade()) {
+                        engine.increment_epoch();
+                        alive = true;
+                    }
+                    if !alive {
+                        break;
+                    }
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
             .expect("spawn the epoch thread");
-        engine
+        Engines { pooled, on_demand }
     })
 }
 
@@ -86,10 +160,44 @@ impl ExportIndex {
     }
 }
 
-pub(crate) struct Inner {
+/// A module compiled into one engine, linked, with its exports located.
+pub(crate) struct Linked {
     pub pre: InstancePre<Ctx>,
-    pub exports: Exports,
     pub index: ExportIndex,
+}
+
+impl Linked {
+    fn new(engine: &Engine, module: &Module) -> Result<Linked, Error> {
+        let mut linker = Linker::new(engine);
+        crate::v0::add_to_linker(&mut linker).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        wasi::p1::add_to_linker(&mut linker, module).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(module).map_err(|e| link_error(module, e))?;
+        Ok(Linked { pre, index: ExportIndex::new(module) })
+    }
+
+    /// The same module in the pooled engine: deserialized, not compiled
+    /// again. `None` (logged) when the pool cannot hold it, say a module
+    /// with more tables than a slot has.
+    fn pooled(engine: &Engine, module: &Module) -> Option<Linked> {
+        let loaded = module.serialize().and_then(|bytes| {
+            // SAFETY: `bytes` are what `Module::serialize` produced a moment
+            // ago in this process, from an engine with the same compilation
+            // settings (`base_config`); deserialization checks those too.
+            unsafe { Module::deserialize(engine, &bytes) }
+        });
+        let linked = match loaded {
+            Ok(pooled) => Linked::new(engine, &pooled).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        linked.map_err(|e| tracing::debug!("module not pooled, mapped on demand: {e}")).ok()
+    }
+}
+
+pub(crate) struct Inner {
+    /// In the pooled engine, when there is one and the module fits.
+    pub pooled: Option<Linked>,
+    pub on_demand: Linked,
+    pub exports: Exports,
     pub config: Config,
 }
 
@@ -146,19 +254,18 @@ impl Watm {
     /// [`Error::MissingExport`], [`Error::BadExport`], [`Error::UnknownImport`]
     /// or [`Error::BadImport`]. Cost: one compilation (milliseconds to tens of
     /// milliseconds for a small module); instantiation per connection is then
-    /// cheap.
+    /// cheap: a reused slot of the instance pool while one is free (see
+    /// [`DEFAULT_POOL_SLOTS`]), a fresh mapping otherwise.
     pub fn new(bytes: &[u8], config: Config) -> Result<Watm, Error> {
         if !bytes.starts_with(b"\0asm") {
             return Err(Error::NotWasm);
         }
-        let module = Module::new(engine(), bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let engines = engines();
+        let module = Module::new(&engines.on_demand, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         let exports = validate(&module)?;
-        let mut linker = Linker::new(engine());
-        crate::v0::add_to_linker(&mut linker).map_err(|e| Error::Invalid(format!("{e:#}")))?;
-        wasi::p1::add_to_linker(&mut linker, &module).map_err(|e| Error::Invalid(format!("{e:#}")))?;
-        let pre = linker.instantiate_pre(&module).map_err(|e| link_error(&module, e))?;
-        let index = ExportIndex::new(&module);
-        Ok(Watm { inner: Arc::new(Inner { pre, exports, index, config }) })
+        let on_demand = Linked::new(&engines.on_demand, &module)?;
+        let pooled = engines.pooled.as_ref().and_then(|engine| Linked::pooled(engine, &module));
+        Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config }) })
     }
 
     /// Reads and loads a `.wasm` file; see [`Watm::new`].
@@ -176,6 +283,15 @@ impl Watm {
             Role::Listener => e.accept,
             Role::Relay => e.associate,
         }
+    }
+
+    /// Whether its connections take slots of the instance pool (while one
+    /// is free). `false` when the pool is off (`WATER_POOL_SLOTS=0`), could
+    /// not be reserved, or cannot hold this module (more tables or memories
+    /// than a slot has): then every instance is mapped on demand, which is
+    /// slower to set up but has no other limit.
+    pub fn pooled(&self) -> bool {
+        self.inner.pooled.is_some()
     }
 
     /// The options it was loaded with.
