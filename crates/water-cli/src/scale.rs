@@ -29,6 +29,9 @@ pub struct Report {
     pub connections: usize,
     pub verified: usize,
     pub peak_rss_kib: u64,
+    /// Resident memory of the server once every connection closed (what it
+    /// keeps for reuse: the instance pool's slots, allocator caches).
+    pub rss_after_kib: u64,
     pub fds_before: usize,
     pub fds_held: usize,
     pub fds_after: usize,
@@ -41,10 +44,11 @@ pub struct Report {
 impl Report {
     pub fn json(&self) -> String {
         format!(
-            r#"{{"connections":{},"verified":{},"server_peak_rss_kib":{},"server_fds_before":{},"server_fds_held":{},"server_fds_after":{},"server_maps_held":{},"open_all_seconds":{:.3}}}"#,
+            r#"{{"connections":{},"verified":{},"server_peak_rss_kib":{},"server_rss_after_close_kib":{},"server_fds_before":{},"server_fds_held":{},"server_fds_after":{},"server_maps_held":{},"open_all_seconds":{:.3}}}"#,
             self.connections,
             self.verified,
             self.peak_rss_kib,
+            self.rss_after_kib,
             self.fds_before,
             self.fds_held,
             self.fds_after,
@@ -59,10 +63,12 @@ impl fmt::Display for Report {
         write!(
             f,
             "scale: {} of {} connections held at once through `water server`, 16 KiB each verified; \
-             server peak RSS {:.1} MiB; server fds {} before, {} held, {} after close; {} memory maps held; all open in {:.1} s",
+             server peak RSS {:.1} MiB ({:.1} MiB after close); server fds {} before, {} held, {} after close; \
+             {} memory maps held; all open in {:.1} s",
             self.verified,
             self.connections,
             self.peak_rss_kib as f64 / 1024.0,
+            self.rss_after_kib as f64 / 1024.0,
             self.fds_before,
             self.fds_held,
             self.fds_after,
@@ -223,7 +229,6 @@ pub async fn run(transport: &str, config: Option<&Path>, n: usize) -> anyhow::Re
     all_open.wait().await;
     let open_all = start.elapsed();
     let fds_held = fd_count(pid);
-    let peak_rss_kib = proc_status(pid, "VmHWM:").unwrap_or(0);
     let maps_held =
         std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| m.lines().count()).unwrap_or(0);
     release.wait().await;
@@ -235,12 +240,17 @@ pub async fn run(transport: &str, config: Option<&Path>, n: usize) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(100)).await;
         fds_after = fd_count(pid);
     }
+    let rss_after_kib = proc_status(pid, "VmRSS:").unwrap_or(0);
+    // The high-water mark over the whole run, read last: the kernel takes
+    // it as at least the current RSS, so it covers the closing too.
+    let peak_rss_kib = proc_status(pid, "VmHWM:").unwrap_or(0);
     let _ = child.start_kill();
     let _ = child.wait().await;
     Ok(Report {
         connections: n,
         verified: verified.load(Ordering::Relaxed),
         peak_rss_kib,
+        rss_after_kib,
         fds_before,
         fds_held,
         fds_after,

@@ -356,4 +356,6 @@ fn bench_reports_each_figure_with_its_baseline_as_json() {
     };
     assert_eq!(field("server_fds_after"), field("server_fds_before"), "fds leaked: {json}");
     assert!(field("server_fds_held") >= field("server_fds_before") + 100, "{json}");
+    let after = field("server_rss_after_close_kib");
+    assert!(after > 0 && after <= field("server_peak_rss_kib"), "{json}");
 }
