@@ -73,15 +73,20 @@ pub struct Reverse;
 pub struct Encoder;
 
 impl Codec for Encoder {
-    /// Room for a whole frame: without it the encoder would cut small frames
-    /// to fit whatever space the output buffer had left.
+    /// Room for a whole frame: the worker offers at least this much before it
+    /// expects progress, so the encoder can always wait for it.
     const MIN_OUTPUT: usize = HEADER + MAX_FRAME;
 
     fn transform(&mut self, input: &[u8], output: &mut [u8]) -> Result<Progress, Errno> {
-        if input.is_empty() || output.len() <= HEADER {
+        let n = input.len().min(MAX_FRAME);
+        // No room for the frame this input makes: wait for the output to
+        // drain rather than cut the frame to fit. Cutting it would leave a
+        // sliver of the input to go out later as a tiny frame of its own
+        // (and as a tiny write: a 32 KiB read became a full 32 KiB write and
+        // then a 10-byte one).
+        if n == 0 || output.len() < HEADER + n {
             return Ok(Progress::default());
         }
-        let n = input.len().min(MAX_FRAME).min(output.len() - HEADER);
         output[..HEADER].copy_from_slice(&(n as u16).to_be_bytes());
         reverse_into(&mut output[HEADER..HEADER + n], &input[..n]);
         Ok(Progress { consumed: n, produced: HEADER + n })
