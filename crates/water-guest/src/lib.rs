@@ -44,9 +44,15 @@ mod sys;
 pub use codec::{Codec, InitError, Progress, Transport};
 pub use water_abi::Errno;
 
-/// Size of each of the worker's four buffers (input and output, per
-/// direction). Reads and writes move at most this much at a time.
+/// Size of each of the worker's two input buffers (one per direction): a
+/// read moves at most this much at a time.
 pub const BUFFER_SIZE: usize = 32 * 1024;
+
+/// How much larger each output buffer is than an input buffer. A codec that
+/// adds a little framing (headers, tags: up to 1 KiB per 32 KiB) can then
+/// write all of a full input buffer at once; with equal sizes a 32 KiB read
+/// through `reverse` went out as two writes, three frames and then one.
+pub const OUTPUT_SLACK: usize = 1024;
 
 /// Largest configuration a guest accepts from `pull_config`; a larger one
 /// fails `_water_init` with `-fbig`.

@@ -10,12 +10,15 @@ use water_abi::{Errno, status};
 use crate::codec::{InitError, Transport};
 use crate::pipe::Pipe;
 use crate::sys::{self, Fd, Interest};
-use crate::{BUFFER_SIZE, MAX_CONFIG};
+use crate::{BUFFER_SIZE, MAX_CONFIG, OUTPUT_SLACK};
 
 /// Per-instance state. Not for direct use: see [`crate::export_transport!`].
 pub struct Runtime<T> {
     transport: UnsafeCell<Option<T>>,
-    buffers: UnsafeCell<[[u8; BUFFER_SIZE]; 4]>,
+    /// Input buffers, one per direction.
+    inputs: UnsafeCell<[[u8; BUFFER_SIZE]; 2]>,
+    /// Output buffers, one per direction.
+    outputs: UnsafeCell<[[u8; BUFFER_SIZE + OUTPUT_SLACK]; 2]>,
     cancel_fd: Cell<Option<Fd>>,
     /// (plain, wire) once a role call succeeded.
     fds: Cell<Option<(Fd, Fd)>>,
@@ -42,7 +45,8 @@ impl<T: Transport> Runtime<T> {
     pub const fn new() -> Self {
         Runtime {
             transport: UnsafeCell::new(None),
-            buffers: UnsafeCell::new([[0; BUFFER_SIZE]; 4]),
+            inputs: UnsafeCell::new([[0; BUFFER_SIZE]; 2]),
+            outputs: UnsafeCell::new([[0; BUFFER_SIZE + OUTPUT_SLACK]; 2]),
             cancel_fd: Cell::new(None),
             fds: Cell::new(None),
         }
@@ -163,9 +167,11 @@ impl<T: Transport> Runtime<T> {
         };
         // SAFETY: as above; the buffers are borrowed for this call only, and
         // `worker` is called once per instance.
-        let [a, b, c, d] = unsafe { &mut *self.buffers.get() };
-        let up = Pipe::new(transport.encoder(), a, b);
-        let down = Pipe::new(transport.decoder(), c, d);
+        let [up_in, down_in] = unsafe { &mut *self.inputs.get() };
+        // SAFETY: as above.
+        let [up_out, down_out] = unsafe { &mut *self.outputs.get() };
+        let up = Pipe::new(transport.encoder(), up_in, up_out);
+        let down = Pipe::new(transport.decoder(), down_in, down_out);
         match run(up, down, plain, wire, self.cancel_fd.get()) {
             Ok(()) => 0,
             Err(errno) => status::encode_err(errno),
