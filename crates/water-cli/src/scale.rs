@@ -109,7 +109,8 @@ fn raise_nofile(want: u64) -> anyhow::Result<()> {
 }
 
 /// Files the server holds besides its connections' sockets (stdio, the
-/// listener, tokio's epoll and waker, the signal pipe: 12 measured), with a
+/// listener, tokio's epoll and waker, the signal pipe, the instance pool's
+/// /proc/self/pagemap: 13 measured), with a
 /// little room.
 const SERVER_OWN_FDS: u64 = 16;
 
