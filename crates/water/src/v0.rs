@@ -160,6 +160,16 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A failed instantiation: a trap in the module's start section is the
+/// guest's; anything else is the host refusing resources (the memory cap
+/// below the module's initial memory, no address space or memory left).
+fn instantiate_error(e: wasmtime::Error, limit: Duration) -> Error {
+    if e.downcast_ref::<Trap>().is_some() || e.downcast_ref::<GuestExit>().is_some() {
+        return classify("instantiate", e, limit);
+    }
+    Error::Exhausted(format!("instantiating the module: {e:#}"))
+}
+
 fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error {
     if let Some(exit) = e.downcast_ref::<GuestExit>() {
         return Error::Exit { export, code: exit.0 };
@@ -204,13 +214,12 @@ async fn instantiate(
                 tracing::trace!("instance pool full; mapping this instance on demand");
                 ctx = store.into_data();
             }
-            Err(e) => return Err(classify("instantiate", e, limit)),
+            Err(e) => return Err(instantiate_error(e, limit)),
         }
     }
     let linked = &inner.on_demand;
     let mut store = new_store(linked.pre.module().engine(), ctx)?;
-    let instance =
-        linked.pre.instantiate_async(&mut store).await.map_err(|e| classify("instantiate", e, limit))?;
+    let instance = linked.pre.instantiate_async(&mut store).await.map_err(|e| instantiate_error(e, limit))?;
     Ok((store, instance, linked))
 }
 

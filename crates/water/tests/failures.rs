@@ -11,7 +11,12 @@ use water::{Config, Dialer, Errno, Error, Listener, Watm};
 
 /// A minimal v0 module; each argument replaces one function body.
 fn module(init: &str, dial: &str, worker: &str, extra: &str) -> Vec<u8> {
-    wat::parse_str(format!(
+    wat::parse_str(module_wat(init, dial, worker, extra)).unwrap()
+}
+
+/// [`module`]'s text.
+fn module_wat(init: &str, dial: &str, worker: &str, extra: &str) -> String {
+    format!(
         r#"(module
           (import "env" "host_dial" (func $host_dial (result i32)))
           (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
@@ -23,8 +28,7 @@ fn module(init: &str, dial: &str, worker: &str, extra: &str) -> Vec<u8> {
           (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
           (func (export "_water_dial") (param $internal i32) (result i32) {dial})
           (func (export "_water_worker") (result i32) {worker}))"#
-    ))
-    .unwrap()
+    )
 }
 
 const OK: &str = "i32.const 0";
@@ -247,6 +251,16 @@ async fn memory_is_capped_per_instance() {
         }
         let roomy = Watm::new(&greedy, Config::default().memory_limit(64 << 20)).unwrap();
         Dialer::new(&roomy).unwrap().dial(echo.to_string()).await.unwrap().abort().await.unwrap();
+        // A module whose initial memory (32 MiB) is above the cap: refused
+        // at instantiation as the host's limit, not as a guest trap.
+        let big = module_wat(OK, DIAL, OK, "")
+            .replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 512)"#);
+        let big = wat::parse_str(big).unwrap();
+        let capped = Watm::new(&big, Config::default().memory_limit(16 << 20)).unwrap();
+        match Dialer::new(&capped).unwrap().dial(echo.to_string()).await {
+            Err(Error::Exhausted(message)) => assert!(message.contains("memory"), "{message}"),
+            other => panic!("initial memory above the cap: {other:?}"),
+        }
     })
     .await;
 }
