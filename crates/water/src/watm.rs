@@ -44,7 +44,18 @@ pub(crate) struct Engines {
     pub on_demand: Engine,
 }
 
-fn base_config() -> wasmtime::Config {
+/// The process's address-space limit (`RLIMIT_AS`, as some sandboxes set),
+/// if it has one.
+fn address_space_limit() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the plain struct we own.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0;
+    (ok && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+/// `reserve`: whether each memory gets the 4 GiB reservation (see below);
+/// without it, exact-size memories with explicit bounds checks.
+fn base_config(reserve: bool) -> wasmtime::Config {
     let mut cfg = wasmtime::Config::new();
     cfg.epoch_interruption(true);
     // One instance per connection means thousands of live instances, and
@@ -57,9 +68,15 @@ fn base_config() -> wasmtime::Config {
     // here is off: the guard before the memory and the copy-on-write
     // image (small WATMs copy their data segments at instantiation).
     // Four mappings per instance (memory: 2, async stack and its guard:
-    // 2), and 4 GiB of address space, of which x86-64 has 128 TiB.
-    cfg.memory_reservation(4 << 30);
-    cfg.memory_guard_size(32 << 20);
+    // 2), and 4 GiB of address space, of which x86-64 has 128 TiB; under
+    // an address-space limit, exact-size memories instead.
+    if reserve {
+        cfg.memory_reservation(4 << 30);
+        cfg.memory_guard_size(32 << 20);
+    } else {
+        cfg.memory_reservation(0);
+        cfg.memory_guard_size(0);
+    }
     cfg.memory_reservation_for_growth(0);
     cfg.guard_before_linear_memory(false);
     cfg.memory_init_cow(false);
@@ -98,7 +115,7 @@ fn pooled_engine(slots: u32) -> Option<Engine> {
     // Reuse slots that were used before over fresh ones: what stays
     // resident is then bounded by the peak number of connections.
     pool.max_unused_warm_slots(0);
-    let mut cfg = base_config();
+    let mut cfg = base_config(true);
     cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&cfg) {
         Ok(engine) => Some(engine),
@@ -112,8 +129,19 @@ fn pooled_engine(slots: u32) -> Option<Engine> {
 pub(crate) fn engines() -> &'static Engines {
     static ENGINES: OnceLock<Engines> = OnceLock::new();
     ENGINES.get_or_init(|| {
-        let on_demand = Engine::new(&base_config()).expect("the default engine configuration is valid");
-        let pooled = pooled_engine(pool_slots());
+        // Under an address-space limit, 4 GiB per instance would make the
+        // connections after the first few fail: exact-size memories, and no
+        // pool (which reserves its slots up front).
+        let capped = address_space_limit();
+        if let Some(limit) = capped {
+            tracing::info!(
+                limit,
+                "address space is limited (RLIMIT_AS): exact-size guest memories, no instance pool"
+            );
+        }
+        let on_demand =
+            Engine::new(&base_config(capped.is_none())).expect("the default engine configuration is valid");
+        let pooled = if capped.is_none() { pooled_engine(pool_slots()) } else { None };
         let weak: Vec<_> = pooled.iter().chain([&on_demand]).map(Engine::weak).collect();
         std::thread::Builder::new()
             .name("water-epoch".into())
