@@ -18,7 +18,7 @@
 //! - [`pipe`]: one direction of the worker (buffers, codec, half-close state),
 //!   pure logic, testable on the host.
 //! - `rt` and `sys` (wasm32 only): the exports' bodies and the syscalls.
-//! - [`testing`] (feature `std`): helpers that drive codecs under arbitrary
+//! - `testing` (feature `std`): helpers that drive codecs under arbitrary
 //!   segmentation in host-side tests.
 //!
 //! Directions: the *plain* side carries the application's bytes, the *wire*

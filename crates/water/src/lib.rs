@@ -43,7 +43,7 @@ pub use conn::Connection;
 pub use error::Error;
 pub use roles::{Dialer, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
-pub use watm::{Role, Watm};
+pub use watm::{DEFAULT_POOL_SLOTS, Role, Watm};
 
 /// Internals exposed for the benchmarks in `benches/` only; not API.
 #[doc(hidden)]
