@@ -120,7 +120,7 @@ fn pooled_engine(slots: u32) -> Option<Engine> {
     match Engine::new(&cfg) {
         Ok(engine) => Some(engine),
         Err(e) => {
-            tracing::warn!("no pooled engine ({e:#}): every instance is mapped on demand");
+            tracing::warn!("no instance pool ({e:#}): every instance is mapped on demand");
             None
         }
     }
@@ -139,9 +139,17 @@ pub(crate) fn engines() -> &'static Engines {
                 "address space is limited (RLIMIT_AS): exact-size guest memories, no instance pool"
             );
         }
+        let slots = if capped.is_none() { pool_slots() } else { 0 };
+        let pooled = pooled_engine(slots);
+        // A pool that could not be reserved means address space is scarce
+        // here (a small virtual address size, say): then 4 GiB per instance
+        // would not fit either.
+        let reserve = capped.is_none() && (slots == 0 || pooled.is_some());
+        if capped.is_none() && !reserve {
+            tracing::warn!("exact-size guest memories: the address space could not hold the pool");
+        }
         let on_demand =
-            Engine::new(&base_config(capped.is_none())).expect("the default engine configuration is valid");
-        let pooled = if capped.is_none() { pooled_engine(pool_slots()) } else { None };
+            Engine::new(&base_config(reserve)).expect("the default engine configuration is valid");
         let weak: Vec<_> = pooled.iter().chain([&on_demand]).map(Engine::weak).collect();
         std::thread::Builder::new()
             .name("water-epoch".into())
