@@ -202,10 +202,9 @@ fn new_store(engine: &wasmtime::Engine, ctx: Ctx) -> Result<Store<Ctx>, Error> {
 /// taken (or the module is not pooled), mapped on demand.
 async fn instantiate(
     inner: &Inner,
-    ctx: Ctx,
+    mut ctx: Ctx,
     limit: Duration,
 ) -> Result<(Store<Ctx>, wasmtime::Instance, &Linked), Error> {
-    let mut ctx = ctx;
     if let Some(pooled) = &inner.pooled {
         let mut store = new_store(pooled.pre.module().engine(), ctx)?;
         match pooled.pre.instantiate_async(&mut store).await {

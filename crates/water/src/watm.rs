@@ -150,19 +150,14 @@ pub(crate) fn engines() -> &'static Engines {
         }
         let on_demand =
             Engine::new(&base_config(reserve)).expect("the default engine configuration is valid");
-        let weak: Vec<_> = pooled.iter().chain([&on_demand]).map(Engine::weak).collect();
+        // The engines live as long as the process (a static), so the ticker
+        // holds them and never ends.
+        let ticked: Vec<Engine> = pooled.iter().chain([&on_demand]).cloned().collect();
         std::thread::Builder::new()
             .name("water-epoch".into())
             .spawn(move || {
                 loop {
-                    let mut alive = false;
-                    for engine in weak.iter().filter_map(|w| w.upgrade()) {
-                        engine.increment_epoch();
-                        alive = true;
-                    }
-                    if !alive {
-                        break;
-                    }
+                    ticked.iter().for_each(Engine::increment_epoch);
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
