@@ -11,16 +11,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use water::{Config, Dialer, Watm};
-use water_bench::{Path, concurrent, echo_bulk, echo_server, ping_pong, setup};
+use water::Dialer;
+use water_bench::{Path, concurrent, echo_bulk, echo_server, ping_pong, reference_guest, setup};
 
 const BULK: usize = 8 << 20;
 
 fn water_path(name: &str) -> Path {
-    let guest = watm_artifacts::Guest::named(name).expect("built guest");
-    let config =
-        if name == "xor" { Config::default().transport_config("5741544552") } else { Config::default() };
-    Path::Water(Dialer::new(&Watm::new(guest.wasm, config).expect("load")).expect("dialer"))
+    Path::Water(Dialer::new(&reference_guest(name)).expect("dialer"))
 }
 
 fn paths() -> Vec<(&'static str, Path)> {

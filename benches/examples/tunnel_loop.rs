@@ -16,8 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-use water_bench::{Path, echo_bulk, echo_server, median, tcp_forwarder};
+use water_bench::{Path, echo_bulk, echo_server, median, reference_guest, tcp_forwarder, water_forwarder};
 
 const BULK: usize = 8 << 20;
 
@@ -51,13 +50,8 @@ async fn run() -> std::io::Result<()> {
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let echo = echo_server().await?;
     if let Some(n) = std::env::var("CONC").ok().and_then(|c| c.parse::<usize>().ok()) {
-        let guest = watm_artifacts::Guest::named(&what).expect("plain, xor or reverse");
-        let mut config = water::Config::default();
-        if what == "xor" {
-            config = config.transport_config(b"5741544552".to_vec());
-        }
-        let watm = water::Watm::new(guest.wasm, config).expect("load");
-        let paths = [Path::Direct, Path::Water(water::Dialer::new(&watm).expect("dialer"))];
+        let dialer = water::Dialer::new(&reference_guest(&what)).expect("dialer");
+        let paths = [Path::Direct, Path::Water(dialer)];
         let solo = std::env::var_os("SOLO").is_some();
         let mut samples = vec![Vec::new(), Vec::new()];
         let start = Instant::now();
@@ -81,26 +75,8 @@ async fn run() -> std::io::Result<()> {
     let native = tcp_forwarder(echo).await?;
     let mut fronts = vec![("native", native)];
     if what != "native" {
-        let guest = watm_artifacts::Guest::named(&what).expect("plain, xor or reverse");
-        let mut config = water::Config::default();
-        if what == "xor" {
-            config = config.transport_config(b"5741544552".to_vec());
-        }
-        let watm = water::Watm::new(guest.wasm, config).expect("load");
-        let dialer = water::Dialer::new(&watm).expect("dialer");
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let _ = s.set_nodelay(true);
-                let dialer = dialer.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut t) = dialer.dial_socket(echo.to_string(), s).await {
-                        let _ = t.wait().await;
-                    }
-                });
-            }
-        });
+        let dialer = water::Dialer::new(&reference_guest(&what)).expect("dialer");
+        let addr = water_forwarder(dialer, echo).await?;
         fronts.push(("water", addr));
         if std::env::var_os("SOLO").is_some() {
             // For a profile of the WATER path alone.

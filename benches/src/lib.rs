@@ -104,6 +104,38 @@ pub async fn tcp_forwarder(to: SocketAddr) -> io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// The same one-hop forwarder with a WATER dialer in the hop: each accepted
+/// socket is handed to the guest (`Dialer::dial_socket`), as `water client`
+/// does.
+pub async fn water_forwarder(dialer: water::Dialer, to: SocketAddr) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            let dialer = dialer.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tunnel) = dialer.dial_socket(to.to_string(), s).await {
+                    let _ = tunnel.wait().await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The xor key the benchmarks configure (the `water` command's demo key).
+pub const XOR_KEY: &str = "5741544552";
+
+/// A reference guest (`plain`, `xor` with [`XOR_KEY`], `reverse`), loaded.
+/// Panics on an unknown name: benchmarks have no other guests.
+pub fn reference_guest(name: &str) -> water::Watm {
+    let guest = watm_artifacts::Guest::named(name).expect("plain, xor or reverse");
+    let config = water::Config::default();
+    let config = if name == "xor" { config.transport_config(XOR_KEY) } else { config };
+    water::Watm::new(guest.wasm, config).expect("load the reference guest")
+}
+
 /// Size of each write in the throughput measurements.
 pub const WRITE_SIZE: usize = 64 << 10;
 
