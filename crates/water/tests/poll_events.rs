@@ -88,74 +88,26 @@ const GUEST: &str = r#"(module
     i32.const 8
     call $fd_write)
 
+  ;; Every step that fails leaves through $fail with its errno in $err.
   (func (export "_water_worker") (result i32)
     (local $err i32)
-    ;; 1. Bytes are waiting; the peer is open.
-    i32.const 128
-    call $poll
-    local.tee $err
-    if
-      i32.const 0
-      local.get $err
-      i32.sub
-      return
-    end
-    ;; Tell the server to hang up.
-    global.get $net
-    i32.const 200
-    i32.const 1
-    call $write
-    drop
-    ;; 2. Read to EOF (blocking reads), then poll again.
-    block $eof
-      loop $more
-        i32.const 0
-        i32.const 1024
-        i32.store
-        i32.const 4
-        i32.const 4096
-        i32.store
-        global.get $net
-        i32.const 0
-        i32.const 1
-        i32.const 8
-        call $fd_read
-        local.tee $err
-        if
-          i32.const 0
-          local.get $err
-          i32.sub
-          return
-        end
-        i32.const 8
-        i32.load
-        i32.eqz
-        br_if $eof
-        br $more
-      end
-    end
-    i32.const 160
-    call $poll
-    local.tee $err
-    if
-      i32.const 0
-      local.get $err
-      i32.sub
-      return
-    end
-    ;; Both events to the application.
-    global.get $internal
-    i32.const 128
-    i32.const 64
-    call $write
-    local.tee $err
-    if
-      i32.const 0
-      local.get $err
-      i32.sub
-      return
-    end
-    i32.const 0)
+    (block $fail
+      ;; 1. Bytes are waiting; the peer is open.
+      (br_if $fail (local.tee $err (call $poll (i32.const 128))))
+      ;; Tell the server to hang up.
+      (drop (call $write (global.get $net) (i32.const 200) (i32.const 1)))
+      ;; 2. Read to EOF (blocking reads into 1024..5120), then poll again.
+      (i32.store (i32.const 0) (i32.const 1024))
+      (i32.store (i32.const 4) (i32.const 4096))
+      (loop $more
+        (br_if $fail
+          (local.tee $err (call $fd_read (global.get $net) (i32.const 0) (i32.const 1) (i32.const 8))))
+        (br_if $more (i32.load (i32.const 8))))
+      (br_if $fail (local.tee $err (call $poll (i32.const 160))))
+      ;; Both events to the application.
+      (br_if $fail (local.tee $err (call $write (global.get $internal) (i32.const 128) (i32.const 64))))
+      (return (i32.const 0)))
+    (i32.sub (i32.const 0) (local.get $err)))
 )"#;
 
 /// An event's fields: (userdata, error, type, nbytes, flags).
