@@ -8,6 +8,8 @@
 //! contains no code that runs a module: it describes, it does not execute.
 //!
 //! Layout:
+//! - [`args`]: the `key=value;key=value` grammar of transport configs and
+//!   per-connection arguments (Tor's pluggable-transport syntax).
 //! - [`errno`]: the WASI preview1 errno set and [`errno::Errno`].
 //! - [`status`]: encoding and decoding of `i32` results (`>= 0` value,
 //!   `< 0` negated errno).
@@ -15,6 +17,7 @@
 
 #![no_std]
 
+pub mod args;
 pub mod errno;
 pub mod status;
 pub mod v0;
