@@ -10,7 +10,7 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
     for dir in
-        ["guests", "crates/water-guest", "crates/water-abi", ".cargo/config.toml", "Cargo.toml", "Cargo.lock"]
+        ["guests", "test-guests", "crates/water-guest", "crates/water-abi", ".cargo/config.toml", "Cargo.toml", "Cargo.lock"]
     {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -23,27 +23,37 @@ fn main() {
         .join("watm-build");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let built = match guest_builder::build(&cargo, &rustc, &root, &target_dir) {
+    let kinds = [guest_builder::Kind::Reference, guest_builder::Kind::Test];
+    let mut say = |line: &str| println!("cargo:warning={line}");
+    let built = match guest_builder::build(&cargo, &rustc, &root, &target_dir, &kinds, &mut say) {
         Ok(built) => built,
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);
         }
     };
-    let mut code = String::from("/// Every reference guest, by name.\npub const GUESTS: &[Guest] = &[\n");
-    for b in &built {
-        let path = b.path.display().to_string();
-        code +=
-            &format!("    Guest {{ name: {:?}, path: {path:?}, wasm: include_bytes!({path:?}) }},\n", b.name);
-    }
-    code += "];\n";
-    for b in &built {
-        code += &format!(
-            "/// The `{0}` guest.\npub const {1}: Guest = GUESTS[{2}];\n",
-            b.name,
-            b.name.to_uppercase().replace('-', "_"),
-            built.iter().position(|x| x.name == b.name).expect("listed")
-        );
+    let mut code = String::new();
+    for (kind, list, prefix, what) in [
+        (guest_builder::Kind::Reference, "GUESTS", "", "Every reference guest, by name."),
+        (guest_builder::Kind::Test, "TEST_GUESTS", "TEST_", "Every test-only guest (`test-guests/`), by name."),
+    ] {
+        let of_kind: Vec<_> = built.iter().filter(|b| b.kind == kind).collect();
+        code += &format!("/// {what}\npub const {list}: &[Guest] = &[\n");
+        for b in &of_kind {
+            let path = b.path.display().to_string();
+            code += &format!(
+                "    Guest {{ name: {:?}, path: {path:?}, wasm: include_bytes!({path:?}) }},\n",
+                b.name
+            );
+        }
+        code += "];\n";
+        for (i, b) in of_kind.iter().enumerate() {
+            code += &format!(
+                "/// The `{0}` guest.\npub const {prefix}{1}: Guest = {list}[{i}];\n",
+                b.name,
+                b.name.to_uppercase().replace('-', "_"),
+            );
+        }
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("guests.rs");
     std::fs::write(out, code).expect("write guests.rs");

@@ -1,11 +1,13 @@
-//! Builds every crate under `guests/` for `wasm32-wasip1`.
+//! Builds every crate under `guests/` (and, for tests, `test-guests/`) for
+//! `wasm32-wasip1`.
 //!
 //! Shared, by `#[path]`, between this crate's build script (so that
 //! `cargo test` needs no earlier step) and `cargo xtask build-guests` (so that
 //! the xtask crate keeps no dependencies). It uses only `std`.
 //!
 //! Convention: the guest in `guests/<name>/` is the package `watm-<name>`, and
-//! its module is `watm_<name>.wasm`.
+//! its module is `watm_<name>.wasm`; a test-only guest in
+//! `test-guests/<name>/` is the package `watm-test-<name>`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,11 +19,40 @@ pub const TARGET: &str = "wasm32-wasip1";
 /// The Cargo profile guests are built with (see the workspace `Cargo.toml`).
 pub const PROFILE: &str = "watm";
 
+/// Where a kind of guest lives and how its packages are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `guests/<name>`, package `watm-<name>`: the reference transports,
+    /// embedded in the `water` command.
+    Reference,
+    /// `test-guests/<name>`, package `watm-test-<name>`: guests that only
+    /// tests load (foreign shapes, other toolchains' runtimes).
+    Test,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::Reference => "guests",
+            Kind::Test => "test-guests",
+        }
+    }
+
+    fn package(self, name: &str) -> String {
+        match self {
+            Kind::Reference => format!("watm-{name}"),
+            Kind::Test => format!("watm-test-{name}"),
+        }
+    }
+}
+
 /// One built guest.
 #[derive(Debug, Clone)]
 pub struct Built {
-    /// The directory name under `guests/` (`"xor"`).
+    /// The directory name under `guests/` or `test-guests/` (`"xor"`).
     pub name: String,
+    /// Which kind of guest it is.
+    pub kind: Kind,
     /// The `.wasm` file.
     pub path: PathBuf,
 }
@@ -36,9 +67,13 @@ impl fmt::Display for BuildError {
     }
 }
 
-/// The guests under `root/guests`, sorted by name.
-pub fn guest_names(root: &Path) -> Result<Vec<String>, BuildError> {
-    let dir = root.join("guests");
+/// The guests of `kind` under `root`, sorted by name (none when the
+/// directory does not exist).
+pub fn guest_names(root: &Path, kind: Kind) -> Result<Vec<String>, BuildError> {
+    let dir = root.join(kind.dir());
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
     let entries =
         std::fs::read_dir(&dir).map_err(|e| BuildError(format!("cannot list {}: {e}", dir.display())))?;
     let mut names = Vec::new();
@@ -51,10 +86,13 @@ pub fn guest_names(root: &Path) -> Result<Vec<String>, BuildError> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&manifest)
             .map_err(|e| BuildError(format!("cannot read {}: {e}", manifest.display())))?;
-        if !text.contains(&format!("name = \"watm-{name}\"")) {
+        let package = kind.package(&name);
+        if !text.contains(&format!("name = \"{package}\"")) {
             return Err(BuildError(format!(
-                "{} must name its package `watm-{name}` (guests/<name> is package watm-<name>)",
-                manifest.display()
+                "{} must name its package `{package}` ({}/<name> is package {})",
+                manifest.display(),
+                kind.dir(),
+                kind.package("<name>")
             )));
         }
         names.push(name);
@@ -63,60 +101,103 @@ pub fn guest_names(root: &Path) -> Result<Vec<String>, BuildError> {
     Ok(names)
 }
 
-/// Checks that the toolchain `rustc` belongs to has the wasm target.
-pub fn check_target(rustc: &str) -> Result<(), BuildError> {
+fn has_target(rustc: &str) -> Result<bool, BuildError> {
     let out = Command::new(rustc)
         .args(["--print", "target-libdir", "--target", TARGET])
         .output()
         .map_err(|e| BuildError(format!("cannot run {rustc}: {e}")))?;
     let libdir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || libdir.is_empty() || !Path::new(&libdir).is_dir() {
-        return Err(BuildError(format!(
-            "the {TARGET} target is not installed for this toolchain.\n\
-             Fix: run `rustup target add {TARGET}` (or `rustup toolchain install` in the \
-             repository root, which installs what rust-toolchain.toml lists)."
-        )));
-    }
-    Ok(())
+    Ok(out.status.success() && !libdir.is_empty() && Path::new(&libdir).is_dir())
 }
 
-/// Builds every guest with `cargo` into `target_dir` and returns the modules.
-pub fn build(cargo: &str, rustc: &str, root: &Path, target_dir: &Path) -> Result<Vec<Built>, BuildError> {
-    check_target(rustc)?;
-    let names = guest_names(root)?;
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])
-        .arg(target_dir);
-    for name in &names {
-        cmd.args(["-p", &format!("watm-{name}")]);
+/// Makes sure the toolchain `rustc` belongs to has the wasm target.
+///
+/// rustup adds `rust-toolchain.toml`'s targets only when it installs the
+/// toolchain itself, so a machine that already had the pinned toolchain
+/// lacks the target. Where rustup is present this adds it (`say` is told
+/// first, so that the build says why it pauses); elsewhere the error says
+/// how to get it.
+pub fn ensure_target(rustc: &str, root: &Path, say: &mut dyn FnMut(&str)) -> Result<(), BuildError> {
+    if has_target(rustc)? {
+        return Ok(());
     }
-    // A build script runs with the outer build's flags in the environment;
-    // they are for the host target and would override the wasm flags in
-    // .cargo/config.toml.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        cmd.env_remove(var);
+    let missing = || {
+        BuildError(format!(
+            "the {TARGET} target is not installed for this toolchain, and rustup could not add it.\n\
+             Fix: run `rustup target add {TARGET}` (or `rustup toolchain install` in the \
+             repository root, which installs what rust-toolchain.toml lists), or install the \
+             {TARGET} standard library for your Rust toolchain by its own means."
+        ))
+    };
+    say(&format!("the {TARGET} target is missing: running `rustup target add {TARGET}`"));
+    // rustup resolves the toolchain from rust-toolchain.toml in `root`; the
+    // outer cargo's RUSTUP_TOOLCHAIN (set by rustup's proxy) names the same.
+    let added = Command::new("rustup").current_dir(root).args(["target", "add", TARGET]).status();
+    match added {
+        Ok(status) if status.success() && has_target(rustc)? => Ok(()),
+        _ => Err(missing()),
     }
-    let status = cmd.status().map_err(|e| BuildError(format!("cannot run {cargo}: {e}")))?;
-    if !status.success() {
-        return Err(BuildError(format!("building the guests failed ({status}); see the cargo output above")));
+}
+
+/// Builds every guest of the `kinds` with `cargo` into `target_dir` and
+/// returns the modules. `say` gets progress worth telling (a target being
+/// installed).
+pub fn build(
+    cargo: &str,
+    rustc: &str,
+    root: &Path,
+    target_dir: &Path,
+    kinds: &[Kind],
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<Built>, BuildError> {
+    ensure_target(rustc, root, say)?;
+    let mut guests = Vec::new();
+    // One cargo run per kind: features unify within a run, and a test
+    // guest's std dependencies (mio turns on `wasi/std`) would pull `std`
+    // into the no_std SDK of the reference guests.
+    for &kind in kinds {
+        let names = guest_names(root, kind)?;
+        if names.is_empty() {
+            continue;
+        }
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(root)
+            .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])
+            .arg(target_dir);
+        for name in &names {
+            cmd.args(["-p", &kind.package(name)]);
+        }
+        // A build script runs with the outer build's flags in the
+        // environment; they are for the host target and would override the
+        // wasm flags in .cargo/config.toml.
+        for var in [
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTFLAGS",
+            "CARGO_BUILD_RUSTFLAGS",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_TARGET",
+            "RUSTC",
+            "RUSTC_WRAPPER",
+            "RUSTC_WORKSPACE_WRAPPER",
+        ] {
+            cmd.env_remove(var);
+        }
+        let status = cmd.status().map_err(|e| BuildError(format!("cannot run {cargo}: {e}")))?;
+        if !status.success() {
+            return Err(BuildError(format!(
+                "building the {} failed ({status}); see the cargo output above",
+                kind.dir()
+            )));
+        }
+        guests.extend(names.into_iter().map(|name| (kind, name)));
     }
     let out_dir = target_dir.join(TARGET).join(PROFILE);
-    names
+    guests
         .into_iter()
-        .map(|name| {
-            let path = out_dir.join(format!("watm_{name}.wasm"));
+        .map(|(kind, name)| {
+            let path = out_dir.join(format!("{}.wasm", kind.package(&name).replace('-', "_")));
             if path.is_file() {
-                Ok(Built { name, path })
+                Ok(Built { name, kind, path })
             } else {
                 Err(BuildError(format!("cargo succeeded but {} is missing", path.display())))
             }

@@ -9,7 +9,15 @@ use std::path::Path;
 pub fn run(root: &Path) -> Result<(), guest_builder::BuildError> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map(Into::into).unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = guest_builder::build(&cargo, "rustc", root, &target.join("watm-build"))?;
+    let mut say = |line: &str| eprintln!("{line}");
+    let built = guest_builder::build(
+        &cargo,
+        "rustc",
+        root,
+        &target.join("watm-build"),
+        &[guest_builder::Kind::Reference],
+        &mut say,
+    )?;
     let out = target.join("watm");
     std::fs::create_dir_all(&out)
         .map_err(|e| guest_builder::BuildError(format!("cannot create {}: {e}", out.display())))?;
