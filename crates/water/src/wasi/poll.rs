@@ -10,6 +10,13 @@
 //! Every ready subscription yields an event; clocks count only when no fd is
 //! ready or when they have expired. A single clock subscription (Rust std's
 //! `sleep`) yields exactly one event with its userdata and type.
+//!
+//! What each kind of fd answers (the table in ARCHITECTURE.md, "poll_oneoff"):
+//! a valid fd never yields an error event, because mio's WASI selector (tokio
+//! guests) subscribes every fd it wraps for read *and* write and fails the
+//! whole poll on one error event; and an fd that can never become ready in a
+//! direction never fires there, so a guest that subscribes to it sleeps
+//! instead of spinning. Only an fd that is not open answers `badf`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +28,7 @@ use water_abi::Errno;
 
 use super::p1::split;
 use super::table::{Desc, Stream};
-use super::{Clock, WasiCtx, WasiView, errno};
+use super::{Clock, WasiCtx, WasiView};
 
 const SUBSCRIPTION_SIZE: u32 = 48;
 const EVENT_SIZE: u32 = 32;
@@ -48,6 +55,9 @@ enum Waiter {
     ),
     /// Ready now, with this many bytes (config file, stdio).
     Now(u64, bool),
+    /// Never ready: a direction the fd does not have (writing to the cancel
+    /// or config fd, reading stdout). Not an error: see the module doc.
+    Never,
     /// Fails now with this errno (bad fd, unknown clock).
     Fail(Errno),
 }
@@ -118,17 +128,20 @@ pub async fn poll_oneoff<T: WasiView>(
             let (userdata, tag) = (sub.userdata, sub.tag);
             let ev = move |error, nbytes, hangup| Event { userdata, error, tag, nbytes, hangup };
             match &mut sub.waiter {
-                Waiter::Clock(_) => {}
+                Waiter::Clock(_) | Waiter::Never => {}
                 Waiter::Now(nbytes, hangup) => events.push(ev(Errno(0), *nbytes, *hangup)),
                 Waiter::Fail(e) => events.push(ev(*e, 0, false)),
+                // A failed stream is ready (hung up): the guest's next read
+                // or write returns the error itself. An error event would
+                // fail a tokio guest's whole poll.
                 Waiter::Read(stream) => match stream.poll_read_ready(cx) {
                     Poll::Ready(Ok(r)) => events.push(ev(Errno(0), r.available as u64, r.closed)),
-                    Poll::Ready(Err(e)) => events.push(ev(errno::from_io(&e), 0, false)),
+                    Poll::Ready(Err(_)) => events.push(ev(Errno(0), 0, true)),
                     Poll::Pending => {}
                 },
                 Waiter::Write(stream) => match stream.poll_write_ready(cx) {
                     Poll::Ready(Ok(room)) => events.push(ev(Errno(0), room as u64, false)),
-                    Poll::Ready(Err(e)) => events.push(ev(errno::from_io(&e), 0, false)),
+                    Poll::Ready(Err(_)) => events.push(ev(Errno(0), 0, true)),
                     Poll::Pending => {}
                 },
                 Waiter::Cancel(token, fut) => {
@@ -215,17 +228,20 @@ fn clock_deadline(wasi: &WasiCtx, id: u32, timeout: u64, absolute: bool) -> Wait
 }
 
 fn fd_waiter(table: &super::table::FdTable, fd: u32, read: bool) -> Waiter {
-    match (table.get(fd), read) {
-        (Err(e), _) => Waiter::Fail(e),
-        (Ok(Desc::Stream { stream, .. }), true) => Waiter::Read(stream.clone()),
-        (Ok(Desc::Stream { stream, .. }), false) => Waiter::Write(stream.clone()),
-        (Ok(Desc::Cancel { token, .. }), true) => Waiter::Cancel(token.clone(), None),
-        (Ok(Desc::Config { data, pos }), true) => {
+    let desc = match table.get(fd) {
+        Ok(desc) => desc,
+        Err(e) => return Waiter::Fail(e),
+    };
+    match (desc, read) {
+        (Desc::Stream { stream, .. }, true) => Waiter::Read(stream.clone()),
+        (Desc::Stream { stream, .. }, false) => Waiter::Write(stream.clone()),
+        (Desc::Cancel { token, .. }, true) => Waiter::Cancel(token.clone(), None),
+        (Desc::Config { data, pos }, true) => {
             let left = (data.len() as u64).saturating_sub(*pos);
             Waiter::Now(left, left == 0)
         }
-        (Ok(Desc::Stdin), true) => Waiter::Now(0, true),
-        (Ok(Desc::Output(_)), false) => Waiter::Now(0, false),
-        _ => Waiter::Fail(Errno::BADF),
+        (Desc::Stdin, true) => Waiter::Now(0, true),
+        (Desc::Output(_), false) => Waiter::Now(0, false),
+        (Desc::Cancel { .. } | Desc::Config { .. } | Desc::Stdin, false) | (Desc::Output(_), true) => Waiter::Never,
     }
 }

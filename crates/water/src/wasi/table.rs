@@ -64,7 +64,9 @@ impl Stream {
     /// For a socket this is tokio's readiness, which costs no syscall: at
     /// least one byte (`available: 1`, or a spurious wake-up, which the
     /// guest's read answers with `again`), unless the peer has hung up. Only
-    /// then, once per connection, a peek tells how much is left before EOF.
+    /// then the kernel is asked how much is left before EOF (`FIONREAD`,
+    /// which, unlike a peek, leaves a pending error such as a reset for the
+    /// guest's read to report).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<ReadReadiness>> {
         match self {
             Stream::Tcp(s) => {
@@ -74,14 +76,8 @@ impl Stream {
                 if !read_closed(s) {
                     return Poll::Ready(Ok(ReadReadiness { available: 1, closed: false }));
                 }
-                let mut byte = [0u8; 1];
-                let mut buf = tokio::io::ReadBuf::new(&mut byte);
-                match s.poll_peek(cx, &mut buf) {
-                    Poll::Ready(Ok(0)) => Poll::Ready(Ok(ReadReadiness { available: 0, closed: true })),
-                    Poll::Ready(Ok(n)) => Poll::Ready(Ok(ReadReadiness { available: n, closed: true })),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
+                let available = unread_bytes(s);
+                Poll::Ready(Ok(ReadReadiness { available, closed: true }))
             }
             Stream::Duplex(d) => d.poll_read_ready(cx).map(Ok),
         }
@@ -133,6 +129,17 @@ impl Stream {
             }
         }
     }
+}
+
+/// Bytes queued for reading on `s`, without reading them or taking a
+/// pending socket error (0 when the kernel will not say).
+fn unread_bytes(s: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid
+    // and exclusive for the call; the fd is open while `s` lives.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 { 0 } else { n.max(0) as usize }
 }
 
 /// Whether tokio's readiness for `s` says the peer hung up (EPOLLRDHUP);
