@@ -15,18 +15,23 @@ pub fn run(root: &Path) -> Result<(), guest_builder::BuildError> {
         "rustc",
         root,
         &target.join("watm-build"),
-        &[guest_builder::Kind::Reference],
+        &[guest_builder::Kind::Reference, guest_builder::Kind::Test],
         &mut say,
     )?;
     let out = target.join("watm");
     std::fs::create_dir_all(&out)
         .map_err(|e| guest_builder::BuildError(format!("cannot create {}: {e}", out.display())))?;
     for guest in built {
-        let dest = out.join(format!("{}.wasm", guest.name));
+        // Test-only guests (test-guests/) as test-<name>.wasm, to try by hand.
+        let file = match guest.kind {
+            guest_builder::Kind::Reference => format!("{}.wasm", guest.name),
+            guest_builder::Kind::Test => format!("test-{}.wasm", guest.name),
+        };
+        let dest = out.join(file);
         std::fs::copy(&guest.path, &dest)
             .map_err(|e| guest_builder::BuildError(format!("cannot copy to {}: {e}", dest.display())))?;
         let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-        println!("{:<10} {:>7} bytes  {}", guest.name, size, dest.display());
+        println!("{:<12} {:>7} bytes  {}", guest.name, size, dest.display());
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! Tasks:
 //! - `build-guests`: build every crate under `guests/` for `wasm32-wasip1`
-//!   (profile `watm`) and copy each module to `target/watm/<name>.wasm`.
+//!   (profile `watm`) and copy each module to `target/watm/<name>.wasm`
+//!   (test-only guests from `test-guests/` as `test-<name>.wasm`).
 //!
 //! `main` only dispatches; each task has its own module. Commands run from
 //! the workspace root.
