@@ -19,6 +19,11 @@ pub const VERSION_EXPORT: &str = "_water_v0";
 /// runtime; a host calls it once, before anything else, when present.
 pub const START_EXPORT: &str = "_start";
 
+/// The export a WASI reactor module (a library, such as a Rust `cdylib`
+/// with std) uses to run its initialisers; a host calls it once, before any
+/// other export, when present.
+pub const INITIALIZE_EXPORT: &str = "_initialize";
+
 const NONE: &[ValType] = &[];
 const I32: &[ValType] = &[ValType::I32];
 

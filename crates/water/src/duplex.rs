@@ -77,6 +77,19 @@ impl Ring {
     }
 
     /// Moves up to `dst.len()` bytes out; returns how many.
+    /// Copies the oldest bytes into `dst` without taking them.
+    fn peek(&self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.len);
+        if n == 0 {
+            return 0;
+        }
+        let cap = self.data.len();
+        let first = n.min(cap - self.head);
+        dst[..first].copy_from_slice(&self.data[self.head..self.head + first]);
+        dst[first..n].copy_from_slice(&self.data[..n - first]);
+        n
+    }
+
     fn pop(&mut self, dst: &mut [u8]) -> usize {
         let n = dst.len().min(self.len);
         if n == 0 {
@@ -197,6 +210,22 @@ impl DuplexEnd {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
+    }
+
+    /// Non-blocking peek: what [`DuplexEnd::try_read`] would return, but
+    /// the bytes stay buffered (`sock_recv` with `RECV_PEEK`).
+    pub fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let rx = self.rx();
+        if !rx.buf.is_empty() || buf.is_empty() {
+            return Ok(rx.buf.peek(buf));
+        }
+        if rx.write_closed {
+            return match &rx.error {
+                Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
+                None => Ok(0),
+            };
+        }
+        Err(io::ErrorKind::WouldBlock.into())
     }
 
     /// Ready when a read would not block; registers `cx` otherwise.

@@ -1,8 +1,10 @@
 //! WATM v0: the `env` imports, and the life of one instance (one connection)
 //! from instantiation to the end of `_water_worker`.
 //!
-//! Order of calls, as real guests need it: `_start` (when exported; TinyGo
-//! initialises its runtime there), `_water_init`, one role call, then
+//! Order of calls, as real guests need it: `_initialize` (when exported: a
+//! WASI reactor, such as a Rust `cdylib` with std, runs its initialisers
+//! there), `_start` (when exported; TinyGo initialises its runtime there),
+//! `_water_init`, one role call, then
 //! `_water_cancel_with(cancel_fd)`, then `_water_worker`.
 
 use std::io;
@@ -249,17 +251,21 @@ impl Session {
             let export = linked.index.get(name)?;
             instance.get_module_export(&mut *store, export)?.into_func()
         };
-        if inner.exports.start {
-            let start = func(&mut store, abi::START_EXPORT)
-                .expect("validated")
-                .typed::<(), ()>(&store)
-                .expect("validated");
+        // A reactor's `_initialize`, then a command's `_start`, each once,
+        // before any v0 export.
+        for (present, name) in
+            [(inner.exports.initialize, abi::INITIALIZE_EXPORT), (inner.exports.start, abi::START_EXPORT)]
+        {
+            if !present {
+                continue;
+            }
+            let entry = func(&mut store, name).expect("validated").typed::<(), ()>(&store).expect("validated");
             store.data_mut().deadline = Some(Instant::now() + limit);
-            match start.call_async(&mut store, ()).await {
+            match entry.call_async(&mut store, ()).await {
                 Ok(()) => {}
                 // A WASI command's `_start` ends with proc_exit(0): that is success.
                 Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => {}
-                Err(e) => return Err(classify(abi::START_EXPORT, e, limit)),
+                Err(e) => return Err(classify(name, e, limit)),
             }
         }
 

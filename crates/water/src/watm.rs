@@ -169,6 +169,9 @@ pub(crate) fn engines() -> &'static Engines {
 /// Which optional exports a module has.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Exports {
+    /// `_initialize`: a WASI reactor's initialisers.
+    pub initialize: bool,
+    /// `_start`: a WASI command's entry (TinyGo's runtime set-up).
     pub start: bool,
     pub dial: bool,
     pub accept: bool,
@@ -181,7 +184,7 @@ pub(crate) struct ExportIndex(Vec<(&'static str, ModuleExport)>);
 
 impl ExportIndex {
     fn new(module: &Module) -> Self {
-        let names = [abi::START_EXPORT].into_iter().chain(abi::EXPORTS.iter().map(|sig| sig.name));
+        let names = [abi::INITIALIZE_EXPORT, abi::START_EXPORT].into_iter().chain(abi::EXPORTS.iter().map(|sig| sig.name));
         ExportIndex(names.filter_map(|name| Some((name, module.get_export_index(name)?))).collect())
     }
 
@@ -352,6 +355,18 @@ fn same_sig(ty: &FuncType, sig: &FuncSig) -> bool {
     eq(ty.params().collect(), sig.params) && eq(ty.results().collect(), sig.results)
 }
 
+/// Whether the module exports `name` as a `() -> ()` function (a WASI
+/// entry point); any other kind or signature is an error.
+fn entry_point(module: &Module, name: &'static str) -> Result<bool, Error> {
+    match module.get_export(name) {
+        None => Ok(false),
+        Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => Ok(true),
+        Some(other) => {
+            Err(Error::BadExport { name: name.into(), expected: "function () -> ()".into(), found: describe(&other) })
+        }
+    }
+}
+
 fn describe(ty: &ExternType) -> String {
     match ty {
         ExternType::Func(f) => {
@@ -392,17 +407,8 @@ fn validate(module: &Module) -> Result<Exports, Error> {
         check(sig, true)?;
     }
     let exports = Exports {
-        start: match module.get_export(abi::START_EXPORT) {
-            None => false,
-            Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => true,
-            Some(other) => {
-                return Err(Error::BadExport {
-                    name: abi::START_EXPORT.into(),
-                    expected: "function () -> ()".into(),
-                    found: describe(&other),
-                });
-            }
-        },
+        initialize: entry_point(&module, abi::INITIALIZE_EXPORT)?,
+        start: entry_point(&module, abi::START_EXPORT)?,
         dial: check(&abi::DIAL, false)?,
         accept: check(&abi::ACCEPT, false)?,
         associate: check(&abi::ASSOCIATE, false)?,

@@ -21,6 +21,7 @@ pub mod memory;
 pub mod output;
 pub mod p1;
 pub mod poll;
+pub mod sock;
 pub mod table;
 
 use std::time::Instant;

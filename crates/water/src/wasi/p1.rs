@@ -36,7 +36,7 @@ const WHENCE_SET: u32 = 0;
 const WHENCE_CUR: u32 = 1;
 const WHENCE_END: u32 = 2;
 
-fn ret(r: Result<(), Errno>) -> i32 {
+pub(super) fn ret(r: Result<(), Errno>) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => e.code() as i32,
@@ -180,6 +180,7 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
         Err(wasmtime::Error::new(GuestExit(code)))
     })?;
     linker.func_wrap(MODULE, "sched_yield", |_: Caller<'_, T>| -> i32 { 0 })?;
+    super::sock::add_to_linker(linker)?;
     linker.func_wrap(MODULE, "sock_shutdown", |mut caller: Caller<'_, T>, fd: i32, how: i32| -> i32 {
         ret(sock_shutdown(caller.data_mut().wasi(), fd as u32, how as u32))
     })?;
@@ -218,6 +219,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "proc_exit",
     "sched_yield",
     "sock_shutdown",
+    "sock_recv",
+    "sock_send",
 ];
 
 /// A preview1 function the module imports but we do not implement: it
@@ -283,7 +286,7 @@ async fn fd_read<T: WasiView>(
     }
 }
 
-async fn fd_write<T: WasiView>(
+pub(super) async fn fd_write<T: WasiView>(
     caller: &mut Caller<'_, T>,
     fd: u32,
     iovs: u32,

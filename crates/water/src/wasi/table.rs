@@ -51,6 +51,20 @@ impl Stream {
         }
     }
 
+    /// Like [`Stream::try_read`], but the bytes stay to be read again.
+    pub fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => {
+                let mut rb = tokio::io::ReadBuf::new(buf);
+                match s.poll_peek(&mut Context::from_waker(std::task::Waker::noop()), &mut rb) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            Stream::Duplex(d) => d.try_peek(buf),
+        }
+    }
+
     pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(data),
