@@ -1,15 +1,32 @@
 //! `water check T`: validate the module, then self-test every role it
-//! exports on loopback, one line per check.
+//! exports on loopback, a few lines per role.
 //!
 //! A transport's wire format is its own, so each role is tested against the
 //! transport itself: dial → echo service; dial → listener (same transport)
 //! → echo; plain client → relay → listener (same transport) → echo.
+//!
+//! Per role, three exchanges, each on a fresh connection:
+//! - **basic** (decides PASS/FAIL and the exit status): send, read all of
+//!   it back, then close — no half-close, which some sound guests (water-go's
+//!   TinyGo workers, shadowsocks) treat as the end of the connection;
+//! - **half-close**: send, shut down writing, read to EOF, through a
+//!   service that replies only after it has read to EOF (as an HTTP/1.0
+//!   server does); a worker that ends at the first EOF loses the reply: a
+//!   WARN line, not a failure;
+//! - **large**: 8 MiB with a reader that starts late, so socket buffers
+//!   fill and writes come back short; a guest that drops the rest of a
+//!   short write, or stalls (a worker blocked writing one direction cannot
+//!   drain the other), fails here: a WARN line naming the cause. It is
+//!   bounded by progress (no byte for 5 s), not by its total time, so a
+//!   slow but working guest passes.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use water::{Dialer, Listener, Relay, Role, Watm};
 
@@ -18,7 +35,13 @@ use crate::transport;
 use water_bench::echo_server;
 
 const SIZE: usize = 256 << 10;
-const LIMIT: Duration = Duration::from_secs(15);
+const LARGE: usize = 8 << 20;
+/// How long the large exchange's reader waits before its first read.
+const LATE_READER: Duration = Duration::from_millis(300);
+/// Longest wait for the next byte: past it an exchange has stalled.
+const STALL: Duration = Duration::from_secs(5);
+/// Longest any one exchange or set-up may take.
+const LIMIT: Duration = Duration::from_secs(60);
 
 pub async fn run(t: &str, config: Option<&Path>) -> anyhow::Result<()> {
     let watm = match transport::load(t, config) {
@@ -42,6 +65,7 @@ pub async fn run(t: &str, config: Option<&Path>) -> anyhow::Result<()> {
     }
     let stop = CancellationToken::new();
     let echo = echo_server().await?;
+    let deferred = reply_after_eof_server().await?;
     let mut failed = 0;
     for (role, name) in [(Role::Dialer, "dial"), (Role::Listener, "accept"), (Role::Relay, "associate")] {
         if !watm.supports(role) {
@@ -56,17 +80,50 @@ pub async fn run(t: &str, config: Option<&Path>) -> anyhow::Result<()> {
             );
             continue;
         }
-        let outcome = tokio::time::timeout(LIMIT, self_test(&watm, role, echo, stop.clone())).await;
-        match outcome {
-            Ok(Ok(())) => println!("PASS {name}: {} KiB round trip on loopback, byte for byte", SIZE >> 10),
+        let opened = async {
+            let streaming = Route::open(&watm, role, Service::Echo, echo, stop.clone()).await?;
+            let deferred = Route::open(&watm, role, Service::ReplyAfterEof, deferred, stop.clone()).await?;
+            anyhow::Ok((streaming, deferred))
+        };
+        let (path, after_eof) = match tokio::time::timeout(LIMIT, opened).await {
+            Ok(Ok(routes)) => routes,
             Ok(Err(e)) => {
                 failed += 1;
                 println!("FAIL {name}: {e:#}");
+                continue;
             }
             Err(_) => {
                 failed += 1;
-                println!("FAIL {name}: no answer within {LIMIT:?}");
+                println!("FAIL {name}: setting up took longer than {LIMIT:?}");
+                continue;
             }
+        };
+        match bounded(path.basic()).await {
+            Ok(()) => println!("PASS {name}: {} KiB round trip on loopback, byte for byte", SIZE >> 10),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {name}: {e:#}");
+                continue;
+            }
+        }
+        match bounded(after_eof.half_close()).await {
+            Ok(()) => println!("PASS {name} half-close: the reply after a half-close came back whole"),
+            Err(e) => println!(
+                "WARN {name} half-close: the worker ends at the first EOF; a reply after a half-close is lost ({e:#})"
+            ),
+        }
+        match bounded(path.large()).await {
+            Ok(()) => println!("PASS {name} large: {} MiB with full socket buffers, byte for byte", LARGE >> 20),
+            Err(e) => println!(
+                "WARN {name} large: {} MiB with full socket buffers: {e:#}; the guest {}",
+                LARGE >> 20,
+                if e.is::<Stalled>() {
+                    "stops moving bytes when both directions are full (a worker blocked writing one \
+                     direction cannot drain the other)"
+                } else {
+                    "may drop the rest of a short write"
+                }
+            ),
         }
     }
     stop.cancel();
@@ -76,17 +133,138 @@ pub async fn run(t: &str, config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(s: S) -> anyhow::Result<()> {
-    let sent = pattern(SIZE);
-    let got = exchange(s, &sent, |_| {}).await?;
+async fn bounded(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    match tokio::time::timeout(LIMIT, f).await {
+        Ok(r) => r,
+        Err(_) => bail!("no answer within {LIMIT:?}"),
+    }
+}
+
+/// How a self-test reaches the role under test.
+enum Route {
+    /// The transport's dialer, to `addr` (the echo service, or the
+    /// transport's own echoing listener).
+    Dial(Dialer, SocketAddr),
+    /// Plain TCP to a relay in front of the transport's listener.
+    Plain(SocketAddr),
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> Stream for S {}
+
+/// What the far end does with the bytes.
+#[derive(Clone, Copy)]
+enum Service {
+    /// Sends each byte back as it comes.
+    Echo,
+    /// Reads to EOF, then sends it all back and closes.
+    ReplyAfterEof,
+}
+
+impl Route {
+    /// `service` is the far end for the dialer role (an address that runs
+    /// `kind`); the other roles run `kind` behind the transport's listener.
+    async fn open(
+        watm: &Watm,
+        role: Role,
+        kind: Service,
+        service: SocketAddr,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Route> {
+        Ok(match role {
+            Role::Dialer => Route::Dial(Dialer::new(watm)?, service),
+            Role::Listener => Route::Dial(Dialer::new(watm)?, echoing_listener(watm, kind, stop).await?),
+            Role::Relay => {
+                let remote = echoing_listener(watm, kind, stop.clone()).await?;
+                let relay = Relay::new(watm, remote.to_string())?;
+                let listener = TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?;
+                tokio::spawn(async move { relay.serve(listener, stop.cancelled_owned()).await });
+                Route::Plain(addr)
+            }
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<Box<dyn Stream>> {
+        Ok(match self {
+            Route::Dial(dialer, addr) => Box::new(dialer.dial(addr.to_string()).await.context("dial")?),
+            Route::Plain(addr) => Box::new(TcpStream::connect(addr).await.context("connect to the relay")?),
+        })
+    }
+
+    /// Send, read it all back, close.
+    async fn basic(&self) -> anyhow::Result<()> {
+        self.without_half_close(SIZE, Duration::ZERO).await
+    }
+
+    /// Send, half-close, read to EOF.
+    async fn half_close(&self) -> anyhow::Result<()> {
+        let sent = pattern(SIZE);
+        let got = exchange(self.connect().await?, &sent, |_| {}).await?;
+        same(&got, &sent)
+    }
+
+    /// Send a lot to a reader that starts late.
+    async fn large(&self) -> anyhow::Result<()> {
+        self.without_half_close(LARGE, LATE_READER).await
+    }
+
+    async fn without_half_close(&self, len: usize, read_after: Duration) -> anyhow::Result<()> {
+        let sent = pattern(len);
+        let (mut r, mut w) = tokio::io::split(self.connect().await?);
+        let write = async {
+            w.write_all(&sent).await?;
+            w.flush().await?;
+            anyhow::Ok(())
+        };
+        let read = async {
+            tokio::time::sleep(read_after).await;
+            let mut got = Vec::with_capacity(len);
+            let mut buf = vec![0u8; 64 << 10];
+            while got.len() < len {
+                match tokio::time::timeout(STALL, r.read(&mut buf)).await {
+                    Err(_) => return Err(anyhow::Error::new(Stalled { got: got.len(), of: len })),
+                    Ok(read) => match read? {
+                        0 => break,
+                        n => got.extend_from_slice(&buf[..n]),
+                    },
+                }
+            }
+            anyhow::Ok(got)
+        };
+        let ((), got) = tokio::try_join!(write, read)?;
+        same(&got, &sent)
+    }
+}
+
+/// No byte came back for [`STALL`].
+#[derive(Debug)]
+struct Stalled {
+    got: usize,
+    of: usize,
+}
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stalled after {} of {} bytes (nothing for {STALL:?})", self.got, self.of)
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+fn same(got: &[u8], sent: &[u8]) -> anyhow::Result<()> {
+    if got.len() != sent.len() {
+        bail!("{} of {} bytes came back", got.len(), sent.len());
+    }
     if got != sent {
-        bail!("{} bytes came back, not the {} sent (or not the same)", got.len(), sent.len());
+        let at = got.iter().zip(sent).position(|(a, b)| a != b).unwrap_or(0);
+        bail!("the bytes that came back differ from byte {at}");
     }
     Ok(())
 }
 
-/// A listener of `watm` whose application echoes; returns its address.
-async fn echoing_listener(watm: &Watm, stop: CancellationToken) -> anyhow::Result<std::net::SocketAddr> {
+/// A listener of `watm` whose application runs `kind`; returns its address.
+async fn echoing_listener(watm: &Watm, kind: Service, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = Listener::bind(watm, "127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -96,40 +274,37 @@ async fn echoing_listener(watm: &Watm, stop: CancellationToken) -> anyhow::Resul
                 a = listener.accept() => a,
             };
             if let Ok((conn, _)) = accepted {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = tokio::io::split(conn);
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
-                });
+                tokio::spawn(serve(conn, kind));
             }
         }
     });
     Ok(addr)
 }
 
-async fn self_test(
-    watm: &Watm,
-    role: Role,
-    echo: std::net::SocketAddr,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    match role {
-        Role::Dialer => {
-            let conn = Dialer::new(watm)?.dial(echo.to_string()).await.context("dial")?;
-            round_trip(conn).await
+async fn serve(conn: impl AsyncRead + AsyncWrite, kind: Service) {
+    let (mut r, mut w) = tokio::io::split(conn);
+    match kind {
+        Service::Echo => {
+            let _ = tokio::io::copy(&mut r, &mut w).await;
         }
-        Role::Listener => {
-            let addr = echoing_listener(watm, stop).await?;
-            let conn = Dialer::new(watm)?.dial(addr.to_string()).await.context("dial the listener")?;
-            round_trip(conn).await
-        }
-        Role::Relay => {
-            let remote = echoing_listener(watm, stop.clone()).await?;
-            let relay = Relay::new(watm, remote.to_string())?;
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            let addr = listener.local_addr()?;
-            tokio::spawn(async move { relay.serve(listener, stop.cancelled_owned()).await });
-            round_trip(tokio::net::TcpStream::connect(addr).await?).await
+        Service::ReplyAfterEof => {
+            let mut all = Vec::new();
+            if r.read_to_end(&mut all).await.is_ok() {
+                let _ = w.write_all(&all).await;
+            }
         }
     }
+    let _ = w.shutdown().await;
+}
+
+/// A plain TCP service that replies only after reading to EOF.
+async fn reply_after_eof_server() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s, Service::ReplyAfterEof));
+        }
+    });
+    Ok(addr)
 }

@@ -112,3 +112,4 @@ async fn tokio_guest_returns_when_cancelled() {
     })
     .await;
 }
+
