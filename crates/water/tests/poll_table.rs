@@ -144,3 +144,80 @@ async fn absent_directions_never_fire_and_a_reset_is_the_reads_error() {
     })
     .await;
 }
+
+/// Polls for write readiness on the network fd: (1) alone; (2) again, with
+/// no write in between, beside a 10 ms clock; (3) after a one-byte write,
+/// beside a 1 s clock; (4) alone again with no write in between. Results
+/// per poll `i`: nevents at 3000 + 100 i, events from 3008 + 100 i.
+const WRITE_GUEST: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (memory (export "memory") 1)
+  (global (export "_water_v0") i32 (i32.const 0))
+  (global $internal (mut i32) (i32.const -1))
+  (global $net (mut i32) (i32.const -1))
+  (data (i32.const 200) "k")
+  (func (export "_water_init") (result i32) (i32.const 0))
+  (func (export "_water_cancel_with") (param i32) (result i32) (i32.const 0))
+  (func (export "_water_dial") (param $internal i32) (result i32)
+    (global.set $internal (local.get $internal))
+    (global.set $net (call $host_dial))
+    (global.get $net))
+  ;; Subscription 0: write on the network fd; subscription 1: a clock.
+  (func $subs (param $clock_ns i64)
+    (i64.store (i32.const 1024) (i64.const 1))
+    (i32.store8 (i32.const 1032) (i32.const 2))
+    (i32.store (i32.const 1040) (global.get $net))
+    (i64.store (i32.const 1072) (i64.const 2))
+    (i32.store8 (i32.const 1080) (i32.const 0))
+    (i32.store (i32.const 1088) (i32.const 1))
+    (i64.store (i32.const 1096) (local.get $clock_ns)))
+  (func $poll (param $i i32) (param $n i32) (result i32)
+    (call $poll_oneoff (i32.const 1024)
+      (i32.add (i32.const 3008) (i32.mul (local.get $i) (i32.const 100)))
+      (local.get $n)
+      (i32.add (i32.const 3000) (i32.mul (local.get $i) (i32.const 100)))))
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+  (func (export "_water_worker") (result i32)
+    (local $err i32)
+    (block $fail
+      (call $subs (i64.const 10000000))
+      (br_if $fail (local.tee $err (call $poll (i32.const 0) (i32.const 1))))
+      (br_if $fail (local.tee $err (call $poll (i32.const 1) (i32.const 2))))
+      (br_if $fail (local.tee $err (call $write (global.get $net) (i32.const 200) (i32.const 1))))
+      (call $subs (i64.const 1000000000))
+      (br_if $fail (local.tee $err (call $poll (i32.const 2) (i32.const 2))))
+      (br_if $fail (local.tee $err (call $poll (i32.const 3) (i32.const 1))))
+      (br_if $fail (local.tee $err (call $write (global.get $internal) (i32.const 3000) (i32.const 400))))
+      (return (i32.const 0)))
+    (i32.sub (i32.const 0) (local.get $err)))
+)"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_readiness_is_news_again_after_a_write_and_never_lost() {
+    bounded(async {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+        });
+        let watm = Watm::new(&wat::parse_str(WRITE_GUEST).unwrap(), Config::default()).unwrap();
+        let mut conn = Dialer::new(&watm).unwrap().dial(addr.to_string()).await.unwrap();
+        let mut got = vec![0u8; 400];
+        conn.read_exact(&mut got).await.unwrap();
+        let first = |i: usize| (u32_at(&got, 100 * i), fields(&got[100 * i + 8..100 * i + 40]).0);
+        assert_eq!(first(0), (1, 1), "a writable socket is reported writable");
+        assert_eq!(first(1), (1, 2), "reported again with no write since: held back, the 10 ms clock fires first");
+        assert_eq!(first(2), (1, 1), "after a write: reported at once, before the 1 s clock");
+        assert_eq!(first(3), (1, 1), "held back, never lost: it comes when nothing else does");
+        conn.close().await.unwrap();
+        peer.await.unwrap();
+    })
+    .await;
+}

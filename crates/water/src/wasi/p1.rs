@@ -299,6 +299,8 @@ pub(super) async fn fd_write<T: WasiView>(
     }
     loop {
         let (mut mem, wasi) = split(caller)?;
+        // Any write attempt makes the fd's write readiness news again.
+        wasi.table.wrote(fd);
         let (stream, nonblocking): (Stream, bool) = match wasi.table.get(fd)? {
             Desc::Output(which) => {
                 let which = *which;

@@ -17,6 +17,17 @@
 //! whole poll on one error event; and an fd that can never become ready in a
 //! direction never fires there, so a guest that subscribes to it sleeps
 //! instead of spinning. Only an fd that is not open answers `badf`.
+//!
+//! Write readiness: a stream reported writable is reported again at once
+//! only after the guest has written to it (any `fd_write`/`sock_send`
+//! attempt); otherwise not before [`WRITE_REPEAT`] has passed. tokio's WASI
+//! driver subscribes every socket for write interest on every poll, and
+//! sockets are nearly always writable, so an idle tokio guest would wake at
+//! once forever (a spinning core per idle connection). tokio keeps write
+//! readiness until a write answers `again`, so it loses nothing; a
+//! level-triggered guest (our SDK, TinyGo) writes before it waits for
+//! writability again, so it is never delayed; a guest that is told an fd is
+//! writable, writes nothing and asks again waits up to [`WRITE_REPEAT`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,12 +52,18 @@ const EVENTRWFLAGS_HANGUP: u16 = 1;
 /// Most subscriptions one call may pass.
 pub const MAX_SUBSCRIPTIONS: u32 = 1024;
 
+/// How soon a stream already reported writable, and not written since, is
+/// reported writable again (see the module doc).
+pub const WRITE_REPEAT: Duration = Duration::from_millis(50);
+
 /// What to wait on for one subscription.
 enum Waiter {
     /// `None`: never fires (a deadline too far to represent).
     Clock(Option<Instant>),
     Read(Stream),
-    Write(Stream),
+    /// Ready when writable, but not before the instant, if any (see
+    /// "write readiness" in the module doc).
+    Write(Stream, Option<Instant>),
     /// The future is made only when the call has to wait: the worker polls
     /// its cancel fd on every round, and most rounds find something ready.
     Cancel(
@@ -65,10 +82,13 @@ enum Waiter {
 struct Sub {
     userdata: u64,
     tag: u8,
+    fd: u32,
     waiter: Waiter,
 }
 
 struct Event {
+    /// The fd of a write event on a stream: to note the report.
+    wrote_fd: Option<u32>,
     userdata: u64,
     error: Errno,
     tag: u8,
@@ -97,23 +117,26 @@ pub async fn poll_oneoff<T: WasiView>(
             let u32_at = |o: usize| u32::from_le_bytes(s[o..o + 4].try_into().expect("4 bytes"));
             let userdata = u64_at(0);
             let tag = s[8];
+            let fd = u32_at(16);
             let waiter = match tag {
                 TAG_CLOCK => {
                     let flags = u16::from_le_bytes(s[40..42].try_into().expect("2 bytes"));
                     clock_deadline(wasi, u32_at(16), u64_at(24), flags & SUBCLOCKFLAGS_ABSTIME != 0)
                 }
-                TAG_FD_READ | TAG_FD_WRITE => fd_waiter(&wasi.table, u32_at(16), tag == TAG_FD_READ),
+                TAG_FD_READ | TAG_FD_WRITE => fd_waiter(&wasi.table, fd, tag == TAG_FD_READ),
                 _ => return Err(Errno::INVAL),
             };
-            subs.push(Sub { userdata, tag, waiter });
+            subs.push(Sub { userdata, tag, fd, waiter });
         }
         subs
     };
 
+    // The timer wakes the call for the earliest clock, and for a held-back
+    // write report.
     let earliest = subs
         .iter()
         .filter_map(|s| match s.waiter {
-            Waiter::Clock(d) => d,
+            Waiter::Clock(d) | Waiter::Write(_, d) => d,
             _ => None,
         })
         .min();
@@ -124,9 +147,10 @@ pub async fn poll_oneoff<T: WasiView>(
     let mut subs = subs;
     let events = std::future::poll_fn(|cx| {
         let mut events = Vec::new();
+        let now = Instant::now();
         for sub in subs.iter_mut() {
             let (userdata, tag) = (sub.userdata, sub.tag);
-            let ev = move |error, nbytes, hangup| Event { userdata, error, tag, nbytes, hangup };
+            let ev = move |error, nbytes, hangup| Event { wrote_fd: None, userdata, error, tag, nbytes, hangup };
             match &mut sub.waiter {
                 Waiter::Clock(_) | Waiter::Never => {}
                 Waiter::Now(nbytes, hangup) => events.push(ev(Errno(0), *nbytes, *hangup)),
@@ -139,11 +163,15 @@ pub async fn poll_oneoff<T: WasiView>(
                     Poll::Ready(Err(_)) => events.push(ev(Errno(0), 0, true)),
                     Poll::Pending => {}
                 },
-                Waiter::Write(stream) => match stream.poll_write_ready(cx) {
-                    Poll::Ready(Ok(room)) => events.push(ev(Errno(0), room as u64, false)),
-                    Poll::Ready(Err(_)) => events.push(ev(Errno(0), 0, true)),
-                    Poll::Pending => {}
-                },
+                Waiter::Write(_, Some(not_before)) if now < *not_before => {}
+                Waiter::Write(stream, _) => {
+                    let event = match stream.poll_write_ready(cx) {
+                        Poll::Ready(Ok(room)) => ev(Errno(0), room as u64, false),
+                        Poll::Ready(Err(_)) => ev(Errno(0), 0, true),
+                        Poll::Pending => continue,
+                    };
+                    events.push(Event { wrote_fd: Some(sub.fd), ..event });
+                }
                 Waiter::Cancel(token, fut) => {
                     let cancelled = match fut {
                         _ if token.is_cancelled() => true,
@@ -166,12 +194,12 @@ pub async fn poll_oneoff<T: WasiView>(
                 None => false,
             };
         if clock_due {
-            let now = Instant::now();
             for sub in &subs {
                 if let Waiter::Clock(Some(deadline)) = sub.waiter
                     && deadline <= now
                 {
                     events.push(Event {
+                        wrote_fd: None,
                         userdata: sub.userdata,
                         error: Errno(0),
                         tag: sub.tag,
@@ -202,7 +230,11 @@ pub async fn poll_oneoff<T: WasiView>(
     })
     .await;
 
-    let (mut mem, _) = split(caller)?;
+    let (mut mem, wasi) = split(caller)?;
+    let now = Instant::now();
+    for fd in events.iter().filter_map(|e| e.wrote_fd) {
+        wasi.table.write_reported(fd, now);
+    }
     for (i, e) in events.iter().enumerate() {
         let mut raw = [0u8; EVENT_SIZE as usize];
         raw[0..8].copy_from_slice(&e.userdata.to_le_bytes());
@@ -234,7 +266,10 @@ fn fd_waiter(table: &super::table::FdTable, fd: u32, read: bool) -> Waiter {
     };
     match (desc, read) {
         (Desc::Stream { stream, .. }, true) => Waiter::Read(stream.clone()),
-        (Desc::Stream { stream, .. }, false) => Waiter::Write(stream.clone()),
+        (Desc::Stream { stream, .. }, false) => {
+            let not_before = table.last_write_report(fd).map(|at| at + WRITE_REPEAT).filter(|&t| t > Instant::now());
+            Waiter::Write(stream.clone(), not_before)
+        }
         (Desc::Cancel { token, .. }, true) => Waiter::Cancel(token.clone(), None),
         (Desc::Config { data, pos }, true) => {
             let left = (data.len() as u64).saturating_sub(*pos);

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -200,6 +201,9 @@ pub enum Desc {
 #[derive(Debug)]
 pub struct FdTable {
     slots: Vec<Option<Desc>>,
+    /// Per fd: when `poll_oneoff` last reported it writable, if the guest
+    /// has not written to it since (see `wasi::poll`, "write readiness").
+    write_reported: Vec<Option<Instant>>,
 }
 
 impl Default for FdTable {
@@ -210,6 +214,7 @@ impl Default for FdTable {
                 Some(Desc::Output(Output::Stdout)),
                 Some(Desc::Output(Output::Stderr)),
             ],
+            write_reported: Vec::new(),
         }
     }
 }
@@ -219,6 +224,7 @@ impl FdTable {
     pub fn insert(&mut self, desc: Desc) -> Result<u32, Errno> {
         if let Some(i) = self.slots.iter().position(Option::is_none) {
             self.slots[i] = Some(desc);
+            self.wrote(i as u32);
             return Ok(i as u32);
         }
         if self.slots.len() >= MAX_FDS {
@@ -238,7 +244,32 @@ impl FdTable {
 
     /// Removes (and so closes) an fd.
     pub fn remove(&mut self, fd: u32) -> Result<Desc, Errno> {
+        self.wrote(fd);
         self.slots.get_mut(fd as usize).and_then(Option::take).ok_or(Errno::BADF)
+    }
+
+    /// `poll_oneoff` told the guest at `at` that `fd` is writable.
+    pub fn write_reported(&mut self, fd: u32, at: Instant) {
+        let i = fd as usize;
+        if i < MAX_FDS {
+            if self.write_reported.len() <= i {
+                self.write_reported.resize(i + 1, None);
+            }
+            self.write_reported[i] = Some(at);
+        }
+    }
+
+    /// The guest wrote to `fd` (or it changed hands): its write readiness is
+    /// news again.
+    pub fn wrote(&mut self, fd: u32) {
+        if let Some(slot) = self.write_reported.get_mut(fd as usize) {
+            *slot = None;
+        }
+    }
+
+    /// When `fd` was last reported writable with no write since.
+    pub fn last_write_report(&self, fd: u32) -> Option<Instant> {
+        self.write_reported.get(fd as usize).copied().flatten()
     }
 
     /// The stream behind `fd`, or `notsock` when `fd` is something else.
