@@ -198,6 +198,9 @@ fn run<E: crate::Codec, D: crate::Codec>(
 ) -> Result<(), Errno> {
     sys::set_nonblocking(plain)?;
     sys::set_nonblocking(wire)?;
+    if let Some(fd) = cancel {
+        sys::set_nonblocking(fd)?;
+    }
     let mut events = [wasi::Event {
         userdata: 0,
         error: wasi::ERRNO_SUCCESS,
@@ -234,9 +237,23 @@ fn run<E: crate::Codec, D: crate::Codec>(
             add(Interest::Now);
         }
         let ready = sys::poll(&interests[..n], &mut events)?;
-        if cancel.is_some() && events[..ready].iter().any(|e| e.userdata == 0) {
+        if let Some(fd) = cancel
+            && events[..ready].iter().any(|e| e.userdata == 0)
+            && cancelled(fd)?
+        {
             return Err(Errno::CANCELED);
         }
+    }
+}
+
+/// Whether the host really cancelled: readiness is a hint (some hosts
+/// report every watched fd ready when any one is), so the cancel fd must
+/// read as EOF or data, not `again`.
+fn cancelled(fd: Fd) -> Result<bool, Errno> {
+    match sys::read(fd, &mut [0u8; 1]) {
+        Ok(_) => Ok(true),
+        Err(Errno::AGAIN) | Err(Errno::INTR) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

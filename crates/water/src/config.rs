@@ -36,6 +36,7 @@ pub struct Config {
     pub(crate) memory_limit: usize,
     pub(crate) setup_timeout: Duration,
     pub(crate) close_grace: Duration,
+    pub(crate) coarse_poll: bool,
 }
 
 impl Default for Config {
@@ -48,6 +49,7 @@ impl Default for Config {
             memory_limit: 16 << 20,
             setup_timeout: Duration::from_secs(5),
             close_grace: Duration::from_secs(1),
+            coarse_poll: false,
         }
     }
 }
@@ -62,6 +64,7 @@ impl fmt::Debug for Config {
             .field("memory_limit", &self.memory_limit)
             .field("setup_timeout", &self.setup_timeout)
             .field("close_grace", &self.close_grace)
+            .field("coarse_poll", &self.coarse_poll)
             .finish()
     }
 }
@@ -110,6 +113,17 @@ impl Config {
     /// (default 1 s).
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
+        self
+    }
+
+    /// Testing other hosts' behaviour: `poll_oneoff` reports every fd
+    /// subscription ready whenever any one is, as wasi-common-based hosts
+    /// (water-rs) do, so that a guest can be checked to take readiness as
+    /// a hint (confirm a cancel, answer `again` by waiting). Off by default;
+    /// it makes guests wake without cause.
+    #[doc(hidden)]
+    pub fn coarse_poll(mut self, on: bool) -> Self {
+        self.coarse_poll = on;
         self
     }
 }

@@ -236,7 +236,7 @@ impl Session {
         let config = inner.config.clone();
         let limit = config.setup_timeout;
         let ctx = Ctx {
-            wasi: WasiCtx::new(label),
+            wasi: WasiCtx::new(label).coarse_poll(config.coarse_poll),
             limits: StoreLimitsBuilder::new().memory_size(config.memory_limit).instances(1).build(),
             config,
             dial_target: None,

@@ -40,15 +40,26 @@ pub struct WasiCtx {
     pub output: output::OutputLog,
     /// Zero of the guest's monotonic clock.
     pub clock_base: Instant,
+    /// Report every fd subscription of a `poll_oneoff` ready when any one
+    /// is, as wasi-common-based hosts do (a test switch, see
+    /// `Config::coarse_poll`).
+    pub coarse_poll: bool,
 }
 
 impl WasiCtx {
+    /// Sets [`WasiCtx::coarse_poll`].
+    pub fn coarse_poll(mut self, on: bool) -> Self {
+        self.coarse_poll = on;
+        self
+    }
+
     pub fn new(label: String) -> Self {
         WasiCtx {
             table: table::FdTable::default(),
             memory: None,
             output: output::OutputLog::new(label),
             clock_base: Instant::now(),
+            coarse_poll: false,
         }
     }
 }

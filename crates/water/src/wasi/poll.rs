@@ -145,6 +145,7 @@ pub async fn poll_oneoff<T: WasiView>(
     let due_at_start = earliest.is_some_and(|d| d <= Instant::now());
     let mut sleep = earliest.filter(|_| !due_at_start).map(|d| Box::pin(tokio::time::sleep_until(d.into())));
     let mut subs = subs;
+    let coarse = split(caller)?.1.coarse_poll;
     let events = std::future::poll_fn(|cx| {
         let mut events = Vec::new();
         let now = Instant::now();
@@ -210,6 +211,9 @@ pub async fn poll_oneoff<T: WasiView>(
             }
         }
         if !events.is_empty() {
+            if coarse {
+                coarsen(&subs, &mut events);
+            }
             return Poll::Ready(events);
         }
         // About to wait: register on the cancel tokens too.
@@ -246,6 +250,24 @@ pub async fn poll_oneoff<T: WasiView>(
         mem.write(events_ptr + i as u32 * EVENT_SIZE, &raw)?;
     }
     mem.write_u32(nevents_ptr, events.len() as u32)
+}
+
+/// `Config::coarse_poll`: every fd subscription without an event gets one
+/// (ready, no bytes known), as hosts that poll coarsely report.
+fn coarsen(subs: &[Sub], events: &mut Vec<Event>) {
+    for sub in subs {
+        let fd_sub = sub.tag == TAG_FD_READ || sub.tag == TAG_FD_WRITE;
+        if fd_sub && !events.iter().any(|e| e.userdata == sub.userdata && e.tag == sub.tag) {
+            events.push(Event {
+                wrote_fd: None,
+                userdata: sub.userdata,
+                error: Errno(0),
+                tag: sub.tag,
+                nbytes: 0,
+                hangup: false,
+            });
+        }
+    }
 }
 
 fn clock_deadline(wasi: &WasiCtx, id: u32, timeout: u64, absolute: bool) -> Waiter {
