@@ -2,8 +2,12 @@
 //! exports on loopback, one line per check.
 //!
 //! A transport's wire format is its own, so each role is tested against the
-//! transport itself: dial → echo service; dial → listener (same transport)
-//! → echo; plain client → relay → listener (same transport) → echo.
+//! transport itself: dial → listener (same transport) → forwarded to an echo
+//! service; dial → listener (same transport) whose application echoes;
+//! plain client → relay → listener (same transport) → echo. A module that
+//! exports no accept has its dialer tested against the echo service
+//! directly, which only a transport whose wire format is symmetric (the same
+//! codec both ways, like `xor`) passes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -107,6 +111,33 @@ async fn echoing_listener(watm: &Watm, stop: CancellationToken) -> anyhow::Resul
     Ok(addr)
 }
 
+/// A listener of `watm` whose application forwards each connection to `to`,
+/// as `water server` does; returns its address.
+async fn forwarding_listener(
+    watm: &Watm,
+    to: std::net::SocketAddr,
+    stop: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = Listener::bind(watm, "127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            if let Ok((mut conn, _)) = accepted {
+                tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                    }
+                });
+            }
+        }
+    });
+    Ok(addr)
+}
+
 async fn self_test(
     watm: &Watm,
     role: Role,
@@ -114,6 +145,11 @@ async fn self_test(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     match role {
+        Role::Dialer if watm.supports(Role::Listener) => {
+            let addr = forwarding_listener(watm, echo, stop).await?;
+            let conn = Dialer::new(watm)?.dial(addr.to_string()).await.context("dial")?;
+            round_trip(conn).await
+        }
         Role::Dialer => {
             let conn = Dialer::new(watm)?.dial(echo.to_string()).await.context("dial")?;
             round_trip(conn).await
