@@ -80,8 +80,9 @@ pub struct Step {
 /// it derived to both codecs ([`Transport::encoder`], [`Transport::decoder`]).
 ///
 /// Like a codec it is a state machine over buffers (no syscalls), so it is
-/// tested under any segmentation on the host ([`crate::testing`]). `()` is
-/// the handshake of transports that need none: done at once, no keys.
+/// tested under any segmentation on the host (`water_guest::testing`, feature
+/// `std`). `()` is the handshake of transports that need none: done at once,
+/// no keys.
 pub trait Handshake {
     /// What both codecs are built from (keys, nonces, counters).
     type Keys;
