@@ -10,7 +10,11 @@
 //!   guest, forwarding to echo as `water server -t ss` does;
 //! - **codec, native**: the guest's encoder and decoder compiled for the
 //!   host, through `water_guest::testing::pump`, no sockets (one direction's
-//!   seal, then open).
+//!   seal, then open);
+//! - **seal in wasm**: a `water::Dialer` with the `ss` guest writing into a
+//!   TCP sink that discards, one direction only, next to the same with the
+//!   `plain` guest: when plain is much faster, the ss figure is the guest's
+//!   sealing speed in wasm (plus the host's share, which plain shows).
 //!
 //! Throughput counts bytes both ways. The client keeps its write side open
 //! until everything is back (libev tears a connection down on half-close).
@@ -86,6 +90,29 @@ async fn bulk(addr: SocketAddr, total: usize) -> std::io::Result<Duration> {
     };
     let (_w, _r) = tokio::try_join!(write, read)?;
     Ok(start.elapsed())
+}
+
+/// Writes `total` bytes through a dialer of `watm` into the sink at `sink`,
+/// half-closes, and waits for the sink to report the end; the time taken.
+async fn one_way(
+    watm: &water::Watm,
+    sink: SocketAddr,
+    total: usize,
+    done: &mut tokio::sync::mpsc::UnboundedReceiver<usize>,
+) -> std::io::Result<Duration> {
+    let mut conn =
+        water::Dialer::new(watm).map_err(std::io::Error::other)?.dial(sink.to_string()).await.map_err(std::io::Error::other)?;
+    let chunk = vec![0x3cu8; WRITE_SIZE];
+    let start = Instant::now();
+    for _ in 0..total / WRITE_SIZE {
+        conn.write_all(&chunk).await?;
+    }
+    conn.shutdown().await?;
+    let got = done.recv().await.unwrap_or(0);
+    let t = start.elapsed();
+    assert!(got >= total, "sink got {got} of {total}");
+    let _ = conn.close().await;
+    Ok(t)
 }
 
 fn mib_s(bytes: usize, d: Duration) -> f64 {
@@ -174,6 +201,39 @@ fn main() -> std::io::Result<()> {
             }
         });
         let (_t2, water_server) = tunnel(water_server_port);
+
+        // One direction into a discarding sink: the dialer's encoder alone.
+        let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let sink_addr = sink.local_addr()?;
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = sink.accept().await {
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut n = 0;
+                    while let Ok(k @ 1..) = s.read(&mut buf).await {
+                        n += k;
+                    }
+                    let _ = done.send(n);
+                });
+            }
+        });
+        let plain = water::Watm::new(
+            watm_artifacts::Guest::named("plain").expect("plain").wasm,
+            water::Config::default(),
+        )
+        .map_err(std::io::Error::other)?;
+        let (mut ss_seal, mut plain_seal) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ss_seal.push(one_way(&watm, sink_addr, total, &mut done_rx).await?);
+            plain_seal.push(one_way(&plain, sink_addr, total, &mut done_rx).await?);
+        }
+        println!(
+            "{method}: one way into a sink: ss guest {:.0} MiB/s, plain guest {:.0} MiB/s",
+            mib_s(total, median(ss_seal)),
+            mib_s(total, median(plain_seal))
+        );
 
         let paths = [("libev", libev_chain), ("water client", water_client), ("water server", water_server)];
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); paths.len()];
