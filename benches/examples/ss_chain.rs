@@ -100,8 +100,11 @@ async fn one_way(
     total: usize,
     done: &mut tokio::sync::mpsc::UnboundedReceiver<usize>,
 ) -> std::io::Result<Duration> {
-    let mut conn =
-        water::Dialer::new(watm).map_err(std::io::Error::other)?.dial(sink.to_string()).await.map_err(std::io::Error::other)?;
+    let mut conn = water::Dialer::new(watm)
+        .map_err(std::io::Error::other)?
+        .dial(sink.to_string())
+        .await
+        .map_err(std::io::Error::other)?;
     let chunk = vec![0x3cu8; WRITE_SIZE];
     let start = Instant::now();
     for _ in 0..total / WRITE_SIZE {
@@ -131,7 +134,11 @@ fn main() -> std::io::Result<()> {
     let config = format!("method={method}\npassword={password}\ntarget=127.0.0.1:9\n");
     let ss = watm_ss::Ss::from_config(config.as_bytes()).expect("config");
     let data = vec![0x5au8; total];
-    let keys = watm_ss::SsKeys::Client(watm_ss::Cipher::new(ss.method(), ss.master_key(), &[1; 32][..ss.method().key_len()]));
+    let keys = watm_ss::SsKeys::Client(watm_ss::Cipher::new(
+        ss.method(),
+        ss.master_key(),
+        &[1; 32][..ss.method().key_len()],
+    ));
     let mut native = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
@@ -171,7 +178,24 @@ fn main() -> std::io::Result<()> {
             let (l, to, fwd) = (port.to_string(), to.to_string(), echo.to_string());
             let k = libev(
                 "ss-tunnel",
-                &["-s", "127.0.0.1", "-p", &to, "-b", "127.0.0.1", "-l", &l, "-k", password, "-m", &method, "-L", &fwd, "-t", "300"],
+                &[
+                    "-s",
+                    "127.0.0.1",
+                    "-p",
+                    &to,
+                    "-b",
+                    "127.0.0.1",
+                    "-l",
+                    &l,
+                    "-k",
+                    password,
+                    "-m",
+                    &method,
+                    "-L",
+                    &fwd,
+                    "-t",
+                    "300",
+                ],
                 port,
             );
             (k, SocketAddr::from(([127, 0, 0, 1], port)))

@@ -26,15 +26,16 @@ use std::time::{Duration, Instant};
 
 const WATER: &str = env!("CARGO_BIN_EXE_water");
 const LIMIT: Duration = Duration::from_secs(120);
-const METHODS: [&str; 4] = ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm", "xchacha20-ietf-poly1305"];
+const METHODS: [&str; 4] =
+    ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm", "xchacha20-ietf-poly1305"];
 /// Bytes each way for the big transfers.
 const BIG: usize = 64 << 20;
 const PASSWORD: &str = "correct horse battery staple";
 
 fn have_libev() -> bool {
-    let found = ["ss-server", "ss-tunnel"].iter().all(|b| {
-        Command::new(b).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-    });
+    let found = ["ss-server", "ss-tunnel"]
+        .iter()
+        .all(|b| Command::new(b).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok());
     if !found {
         assert!(
             std::env::var_os("WATER_SS_LIBEV_OPTIONAL").is_some(),
@@ -234,7 +235,24 @@ fn ss_tunnel(method: &str, password: &str, server: SocketAddr, to: SocketAddr) -
     let (l, sp, fwd) = (port.to_string(), server.port().to_string(), to.to_string());
     let proc = Proc::libev(
         "ss-tunnel",
-        &["-s", "127.0.0.1", "-p", &sp, "-b", "127.0.0.1", "-l", &l, "-k", password, "-m", method, "-L", &fwd, "-t", "120"],
+        &[
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &sp,
+            "-b",
+            "127.0.0.1",
+            "-l",
+            &l,
+            "-k",
+            password,
+            "-m",
+            method,
+            "-L",
+            &fwd,
+            "-t",
+            "120",
+        ],
         port,
     );
     (proc, port)
@@ -260,11 +278,20 @@ fn water_client_through_ss_server_64_mib_each_way_for_every_method() {
         let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, Some(echo.addr)));
         let remote = format!("127.0.0.1:{port}");
         let (_client, addr) = Proc::water(&[
-            "client", "-t", "ss", "--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0", "--remote", &remote,
+            "client",
+            "-t",
+            "ss",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--remote",
+            &remote,
         ]);
         let before = echo.bytes.load(Ordering::SeqCst);
         let start = Instant::now();
-        round_trip(TcpStream::connect(addr).unwrap(), BIG, 1, LIMIT).unwrap_or_else(|e| panic!("{method}: {e}"));
+        round_trip(TcpStream::connect(addr).unwrap(), BIG, 1, LIMIT)
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
         eprintln!("{method}: water client -> ss-server: {:?}", start.elapsed());
         assert_eq!(echo.bytes.load(Ordering::SeqCst) - before, BIG, "{method}");
     }
@@ -281,7 +308,15 @@ fn ss_tunnel_through_water_server_64_mib_each_way_for_every_method() {
         let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, None));
         let fwd = echo.addr.to_string();
         let (_server, server) = Proc::water(&[
-            "server", "-t", "ss", "--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0", "--forward", &fwd,
+            "server",
+            "-t",
+            "ss",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--forward",
+            &fwd,
         ]);
         let (_tunnel, port) = ss_tunnel(method, PASSWORD, server, echo.addr);
         let start = Instant::now();
@@ -347,10 +382,7 @@ fn probe(addr: SocketAddr, probe: &[u8]) -> Probe {
     s.write_all(probe).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
     let mut buf = [0u8; 1024];
-    let early = match s.read(&mut buf) {
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
-        _ => true,
-    };
+    let early = !matches!(s.read(&mut buf), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
     // More garbage is still read and dropped, then the prober closes its
     // sending side: the server ends the connection.
     let _ = s.write_all(&[0x55; 4096]);
@@ -485,9 +517,18 @@ fn altered_or_truncated_bytes_kill_the_connection_and_deliver_nothing_corrupt() 
         let proxy = tamper(SocketAddr::from(([127, 0, 0, 1], port)), flip, cut, false);
         let remote = proxy.to_string();
         let (_client, addr) = Proc::water(&[
-            "client", "-t", "ss", "--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0", "--remote", &remote,
+            "client",
+            "-t",
+            "ss",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--remote",
+            &remote,
         ]);
-        let err = round_trip(TcpStream::connect(addr).unwrap(), len, 5, Duration::from_secs(10)).expect_err("tampering went unnoticed");
+        let err = round_trip(TcpStream::connect(addr).unwrap(), len, 5, Duration::from_secs(10))
+            .expect_err("tampering went unnoticed");
         assert!(!err.contains("CORRUPT"), "{flip:?} {cut:?}: {err}");
     }
     // ss-tunnel → water server, a bit flipped on the way in: our server end
@@ -496,7 +537,15 @@ fn altered_or_truncated_bytes_kill_the_connection_and_deliver_nothing_corrupt() 
     let scfg = config_file(&dir, "server", &ss_config(method, PASSWORD, None));
     let fwd = echo.addr.to_string();
     let (_ours, ours) = Proc::water(&[
-        "server", "-t", "ss", "--config", scfg.to_str().unwrap(), "--listen", "127.0.0.1:0", "--forward", &fwd,
+        "server",
+        "-t",
+        "ss",
+        "--config",
+        scfg.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &fwd,
     ]);
     let proxy = tamper(ours, Some(1 << 20), None, true);
     let (_tunnel, tport) = ss_tunnel(method, PASSWORD, proxy, echo.addr);

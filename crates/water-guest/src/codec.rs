@@ -157,8 +157,9 @@ pub trait Transport: Sized + 'static {
     fn decoder(&self, role: Role, keys: &Keys<Self>) -> Self::Decoder;
 }
 
-/// Longest [`InitError`] message; longer ones are cut.
-pub const MAX_MESSAGE: usize = 200;
+/// Longest [`InitError`] message; longer ones are cut. Small enough that an
+/// `InitError` stays under 128 bytes, cheap to return by value.
+pub const MAX_MESSAGE: usize = 118;
 
 /// Why `_water_init` failed: the errno the export returns (negated) and a
 /// line the SDK writes to the guest's stderr. The message lives in a fixed
@@ -168,7 +169,7 @@ pub struct InitError {
     /// Returned negated from `_water_init`.
     pub errno: Errno,
     message: [u8; MAX_MESSAGE],
-    len: usize,
+    len: u8,
 }
 
 impl fmt::Debug for InitError {
@@ -202,7 +203,7 @@ impl InitError {
         while len < bytes.len() && len > 0 && bytes[len] & 0xc0 == 0x80 {
             len -= 1;
         }
-        InitError { errno, message: buf, len }
+        InitError { errno, message: buf, len: len as u8 }
     }
 
     /// An init error with a formatted message (`format_args!`), cut at
@@ -216,7 +217,7 @@ impl InitError {
     /// The message.
     pub fn message(&self) -> &str {
         // Only whole characters are ever stored.
-        core::str::from_utf8(&self.message[..self.len]).unwrap_or("")
+        core::str::from_utf8(&self.message[..self.len as usize]).unwrap_or("")
     }
 }
 
@@ -225,11 +226,12 @@ impl fmt::Write for InitError {
         for c in s.chars() {
             let mut utf8 = [0u8; 4];
             let c = c.encode_utf8(&mut utf8).as_bytes();
-            if self.len + c.len() > MAX_MESSAGE {
+            let len = self.len as usize;
+            if len + c.len() > MAX_MESSAGE {
                 return Err(fmt::Error);
             }
-            self.message[self.len..self.len + c.len()].copy_from_slice(c);
-            self.len += c.len();
+            self.message[len..len + c.len()].copy_from_slice(c);
+            self.len = (len + c.len()) as u8;
         }
         Ok(())
     }

@@ -12,9 +12,9 @@ use std::vec::Vec;
 use proptest::prelude::*;
 use water_abi::Errno;
 
+use crate::InitError;
 use crate::codec::{Codec, Handshake, Keys, Progress, Role, Step, Transport};
 use crate::testing::{Segmentation, handshake, pump};
-use crate::InitError;
 
 const MAGIC: u8 = 0x5a;
 const NONCE: usize = 16;

@@ -38,11 +38,11 @@
 pub mod codec;
 pub mod config;
 pub mod fast;
+#[cfg(test)]
+mod handshake_demo;
 pub mod pipe;
 #[cfg(any(test, feature = "std"))]
 pub mod testing;
-#[cfg(test)]
-mod handshake_demo;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]

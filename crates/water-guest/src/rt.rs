@@ -247,7 +247,8 @@ fn handshake<H: Handshake>(
             if output.len() - filled < H::MIN_OUTPUT {
                 break;
             }
-            let Step { consumed, produced, done: now } = hs.step(&mut input[start..end], &mut output[filled..])?;
+            let Step { consumed, produced, done: now } =
+                hs.step(&mut input[start..end], &mut output[filled..])?;
             if consumed > end - start || produced > output.len() - filled {
                 return Err(Errno::IO);
             }

@@ -81,6 +81,9 @@ pub struct Finished<K> {
     pub leftover: Vec<u8>,
 }
 
+/// Both ends of a [`handshake`]: the client's, then the server's.
+pub type Both<C, S> = (Finished<C>, Finished<S>);
+
 /// Runs two handshakes against each other in memory, the way the worker
 /// drives one (a first step with no input; output offered in `buffer`-sized
 /// pieces; the peer's bytes delivered in pieces cut by `seg.reads`), until
@@ -96,7 +99,7 @@ pub fn handshake<C: Handshake, S: Handshake>(
     seg: &Segmentation,
     after_client: &[u8],
     after_server: &[u8],
-) -> Result<(Finished<C::Keys>, Finished<S::Keys>), Errno> {
+) -> Result<Both<C::Keys, S::Keys>, Errno> {
     struct Side<H: Handshake> {
         hs: Option<H>,
         /// Bytes from the peer not yet given to `step`.

@@ -63,9 +63,11 @@ impl Method {
     ];
 
     fn parse(text: Text<'_>) -> Result<Method, &'static str> {
-        Method::ALL.iter().find(|(_, name)| text.eq_bytes(name.as_bytes())).map(|(m, _)| *m).ok_or(
-            "unsupported; one of chacha20-ietf-poly1305, xchacha20-ietf-poly1305, aes-128-gcm, aes-256-gcm",
-        )
+        Method::ALL
+            .iter()
+            .find(|(_, name)| text.eq_bytes(name.as_bytes()))
+            .map(|(m, _)| *m)
+            .ok_or("unsupported (chacha20-ietf-poly1305, xchacha20-ietf-poly1305, aes-128-gcm, aes-256-gcm)")
     }
 
     /// Key length, which is also the salt length.
@@ -159,7 +161,9 @@ impl Cipher {
             .expect("a key length HKDF-SHA1 can produce");
         let aead = match method {
             Method::ChaCha20 => Aead::ChaCha20(ChaCha20Poly1305::new_from_slice(subkey).expect("32 bytes")),
-            Method::XChaCha20 => Aead::XChaCha20(XChaCha20Poly1305::new_from_slice(subkey).expect("32 bytes")),
+            Method::XChaCha20 => {
+                Aead::XChaCha20(XChaCha20Poly1305::new_from_slice(subkey).expect("32 bytes"))
+            }
             Method::Aes128Gcm => Aead::Aes128Gcm(Aes128Gcm::new_from_slice(subkey).expect("16 bytes")),
             Method::Aes256Gcm => Aead::Aes256Gcm(Aes256Gcm::new_from_slice(subkey).expect("32 bytes")),
         };
@@ -344,22 +348,19 @@ impl Ss {
         &self.key[..self.method.key_len()]
     }
 
-    /// The handshake for `role` with a given salt (the guest draws it from
-    /// the host's randomness: [`Transport::handshake`]). A client end sends
-    /// `salt`; a server end keeps it for its first reply.
-    pub fn handshake_with_salt(&self, role: Role, salt: [u8; MAX_KEY]) -> Result<SsHandshake, Errno> {
-        Ok(if role.is_client() {
-            // The target is required on the client side; without one the
-            // connection fails (the config was valid for a server).
-            let target = self.target.ok_or(Errno::INVAL)?;
-            SsHandshake::ClientSend { cipher: Cipher::new(self.method, self.master_key(), self.salt(&salt)), salt, target }
-        } else {
-            SsHandshake::ServerWait { salt }
-        })
-    }
-
-    fn salt<'s>(&self, salt: &'s [u8; MAX_KEY]) -> &'s [u8] {
-        &salt[..self.method.key_len()]
+    /// [`Transport::handshake`] with a chosen salt (the guest draws it from
+    /// the host's randomness; tests choose it). A client end sends `salt`
+    /// with its first chunk; a server end keeps it for its first reply.
+    pub fn handshake_for(&self, role: Role, salt: [u8; MAX_KEY]) -> Result<AnyHandshake, Errno> {
+        if !role.is_client() {
+            let state = SsHandshake::ServerWait { salt };
+            return Ok(AnyHandshake::Server(ServerHandshake { method: self.method, key: self.key, state }));
+        }
+        // The target is required on the client side; without one the
+        // connection fails (the config was valid for a server).
+        let target = self.target.ok_or(Errno::INVAL)?;
+        let cipher = Cipher::new(self.method, self.master_key(), &salt[..self.method.key_len()]);
+        Ok(AnyHandshake::Client(SsHandshake::ClientSend { cipher, salt, target }))
     }
 }
 
@@ -372,6 +373,9 @@ fn decode_base64(text: &[u8], out: &mut [u8]) -> Option<usize> {
 }
 
 /// The connection's first step.
+// One per connection, on the worker's stack; boxing would need an allocator,
+// which guests do not have.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SsHandshake {
     /// Client: send the salt and the address header as the first chunk.
@@ -651,7 +655,8 @@ impl Codec for Decoder {
                     }
                     out[..k].copy_from_slice(&rest[..k]);
                     (p.consumed, p.produced) = (p.consumed + k, p.produced + k);
-                    self.state = if k == left { State::Len { have: 0 } } else { State::Plain { left: left - k } };
+                    self.state =
+                        if k == left { State::Len { have: 0 } } else { State::Plain { left: left - k } };
                 }
                 State::Drain { len, sent } => {
                     let k = (len - sent).min(out.len());
@@ -660,7 +665,11 @@ impl Codec for Decoder {
                     }
                     out[..k].copy_from_slice(&self.chunk[sent..sent + k]);
                     p.produced += k;
-                    self.state = if sent + k == len { State::Len { have: 0 } } else { State::Drain { len, sent: sent + k } };
+                    self.state = if sent + k == len {
+                        State::Len { have: 0 }
+                    } else {
+                        State::Drain { len, sent: sent + k }
+                    };
                 }
                 _ if rest.is_empty() => return Ok(p),
                 State::Salt { have } => {
@@ -669,7 +678,8 @@ impl Codec for Decoder {
                     self.salt[have..have + k].copy_from_slice(&rest[..k]);
                     p.consumed += k;
                     self.state = if have + k == salt_len {
-                        self.cipher = Some(Cipher::new(self.method, &self.key[..salt_len], &self.salt[..salt_len]));
+                        self.cipher =
+                            Some(Cipher::new(self.method, &self.key[..salt_len], &self.salt[..salt_len]));
                         State::Len { have: 0 }
                     } else {
                         State::Salt { have: have + k }
@@ -799,21 +809,6 @@ impl Transport for Ss {
             salt: [0; MAX_KEY],
             chunk: [0; MAX_PAYLOAD + TAG],
         }
-    }
-}
-
-impl Ss {
-    /// [`Transport::handshake`] with a chosen salt (for tests; the guest
-    /// draws it from the host's randomness).
-    pub fn handshake_for(&self, role: Role, salt: [u8; MAX_KEY]) -> Result<AnyHandshake, Errno> {
-        Ok(match self.handshake_with_salt(role, salt)? {
-            SsHandshake::ServerWait { salt } => AnyHandshake::Server(ServerHandshake {
-                method: self.method,
-                key: self.key,
-                state: SsHandshake::ServerWait { salt },
-            }),
-            client => AnyHandshake::Client(client),
-        })
     }
 }
 

@@ -80,7 +80,10 @@ fn config_errors_name_the_key() {
     assert_eq!(msg("method=aes-256-gcm;passwd=x"), "unknown config key `passwd`");
     assert_eq!(msg("method=aes-128-gcm;key=AAAA"), "config key `key`: wrong length for this method");
     assert_eq!(msg("method=aes-128-gcm;key=!!"), "config key `key`: not base64");
-    assert_eq!(msg("method=aes-128-gcm;password=x;target=nope"), "config key `target`: must be host:port (IPv6 in brackets)");
+    assert_eq!(
+        msg("method=aes-128-gcm;password=x;target=nope"),
+        "config key `target`: must be host:port (IPv6 in brackets)"
+    );
     assert_eq!(msg("method=aes-128-gcm;password=x;target=a:99999"), "config key `target`: bad port");
     // A 16-byte key, base64 in either alphabet, padded or not.
     for key in ["AAECAwQFBgcICQoLDA0ODw==", "AAECAwQFBgcICQoLDA0ODw"] {
@@ -89,6 +92,10 @@ fn config_errors_name_the_key() {
     }
     let s = Ss::from_config(b"method=aes-128-gcm;key=-_-_-_-_-_-_-_-_-_-_-w").unwrap();
     assert_eq!(s.master_key()[0], 0xfb);
+    // Valid for a server end; a client end needs `target`.
+    assert!(s.handshake_for(Role::Listener, [0; MAX_KEY]).is_ok());
+    assert_eq!(s.handshake_for(Role::Dialer, [0; MAX_KEY]).err(), Some(Errno::INVAL));
+    assert_eq!(s.handshake_for(Role::Relay, [0; MAX_KEY]).err(), Some(Errno::INVAL));
 }
 
 #[test]

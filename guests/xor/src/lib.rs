@@ -39,9 +39,8 @@ impl Xor {
             if text.is_empty() {
                 return Err(InitError::invalid("config is empty; it must hold the key (key=<hex>)"));
             }
-            parse_key(text.iter().copied(), &mut key).map_err(|why| {
-                InitError::new(Errno::INVAL, format_args!("config (a bare hex key): {why}"))
-            })?
+            parse_key(text.iter().copied(), &mut key)
+                .map_err(|why| InitError::new(Errno::INVAL, format_args!("config (a bare hex key): {why}")))?
         };
         Ok(Xor { key, len })
     }
@@ -179,7 +178,10 @@ mod tests {
         assert_eq!(msg(b"kye=00"), "unknown config key `kye`");
         assert_eq!(msg(b"key=zz"), "config key `key`: not hex");
         assert_eq!(msg(b"key="), "config key `key`: empty; it must be 1 to 64 bytes of hex");
-        assert_eq!(msg(&[b"key=".as_slice(), &[b'7'; 130]].concat()), "config key `key`: longer than 64 bytes");
+        assert_eq!(
+            msg(&[b"key=".as_slice(), &[b'7'; 130]].concat()),
+            "config key `key`: longer than 64 bytes"
+        );
         assert_eq!(msg(b"key=00;oops"), "config: argument at byte 7 has no `=` (expected key=value)");
         assert_eq!(msg(b"abc"), "config (a bare hex key): odd number of hex digits");
     }
