@@ -9,9 +9,15 @@ use std::path::PathBuf;
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
-    for dir in
-        ["guests", "crates/water-guest", "crates/water-abi", ".cargo/config.toml", "Cargo.toml", "Cargo.lock"]
-    {
+    for dir in [
+        "guests",
+        "test-guests",
+        "crates/water-guest",
+        "crates/water-abi",
+        ".cargo/config.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed=guest_builder.rs");
@@ -30,20 +36,28 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let mut code = String::from("/// Every reference guest, by name.\npub const GUESTS: &[Guest] = &[\n");
-    for b in &built {
-        let path = b.path.display().to_string();
-        code +=
-            &format!("    Guest {{ name: {:?}, path: {path:?}, wasm: include_bytes!({path:?}) }},\n", b.name);
-    }
-    code += "];\n";
-    for b in &built {
-        code += &format!(
-            "/// The `{0}` guest.\npub const {1}: Guest = GUESTS[{2}];\n",
-            b.name,
-            b.name.to_uppercase().replace('-', "_"),
-            built.iter().position(|x| x.name == b.name).expect("listed")
-        );
+    let mut code = String::new();
+    for (list, test_only, doc) in [
+        ("GUESTS", false, "Every guest of `guests/`, by name: the built-in transports."),
+        ("TEST_GUESTS", true, "Every guest of `test-guests/`: for tests only, never built in."),
+    ] {
+        let listed: Vec<_> = built.iter().filter(|b| b.test_only == test_only).collect();
+        code += &format!("/// {doc}\npub const {list}: &[Guest] = &[\n");
+        for b in &listed {
+            let path = b.path.display().to_string();
+            code += &format!(
+                "    Guest {{ name: {:?}, path: {path:?}, wasm: include_bytes!({path:?}) }},\n",
+                b.name
+            );
+        }
+        code += "];\n";
+        for (i, b) in listed.iter().enumerate() {
+            code += &format!(
+                "/// The `{0}` guest.\npub const {1}: Guest = {list}[{i}];\n",
+                b.name,
+                b.name.to_uppercase().replace('-', "_"),
+            );
+        }
     }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("guests.rs");
     std::fs::write(out, code).expect("write guests.rs");

@@ -5,7 +5,9 @@
 //! the xtask crate keeps no dependencies). It uses only `std`.
 //!
 //! Convention: the guest in `guests/<name>/` is the package `watm-<name>`, and
-//! its module is `watm_<name>.wasm`.
+//! its module is `watm_<name>.wasm`. Guests under `test-guests/<name>/`
+//! follow the same convention; they are built for the tests only (never a
+//! built-in transport of the `water` command).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,12 @@ pub struct Built {
     pub name: String,
     /// The `.wasm` file.
     pub path: PathBuf,
+    /// Whether it came from `test-guests/` (for tests only).
+    pub test_only: bool,
 }
+
+/// Where the test-only guests live.
+pub const TEST_GUESTS: &str = "test-guests";
 
 /// Why a build failed, with the fix where there is one.
 #[derive(Debug)]
@@ -36,9 +43,13 @@ impl fmt::Display for BuildError {
     }
 }
 
-/// The guests under `root/guests`, sorted by name.
-pub fn guest_names(root: &Path) -> Result<Vec<String>, BuildError> {
-    let dir = root.join("guests");
+/// The guests under `root/<dir>` (`guests` or [`TEST_GUESTS`]), sorted by
+/// name; none when the directory does not exist.
+pub fn guest_names(root: &Path, dir: &str) -> Result<Vec<String>, BuildError> {
+    let dir = root.join(dir);
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
     let entries =
         std::fs::read_dir(&dir).map_err(|e| BuildError(format!("cannot list {}: {e}", dir.display())))?;
     let mut names = Vec::new();
@@ -83,12 +94,16 @@ pub fn check_target(rustc: &str) -> Result<(), BuildError> {
 /// Builds every guest with `cargo` into `target_dir` and returns the modules.
 pub fn build(cargo: &str, rustc: &str, root: &Path, target_dir: &Path) -> Result<Vec<Built>, BuildError> {
     check_target(rustc)?;
-    let names = guest_names(root)?;
+    let names: Vec<(String, bool)> = guest_names(root, "guests")?
+        .into_iter()
+        .map(|n| (n, false))
+        .chain(guest_names(root, TEST_GUESTS)?.into_iter().map(|n| (n, true)))
+        .collect();
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
         .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])
         .arg(target_dir);
-    for name in &names {
+    for (name, _) in &names {
         cmd.args(["-p", &format!("watm-{name}")]);
     }
     // A build script runs with the outer build's flags in the environment;
@@ -113,10 +128,10 @@ pub fn build(cargo: &str, rustc: &str, root: &Path, target_dir: &Path) -> Result
     let out_dir = target_dir.join(TARGET).join(PROFILE);
     names
         .into_iter()
-        .map(|name| {
+        .map(|(name, test_only)| {
             let path = out_dir.join(format!("watm_{name}.wasm"));
             if path.is_file() {
-                Ok(Built { name, path })
+                Ok(Built { name, path, test_only })
             } else {
                 Err(BuildError(format!("cargo succeeded but {} is missing", path.display())))
             }

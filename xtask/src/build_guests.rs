@@ -13,7 +13,7 @@ pub fn run(root: &Path) -> Result<(), guest_builder::BuildError> {
     let out = target.join("watm");
     std::fs::create_dir_all(&out)
         .map_err(|e| guest_builder::BuildError(format!("cannot create {}: {e}", out.display())))?;
-    for guest in built {
+    for guest in built.into_iter().filter(|g| !g.test_only) {
         let dest = out.join(format!("{}.wasm", guest.name));
         std::fs::copy(&guest.path, &dest)
             .map_err(|e| guest_builder::BuildError(format!("cannot copy to {}: {e}", dest.display())))?;

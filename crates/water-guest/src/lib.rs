@@ -38,8 +38,6 @@
 pub mod codec;
 pub mod config;
 pub mod fast;
-#[cfg(test)]
-mod handshake_demo;
 pub mod pipe;
 #[cfg(any(test, feature = "std"))]
 pub mod testing;
