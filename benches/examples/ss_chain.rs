@@ -134,11 +134,10 @@ fn main() -> std::io::Result<()> {
     let config = format!("method={method}\npassword={password}\ntarget=127.0.0.1:9\n");
     let ss = watm_ss::Ss::from_config(config.as_bytes()).expect("config");
     let data = vec![0x5au8; total];
-    let keys = watm_ss::SsKeys::Client(watm_ss::Cipher::new(
-        ss.method(),
-        ss.master_key(),
-        &[1; 32][..ss.method().key_len()],
-    ));
+    let keys = watm_ss::SsKeys::Client(
+        watm_ss::Cipher::new(ss.method(), ss.master_key(), &[1; 32][..ss.method().key_len()]),
+        [0xee; 32],
+    );
     let mut native = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();

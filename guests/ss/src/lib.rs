@@ -413,8 +413,9 @@ pub enum SsHandshake {
 /// What the handshake hands to the codecs.
 #[derive(Debug)]
 pub enum SsKeys {
-    /// Client end: our cipher, past the first chunk.
-    Client(Cipher),
+    /// Client end: our cipher, past the first chunk, and the salt we sent
+    /// (a server "salt" equal to it is our own stream reflected back).
+    Client(Cipher, [u8; MAX_KEY]),
     /// Server end: the client's cipher past its first chunk, our salt, and
     /// how many bytes at the front of the decoder's input are already the
     /// first chunk's payload in plain text.
@@ -455,7 +456,7 @@ impl SsHandshake {
             let salt_len = cipher_salt_len(cipher);
             output[..salt_len].copy_from_slice(&salt[..salt_len]);
             let n = cipher.seal_chunk(target.header(), &mut output[salt_len..]);
-            *self = SsHandshake::Done(SsKeys::Client(cipher.clone()));
+            *self = SsHandshake::Done(SsKeys::Client(cipher.clone(), *salt));
             return Step { consumed: 0, produced: salt_len + n, done: true };
         }
         Step { done: true, ..Step::default() }
@@ -621,6 +622,8 @@ pub struct Decoder {
     state: State,
     /// Whether this is a server end (failures then discard silently).
     server: bool,
+    /// Client end: the salt we sent, which the server's must not equal.
+    own_salt: Option<[u8; MAX_KEY]>,
     len_block: [u8; LEN_BLOCK],
     salt: [u8; MAX_KEY],
     chunk: [u8; MAX_PAYLOAD + TAG],
@@ -677,13 +680,24 @@ impl Codec for Decoder {
                     let k = (salt_len - have).min(rest.len());
                     self.salt[have..have + k].copy_from_slice(&rest[..k]);
                     p.consumed += k;
-                    self.state = if have + k == salt_len {
-                        self.cipher =
-                            Some(Cipher::new(self.method, &self.key[..salt_len], &self.salt[..salt_len]));
-                        State::Len { have: 0 }
-                    } else {
-                        State::Salt { have: have + k }
-                    };
+                    if have + k < salt_len {
+                        self.state = State::Salt { have: have + k };
+                        continue;
+                    }
+                    // Our own salt coming back is our own stream reflected:
+                    // every tag would check out, and must not be believed.
+                    // (A fold, not `==`: slice equality becomes a call to
+                    // `memcmp`, which a no_std guest does not link.)
+                    let reflected = self.own_salt.is_some_and(|own| {
+                        own[..salt_len].iter().zip(&self.salt[..salt_len]).fold(0u8, |d, (a, b)| d | (a ^ b))
+                            == 0
+                    });
+                    if reflected {
+                        return Err(AUTH_FAILED);
+                    }
+                    self.cipher =
+                        Some(Cipher::new(self.method, &self.key[..salt_len], &self.salt[..salt_len]));
+                    self.state = State::Len { have: 0 };
                 }
                 State::Len { have } => {
                     let cipher = self.cipher.as_mut().expect("a cipher once the salt is in");
@@ -779,7 +793,7 @@ impl Transport for Ss {
 
     fn encoder(&self, _role: Role, keys: &Keys<Self>) -> Encoder {
         match keys {
-            SsKeys::Client(cipher) => Encoder { cipher: cipher.clone(), salt: None },
+            SsKeys::Client(cipher, _) => Encoder { cipher: cipher.clone(), salt: None },
             SsKeys::Server { salt, .. } => {
                 let salt_len = self.method.key_len();
                 Encoder {
@@ -791,12 +805,13 @@ impl Transport for Ss {
     }
 
     fn decoder(&self, _role: Role, keys: &Keys<Self>) -> Decoder {
-        let (cipher, state, server) = match keys {
-            SsKeys::Client(_) => (None, State::Salt { have: 0 }, false),
+        let (cipher, state, server, own_salt) = match keys {
+            SsKeys::Client(_, salt) => (None, State::Salt { have: 0 }, false, Some(*salt)),
             SsKeys::Server { client, plain, .. } => (
                 Some(client.clone()),
                 if *plain > 0 { State::Plain { left: *plain } } else { State::Len { have: 0 } },
                 true,
+                None,
             ),
         };
         Decoder {
@@ -805,6 +820,7 @@ impl Transport for Ss {
             cipher,
             state,
             server,
+            own_salt,
             len_block: [0; LEN_BLOCK],
             salt: [0; MAX_KEY],
             chunk: [0; MAX_PAYLOAD + TAG],

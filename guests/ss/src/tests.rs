@@ -39,7 +39,7 @@ fn session(
         // Past the header chunk: two seals.
         cipher.seal(&mut [0u8; 2]);
         cipher.seal(&mut [0u8; 1]);
-        SsKeys::Client(cipher)
+        SsKeys::Client(cipher, [7; MAX_KEY])
     };
     let up_wire = pump(client.encoder(Role::Dialer, &client_keys), up, codec_seg).unwrap();
     let (cf, sf) = match handshake(c, s, hs_seg, &up_wire, &[]) {
@@ -142,7 +142,7 @@ fn streams_from_libev_decode_both_ways() {
             "{method}"
         );
         // Server → client, through our client end's decoder.
-        let client = SsKeys::Client(Cipher::new(s.method(), s.master_key(), &[0; 32][..key_len]));
+        let client = SsKeys::Client(Cipher::new(s.method(), s.master_key(), &[0; 32][..key_len]), [0xee; 32]);
         let got = pump(s.decoder(Role::Dialer, &client), &unhex(down), &Segmentation::default());
         assert_eq!(got.unwrap(), b"hello, shadowsocks", "{method}");
     }
@@ -235,6 +235,20 @@ fn a_wrong_password_leaves_the_server_silent_and_reading() {
 }
 
 #[test]
+fn a_client_end_refuses_its_own_stream_reflected_back() {
+    let s = ss("chacha20-ietf-poly1305", "password=pw");
+    let mut hs = s.handshake_for(Role::Dialer, [5; MAX_KEY]).unwrap();
+    let mut wire = vec![0u8; 1024];
+    let n = hs.step(&mut [], &mut wire).unwrap().produced;
+    wire.truncate(n);
+    let keys = hs.keys();
+    wire.extend(pump(s.encoder(Role::Dialer, &keys), b"GET / HTTP/1.1", &Segmentation::default()).unwrap());
+    // An echo in the server's place: salt, header chunk and data all come
+    // back, and every tag would check out.
+    assert_eq!(pump(s.decoder(Role::Dialer, &keys), &wire, &Segmentation::default()), Err(AUTH_FAILED));
+}
+
+#[test]
 fn a_zero_length_chunk_is_an_authentication_failure() {
     let s = ss("chacha20-ietf-poly1305", "password=pw");
     let salt = [3u8; 32];
@@ -244,7 +258,7 @@ fn a_zero_length_chunk_is_an_authentication_failure() {
     let tag = cipher.seal(&mut len);
     wire.extend_from_slice(&len);
     wire.extend_from_slice(&tag);
-    let keys = SsKeys::Client(Cipher::new(Method::ChaCha20, s.master_key(), &[0; 32]));
+    let keys = SsKeys::Client(Cipher::new(Method::ChaCha20, s.master_key(), &[0; 32]), [0xee; 32]);
     assert_eq!(pump(s.decoder(Role::Dialer, &keys), &wire, &Segmentation::default()), Err(AUTH_FAILED));
 }
 
@@ -277,7 +291,7 @@ proptest! {
         let s = ss(name, "password=pw");
         let keys = SsKeys::Server { client: Cipher::new(s.method(), s.master_key(), &[1; 32]), salt: [4; MAX_KEY], plain: 0 };
         let wire = pump(s.encoder(Role::Listener, &keys), &data, &Segmentation::default()).unwrap();
-        let client_keys = SsKeys::Client(Cipher::new(s.method(), s.master_key(), &[0; 32]));
+        let client_keys = SsKeys::Client(Cipher::new(s.method(), s.master_key(), &[0; 32]), [0xee; 32]);
         // A flipped bit anywhere: the client end fails, having delivered
         // only a prefix of the true data (the chunks before the flip).
         let mut bad = wire.clone();
@@ -305,7 +319,7 @@ proptest! {
     fn a_server_end_discards_after_a_failure(data in proptest::collection::vec(any::<u8>(), 1..40_000), flip in any::<proptest::sample::Index>()) {
         let s = ss("chacha20-ietf-poly1305", "password=pw");
         let salt = [1u8; 32];
-        let enc_keys = SsKeys::Client(Cipher::new(s.method(), s.master_key(), &salt));
+        let enc_keys = SsKeys::Client(Cipher::new(s.method(), s.master_key(), &salt), [0xee; 32]);
         let mut wire = pump(s.encoder(Role::Dialer, &enc_keys), &data, &Segmentation::default()).unwrap();
         let i = flip.index(wire.len());
         wire[i] ^= 1;
