@@ -33,9 +33,9 @@ fn main() {
         }
     };
     let mut code = String::new();
-    for (kind, list, prefix, what) in [
-        (guest_builder::Kind::Reference, "GUESTS", "", "Every reference guest, by name."),
-        (guest_builder::Kind::Test, "TEST_GUESTS", "TEST_", "Every test-only guest (`test-guests/`), by name."),
+    for (kind, list, what) in [
+        (guest_builder::Kind::Reference, "GUESTS", "Every guest of `guests/`, by name: the built-in transports."),
+        (guest_builder::Kind::Test, "TEST_GUESTS", "Every guest of `test-guests/`: for tests only, never built in."),
     ] {
         let of_kind: Vec<_> = built.iter().filter(|b| b.kind == kind).collect();
         code += &format!("/// {what}\npub const {list}: &[Guest] = &[\n");
@@ -49,7 +49,7 @@ fn main() {
         code += "];\n";
         for (i, b) in of_kind.iter().enumerate() {
             code += &format!(
-                "/// The `{0}` guest.\npub const {prefix}{1}: Guest = {list}[{i}];\n",
+                "/// The `{0}` guest.\npub const {1}: Guest = {list}[{i}];\n",
                 b.name,
                 b.name.to_uppercase().replace('-', "_"),
             );

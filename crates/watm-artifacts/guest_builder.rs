@@ -6,8 +6,9 @@
 //! the xtask crate keeps no dependencies). It uses only `std`.
 //!
 //! Convention: the guest in `guests/<name>/` is the package `watm-<name>`, and
-//! its module is `watm_<name>.wasm`; a test-only guest in
-//! `test-guests/<name>/` is the package `watm-test-<name>`.
+//! its module is `watm_<name>.wasm`. Guests under `test-guests/<name>/`
+//! follow the same convention; they are built for the tests only (never a
+//! built-in transport of the `water` command).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,8 @@ pub enum Kind {
     /// `guests/<name>`, package `watm-<name>`: the reference transports,
     /// embedded in the `water` command.
     Reference,
-    /// `test-guests/<name>`, package `watm-test-<name>`: guests that only
-    /// tests load (foreign shapes, other toolchains' runtimes).
+    /// `test-guests/<name>`, package `watm-<name>`: guests that only tests
+    /// load (foreign shapes, other toolchains' runtimes, SDK examples).
     Test,
 }
 
@@ -39,10 +40,7 @@ impl Kind {
     }
 
     fn package(self, name: &str) -> String {
-        match self {
-            Kind::Reference => format!("watm-{name}"),
-            Kind::Test => format!("watm-test-{name}"),
-        }
+        format!("watm-{name}")
     }
 }
 
@@ -152,14 +150,20 @@ pub fn build(
 ) -> Result<Vec<Built>, BuildError> {
     ensure_target(rustc, root, say)?;
     let mut guests = Vec::new();
-    // One cargo run per kind: features unify within a run, and a test
-    // guest's std dependencies (mio turns on `wasi/std`) would pull `std`
-    // into the no_std SDK of the reference guests.
+    // Features unify within a cargo run, and a test guest's std
+    // dependencies (mio turns on `wasi/std`) would pull `std` into the
+    // no_std SDK of the others: the reference guests (all no_std) share one
+    // run, each test guest has its own.
+    let mut runs: Vec<(Kind, Vec<String>)> = Vec::new();
     for &kind in kinds {
         let names = guest_names(root, kind)?;
-        if names.is_empty() {
-            continue;
+        match kind {
+            Kind::Reference if !names.is_empty() => runs.push((kind, names)),
+            Kind::Reference => {}
+            Kind::Test => runs.extend(names.into_iter().map(|name| (kind, vec![name]))),
         }
+    }
+    for (kind, names) in runs {
         let mut cmd = Command::new(cargo);
         cmd.current_dir(root)
             .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])

@@ -160,7 +160,7 @@ fn codec(transport: &str, config: Option<&Path>) -> anyhow::Result<WireCodec> {
                 Some(p) => std::fs::read(p).with_context(|| format!("cannot read config {}", p.display()))?,
                 None => DEMO_XOR_KEY.as_bytes().to_vec(),
             };
-            let xor = watm_xor::Xor::from_config(&key).map_err(|e| anyhow::anyhow!(e.message))?;
+            let xor = watm_xor::Xor::from_config(&key).map_err(|e| anyhow::anyhow!("{e}"))?;
             // Each connection's stream starts at key position 0, and the
             // echoed reply is encoded the same way: one pass each.
             Ok(Box::new(move |buf: &mut [u8]| xor.stream().apply_in_place(buf)))

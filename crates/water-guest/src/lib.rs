@@ -14,7 +14,12 @@
 //! tens of KiB of code.
 //!
 //! Layout:
-//! - [`codec`]: the [`Codec`] and [`Transport`] traits.
+//! - [`codec`]: the [`Transport`], [`Codec`] and [`Handshake`] traits, and
+//!   the [`Role`] a connection's instance plays.
+//! - [`config`]: `key=value` configs (the grammar of [`water_abi::args`]),
+//!   read without allocating, with errors that name the key.
+//! - [`fast`]: byte-level fast paths (SIMD XOR, byte reversal).
+//! - [`random`]: the host's randomness (`random_get`).
 //! - [`pipe`]: one direction of the worker (buffers, codec, half-close state),
 //!   pure logic, testable on the host.
 //! - `rt` and `sys` (wasm32 only): the exports' bodies and the syscalls.
@@ -31,8 +36,10 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod codec;
+pub mod config;
+pub mod fast;
 pub mod pipe;
-#[cfg(feature = "std")]
+#[cfg(any(test, feature = "std"))]
 pub mod testing;
 
 #[cfg(target_arch = "wasm32")]
@@ -41,8 +48,9 @@ pub mod rt;
 #[cfg(target_arch = "wasm32")]
 mod sys;
 
-pub use codec::{Codec, InitError, Progress, Transport};
-pub use water_abi::Errno;
+pub use codec::{Codec, Handshake, InitError, Keys, Progress, Role, Step, Transport};
+pub use config::Config;
+pub use water_abi::{Errno, args};
 
 /// Size of each of the worker's two input buffers (one per direction): a
 /// read moves at most this much at a time.
@@ -56,7 +64,30 @@ pub const OUTPUT_SLACK: usize = 1024;
 
 /// Largest configuration a guest accepts from `pull_config`; a larger one
 /// fails `_water_init` with `-fbig`.
-pub const MAX_CONFIG: usize = 4 * 1024;
+///
+/// 16 KiB: a real config is a handful of `key=value` pairs (a Shadowsocks
+/// one is under 200 bytes) plus, for transports that pin keys, a few
+/// certificates or public keys (a PEM certificate is about 2 KiB), and a
+/// host appends the connection's own arguments. It is read onto the stack
+/// in `_water_init` only, so it costs no memory once the worker runs (the
+/// guests' stack is 64 KiB).
+pub const MAX_CONFIG: usize = 16 * 1024;
+
+/// Fills `buf` with random bytes from the host (`random_get` in wasm; the
+/// operating system's generator in host-side builds with feature `std`).
+///
+/// Errors: the host's errno; `nosys` in a host-side build without `std`.
+pub fn random(buf: &mut [u8]) -> Result<(), Errno> {
+    #[cfg(target_arch = "wasm32")]
+    return sys::random(buf);
+    #[cfg(all(not(target_arch = "wasm32"), feature = "std"))]
+    return getrandom::fill(buf).map_err(|_| Errno::IO);
+    #[cfg(all(not(target_arch = "wasm32"), not(feature = "std")))]
+    {
+        let _ = buf;
+        Err(Errno::NOSYS)
+    }
+}
 
 /// Exports the v0 ABI for a [`Transport`] type.
 ///
@@ -72,7 +103,8 @@ macro_rules! export_transport {
     ($transport:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            static RUNTIME: $crate::rt::Runtime<$transport> = $crate::rt::Runtime::new();
+            static BUFFERS: $crate::rt::Buffers = $crate::rt::Buffers::new();
+            static RUNTIME: $crate::rt::Runtime<$transport> = $crate::rt::Runtime::new(&BUFFERS);
 
             #[unsafe(no_mangle)]
             pub extern "C" fn _water_v0() {}

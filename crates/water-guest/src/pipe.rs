@@ -83,6 +83,15 @@ impl<'a, C: Codec> Pipe<'a, C> {
         }
     }
 
+    /// A pipe whose input buffer already holds `filled` bytes at its front
+    /// (what a handshake read past its own end).
+    pub fn with_input(codec: C, input: &'a mut [u8], filled: usize, output: &'a mut [u8]) -> Self {
+        assert!(filled <= input.len());
+        let mut pipe = Pipe::new(codec, input, output);
+        pipe.input.grow(filled);
+        pipe
+    }
+
     /// Whether the source should be read now: it has not ended and there is
     /// room for what it sends.
     pub fn wants_read(&self) -> bool {

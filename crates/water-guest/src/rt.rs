@@ -7,29 +7,58 @@ use core::cell::{Cell, UnsafeCell};
 
 use water_abi::{Errno, status};
 
-use crate::codec::{InitError, Transport};
+use crate::codec::{Handshake, InitError, Role, Step, Transport};
 use crate::pipe::Pipe;
 use crate::sys::{self, Fd, Interest};
 use crate::{BUFFER_SIZE, MAX_CONFIG, OUTPUT_SLACK};
 
-/// Per-instance state. Not for direct use: see [`crate::export_transport!`].
-pub struct Runtime<T> {
-    transport: UnsafeCell<Option<T>>,
+/// The worker's buffers, in a `static` of their own: all zeros, so they sit
+/// in `.bss` and cost no bytes of the module, whatever the small state next
+/// to them holds (a `None` whose niche is not zero would move a whole
+/// combined struct into the data segment). Not for direct use.
+pub struct Buffers {
     /// Input buffers, one per direction.
     inputs: UnsafeCell<[[u8; BUFFER_SIZE]; 2]>,
     /// Output buffers, one per direction.
     outputs: UnsafeCell<[[u8; BUFFER_SIZE + OUTPUT_SLACK]; 2]>,
+}
+
+// SAFETY: as for `Runtime` below: single-threaded, never re-entered.
+unsafe impl Sync for Buffers {}
+
+impl core::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Buffers")
+    }
+}
+
+impl Buffers {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Buffers {
+            inputs: UnsafeCell::new([[0; BUFFER_SIZE]; 2]),
+            outputs: UnsafeCell::new([[0; BUFFER_SIZE + OUTPUT_SLACK]; 2]),
+        }
+    }
+}
+
+/// Per-instance state. Not for direct use: see [`crate::export_transport!`].
+pub struct Runtime<T: 'static> {
+    transport: UnsafeCell<Option<T>>,
+    buffers: &'static Buffers,
     cancel_fd: Cell<Option<Fd>>,
     /// (plain, wire) once a role call succeeded.
     fds: Cell<Option<(Fd, Fd)>>,
+    /// Set with `fds`.
+    role: Cell<Option<Role>>,
 }
 
 // SAFETY: wasm32-wasip1 modules are single-threaded (no shared memory, no
 // threads), and the exports never re-enter one another, so the cells are
 // never accessed concurrently.
-unsafe impl<T> Sync for Runtime<T> {}
+unsafe impl<T: 'static> Sync for Runtime<T> {}
 
-impl<T> core::fmt::Debug for Runtime<T> {
+impl<T: 'static> core::fmt::Debug for Runtime<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Runtime")
             .field("cancel_fd", &self.cancel_fd.get())
@@ -42,13 +71,13 @@ const ERR_NO_INIT: &str = "_water_init has not succeeded";
 
 impl<T: Transport> Runtime<T> {
     #[allow(clippy::new_without_default)]
-    pub const fn new() -> Self {
+    pub const fn new(buffers: &'static Buffers) -> Self {
         Runtime {
             transport: UnsafeCell::new(None),
-            inputs: UnsafeCell::new([[0; BUFFER_SIZE]; 2]),
-            outputs: UnsafeCell::new([[0; BUFFER_SIZE + OUTPUT_SLACK]; 2]),
+            buffers,
             cancel_fd: Cell::new(None),
             fds: Cell::new(None),
+            role: Cell::new(None),
         }
     }
 
@@ -60,9 +89,9 @@ impl<T: Transport> Runtime<T> {
                 unsafe { *self.transport.get() = Some(transport) };
                 0
             }
-            Err(InitError { errno, message }) => {
-                report(message);
-                status::encode_err(errno)
+            Err(e) => {
+                report(T::NAME, e.message());
+                status::encode_err(e.errno)
             }
         }
     }
@@ -82,10 +111,10 @@ impl<T: Transport> Runtime<T> {
                 match sys::read(fd, &mut probe) {
                     Ok(0) => break Ok(()),
                     Ok(_) => {
-                        break Err(InitError { errno: Errno::FBIG, message: "config is larger than 4 KiB" });
+                        break Err(InitError::fixed(Errno::FBIG, "config is larger than 16 KiB"));
                     }
                     Err(errno) => {
-                        break Err(InitError { errno, message: "cannot read config" });
+                        break Err(InitError::fixed(errno, "cannot read config"));
                     }
                 }
             }
@@ -94,7 +123,7 @@ impl<T: Transport> Runtime<T> {
                 Ok(n) => len += n,
                 Err(Errno::INTR) => {}
                 Err(errno) => {
-                    break Err(InitError { errno, message: "cannot read config" });
+                    break Err(InitError::fixed(errno, "cannot read config"));
                 }
             }
         };
@@ -113,10 +142,11 @@ impl<T: Transport> Runtime<T> {
         }
     }
 
-    fn role(&self, plain: Fd, wire: Result<Fd, Errno>) -> i32 {
+    fn role(&self, role: Role, plain: Fd, wire: Result<Fd, Errno>) -> i32 {
         match wire {
             Ok(wire) => {
                 self.fds.set(Some((plain, wire)));
+                self.role.set(Some(role));
                 status::encode_ok(wire)
             }
             Err(errno) => status::encode_err(errno),
@@ -125,14 +155,14 @@ impl<T: Transport> Runtime<T> {
 
     pub fn dial(&self, internal_fd: i32) -> i32 {
         match u32::try_from(internal_fd) {
-            Ok(plain) => self.role(plain, sys::host_dial()),
+            Ok(plain) => self.role(Role::Dialer, plain, sys::host_dial()),
             Err(_) => status::encode_err(Errno::BADF),
         }
     }
 
     pub fn accept(&self, internal_fd: i32) -> i32 {
         match u32::try_from(internal_fd) {
-            Ok(plain) => self.role(plain, sys::host_accept()),
+            Ok(plain) => self.role(Role::Listener, plain, sys::host_accept()),
             Err(_) => status::encode_err(Errno::BADF),
         }
     }
@@ -145,6 +175,7 @@ impl<T: Transport> Runtime<T> {
         match sys::host_dial() {
             Ok(wire) => {
                 self.fds.set(Some((plain, wire)));
+                self.role.set(Some(Role::Relay));
                 0
             }
             Err(errno) => {
@@ -158,32 +189,151 @@ impl<T: Transport> Runtime<T> {
         // SAFETY: single-threaded; the worker is the only user of the cell
         // while it runs.
         let Some(transport) = (unsafe { &*self.transport.get() }) else {
-            report(ERR_NO_INIT);
+            report(T::NAME, ERR_NO_INIT);
             return status::encode_err(Errno::INVAL);
         };
-        let Some((plain, wire)) = self.fds.get() else {
-            report("_water_worker called before a role call succeeded");
+        let (Some((plain, wire)), Some(role)) = (self.fds.get(), self.role.get()) else {
+            report(T::NAME, "_water_worker called before a role call succeeded");
             return status::encode_err(Errno::INVAL);
         };
         // SAFETY: as above; the buffers are borrowed for this call only, and
         // `worker` is called once per instance.
-        let [up_in, down_in] = unsafe { &mut *self.inputs.get() };
+        let [up_in, down_in] = unsafe { &mut *self.buffers.inputs.get() };
         // SAFETY: as above.
-        let [up_out, down_out] = unsafe { &mut *self.outputs.get() };
-        let up = Pipe::new(transport.encoder(), up_in, up_out);
-        let down = Pipe::new(transport.decoder(), down_in, down_out);
-        match run(up, down, plain, wire, self.cancel_fd.get()) {
+        let [up_out, down_out] = unsafe { &mut *self.buffers.outputs.get() };
+        let result = transport.handshake(role).and_then(|hs| {
+            // The handshake reads into the wire → plain input buffer, so that
+            // what it read past its end is already where the decoder looks.
+            let (keys, leftover) = handshake(hs, wire, self.cancel_fd.get(), down_in, up_out)?;
+            let up = Pipe::new(transport.encoder(role, &keys), up_in, up_out);
+            let down = Pipe::with_input(transport.decoder(role, &keys), down_in, leftover, down_out);
+            run(up, down, plain, wire, self.cancel_fd.get())
+        });
+        match result {
             Ok(()) => 0,
             Err(errno) => status::encode_err(errno),
         }
     }
 }
 
-fn report(message: &str) {
-    sys::stderr(b"watm: ");
+fn report(name: &str, message: &str) {
+    sys::stderr(b"watm ");
+    sys::stderr(name.as_bytes());
+    sys::stderr(b": ");
     sys::stderr(message.as_bytes());
     sys::stderr(b"\n");
 }
+
+/// Runs a handshake on the wire fd until it is done and everything it wrote
+/// went out. Returns its keys and how many bytes past its end it read (moved
+/// to the front of `input`). Waits with `poll_oneoff`, answers cancellation.
+fn handshake<H: Handshake>(
+    mut hs: H,
+    wire: Fd,
+    cancel: Option<Fd>,
+    input: &mut [u8],
+    output: &mut [u8],
+) -> Result<(H::Keys, usize), Errno> {
+    sys::set_nonblocking(wire)?;
+    if let Some(fd) = cancel {
+        sys::set_nonblocking(fd)?;
+    }
+    let (mut start, mut end) = (0, 0);
+    let (mut sent, mut filled) = (0, 0);
+    let (mut done, mut eof) = (false, false);
+    let mut events = [EMPTY_EVENT; 3];
+    loop {
+        while !done {
+            if sent == filled {
+                (sent, filled) = (0, 0);
+            }
+            if output.len() - filled < H::MIN_OUTPUT {
+                break;
+            }
+            let Step { consumed, produced, done: now } =
+                hs.step(&mut input[start..end], &mut output[filled..])?;
+            if consumed > end - start || produced > output.len() - filled {
+                return Err(Errno::IO);
+            }
+            start += consumed;
+            filled += produced;
+            done = now;
+            if consumed == 0 && produced == 0 {
+                break;
+            }
+        }
+        while sent < filled {
+            match sys::write(wire, &output[sent..filled]) {
+                Ok(0) | Err(Errno::AGAIN) => break,
+                Ok(n) => sent += n,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if done && sent == filled {
+            input.copy_within(start..end, 0);
+            return Ok((hs.keys(), end - start));
+        }
+        if !done && eof {
+            return Err(hs.peer_closed());
+        }
+        let reading = !done;
+        if reading {
+            if start == end {
+                (start, end) = (0, 0);
+            } else if end == input.len() {
+                input.copy_within(start..end, 0);
+                (start, end) = (0, end - start);
+            }
+            if end == input.len() {
+                // A handshake message larger than the buffer, or a handshake
+                // that stopped consuming: a protocol it cannot finish.
+                return Err(Errno::PROTO);
+            }
+            match sys::read(wire, &mut input[end..]) {
+                Ok(0) => {
+                    eof = true;
+                    continue;
+                }
+                Ok(n) => {
+                    end += n;
+                    continue;
+                }
+                Err(Errno::AGAIN) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut interests = [Interest::Read(0); 3];
+        let mut n = 0;
+        if let Some(fd) = cancel {
+            interests[n] = Interest::Read(fd);
+            n += 1;
+        }
+        if reading {
+            interests[n] = Interest::Read(wire);
+            n += 1;
+        }
+        if sent < filled {
+            interests[n] = Interest::Write(wire);
+            n += 1;
+        }
+        let ready = sys::poll(&interests[..n], &mut events)?;
+        if let Some(fd) = cancel
+            && events[..ready].iter().any(|e| e.userdata == 0)
+            && cancelled(fd)?
+        {
+            return Err(Errno::CANCELED);
+        }
+    }
+}
+
+const EMPTY_EVENT: wasi::Event = wasi::Event {
+    userdata: 0,
+    error: wasi::ERRNO_SUCCESS,
+    type_: wasi::EVENTTYPE_FD_READ,
+    fd_readwrite: wasi::EventFdReadwrite { nbytes: 0, flags: 0 },
+};
 
 /// How many rounds of reads and writes one direction may make before the
 /// other direction and the cancel fd get a look.
@@ -201,12 +351,7 @@ fn run<E: crate::Codec, D: crate::Codec>(
     if let Some(fd) = cancel {
         sys::set_nonblocking(fd)?;
     }
-    let mut events = [wasi::Event {
-        userdata: 0,
-        error: wasi::ERRNO_SUCCESS,
-        type_: wasi::EVENTTYPE_FD_READ,
-        fd_readwrite: wasi::EventFdReadwrite { nbytes: 0, flags: 0 },
-    }; 6];
+    let mut events = [EMPTY_EVENT; 6];
     loop {
         let hot = turn(&mut up, plain, wire)? | turn(&mut down, wire, plain)?;
         if up.is_done() && down.is_done() {

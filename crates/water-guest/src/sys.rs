@@ -37,6 +37,11 @@ pub fn pull_config() -> Result<Fd, Errno> {
     fd_from(unsafe { host::pull_config() })
 }
 
+pub fn random(buf: &mut [u8]) -> Result<(), Errno> {
+    // SAFETY: `buf` is valid for writes of its length for the whole call.
+    unsafe { wasi::random_get(buf.as_mut_ptr(), buf.len()) }.map_err(errno)
+}
+
 pub fn read(fd: Fd, buf: &mut [u8]) -> Result<usize, Errno> {
     let iov = wasi::Iovec { buf: buf.as_mut_ptr(), buf_len: buf.len() };
     // SAFETY: the iovec points at `buf`, which outlives the call.

@@ -2,12 +2,13 @@
 //!
 //! [`pump`] runs bytes through a [`Pipe`] with the reads and writes cut into
 //! sizes the test chooses, so a property test can check that a codec's output
-//! does not depend on how TCP split the stream.
+//! does not depend on how TCP split the stream. [`handshake`] runs two
+//! [`Handshake`]s against each other the same way.
 
 use std::vec;
 use std::vec::Vec;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Handshake, Step};
 use crate::pipe::Pipe;
 use water_abi::Errno;
 
@@ -68,4 +69,84 @@ pub fn pump<C: Codec>(codec: C, data: &[u8], seg: &Segmentation) -> Result<Vec<u
         assert!(idle < 3, "pipe stalled: fed {fed} of {}, wrote {}", data.len(), out.len());
     }
     Ok(out)
+}
+
+/// The end of a [`handshake`] for one side: its keys, and what it had read
+/// past its own end (the start of the peer's data, for the decoder).
+#[derive(Debug)]
+pub struct Finished<K> {
+    /// [`Handshake::keys`].
+    pub keys: K,
+    /// Bytes the peer sent that the handshake did not consume.
+    pub leftover: Vec<u8>,
+}
+
+/// Both ends of a [`handshake`]: the client's, then the server's.
+pub type Both<C, S> = (Finished<C>, Finished<S>);
+
+/// Runs two handshakes against each other in memory, the way the worker
+/// drives one (a first step with no input; output offered in `buffer`-sized
+/// pieces; the peer's bytes delivered in pieces cut by `seg.reads`), until
+/// both are done. `after_client` and `after_server` are bytes each side sends
+/// right after its handshake (the first data of its encoder), to check that
+/// they reach the other side's decoder as leftover whatever the cut.
+///
+/// Errors: the first errno either side returns. Panics when both stop making
+/// progress (a real connection would hang).
+pub fn handshake<C: Handshake, S: Handshake>(
+    client: C,
+    server: S,
+    seg: &Segmentation,
+    after_client: &[u8],
+    after_server: &[u8],
+) -> Result<Both<C::Keys, S::Keys>, Errno> {
+    struct Side<H: Handshake> {
+        hs: Option<H>,
+        /// Bytes from the peer not yet given to `step`.
+        inbox: Vec<u8>,
+        /// How much of `inbox` the side may see so far.
+        visible: usize,
+        keys: Option<H::Keys>,
+    }
+    impl<H: Handshake> Side<H> {
+        /// One step; returns what it wrote for the peer and whether it moved.
+        fn step(&mut self, buffer: usize, after: &[u8]) -> Result<(Vec<u8>, bool), Errno> {
+            let Some(hs) = self.hs.as_mut() else { return Ok((Vec::new(), false)) };
+            let mut out = vec![0u8; buffer.max(H::MIN_OUTPUT)];
+            let Step { consumed, produced, done } = hs.step(&mut self.inbox[..self.visible], &mut out)?;
+            assert!(consumed <= self.visible && produced <= out.len(), "step overran its buffers");
+            self.inbox.drain(..consumed);
+            self.visible -= consumed;
+            out.truncate(produced);
+            if done {
+                self.keys = Some(self.hs.take().expect("running").keys());
+                out.extend_from_slice(after);
+            }
+            Ok((out, consumed > 0 || produced > 0 || done))
+        }
+    }
+    let mut c = Side { hs: Some(client), inbox: Vec::new(), visible: 0, keys: None };
+    let mut s = Side { hs: Some(server), inbox: Vec::new(), visible: 0, keys: None };
+    let mut reads = seg.reads.iter().cycle();
+    let mut idle = 0;
+    while c.hs.is_some() || s.hs.is_some() {
+        let (to_server, c_moved) = c.step(seg.buffer, after_client)?;
+        s.inbox.extend_from_slice(&to_server);
+        let (to_client, s_moved) = s.step(seg.buffer, after_server)?;
+        c.inbox.extend_from_slice(&to_client);
+        // Deliver the next piece of what each side has been sent.
+        let mut delivered = false;
+        for side_visible in [(&mut c.visible, c.inbox.len()), (&mut s.visible, s.inbox.len())] {
+            let (visible, len) = side_visible;
+            let n = (len - *visible).min((*reads.next().expect("cycle")).max(1));
+            *visible += n;
+            delivered |= n > 0;
+        }
+        idle = if c_moved || s_moved || delivered { 0 } else { idle + 1 };
+        assert!(idle < 3, "handshake stalled");
+    }
+    Ok((
+        Finished { keys: c.keys.expect("done"), leftover: c.inbox },
+        Finished { keys: s.keys.expect("done"), leftover: s.inbox },
+    ))
 }

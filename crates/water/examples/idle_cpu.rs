@@ -41,7 +41,7 @@ async fn main() {
     let seconds: f64 = std::env::args().nth(1).map_or(3.0, |s| s.parse().expect("SECONDS"));
     let key = Config::default().transport_config("9f3c51a7e0");
     let xor = Watm::new(&watm_artifacts::XOR.bytes(), key.clone()).unwrap();
-    let tokio_guest = Watm::new(&watm_artifacts::TEST_TOKIO.bytes(), key).unwrap();
+    let tokio_guest = Watm::new(&watm_artifacts::TOKIO.bytes(), key).unwrap();
     for (name, watm) in [("xor (reference SDK)", &xor), ("tokio (test guest)", &tokio_guest)] {
         let share = idle_share(watm, seconds).await;
         println!("{name:<22} idle connection: {:>6.1} % of one core", share * 100.0);

@@ -17,7 +17,7 @@ use water::{Config, Dialer, Listener, Relay, Watm};
 const SIZE: usize = 4 << 20;
 
 fn tokio_guest() -> Watm {
-    Watm::new(&watm_artifacts::TEST_TOKIO.bytes(), Config::default().transport_config(XOR_KEY))
+    Watm::new(&watm_artifacts::TOKIO.bytes(), Config::default().transport_config(XOR_KEY))
         .expect("load the tokio guest")
 }
 

@@ -5,8 +5,17 @@ use wasmtime::{Engine, ExternType, FuncType, Module, ValType};
 use water_abi::{FuncSig, v0};
 use watm_artifacts::GUESTS;
 
-const MAX_BYTES: usize = 48 * 1024;
-const MAX_INITIAL_PAGES: u64 = 4;
+/// Size and initial-memory limits per guest: (name, bytes, 64 KiB pages).
+/// The reference templates stay small; `ss` carries four AEADs built for
+/// speed (opt-level 3), which the issue budgets at 160 KiB and 8 pages.
+const LIMITS: &[(&str, usize, u64)] =
+    &[("plain", 48 * 1024, 4), ("reverse", 48 * 1024, 4), ("xor", 48 * 1024, 4), ("ss", 160 * 1024, 8)];
+
+fn limits(name: &str) -> (usize, u64) {
+    let &(_, bytes, pages) =
+        LIMITS.iter().find(|(n, ..)| *n == name).unwrap_or_else(|| panic!("{name}: no size limit in LIMITS"));
+    (bytes, pages)
+}
 
 fn matches(ty: &FuncType, sig: &FuncSig) -> bool {
     let conv = |t: &water_abi::ValType| match t {
@@ -19,9 +28,9 @@ fn matches(ty: &FuncType, sig: &FuncSig) -> bool {
 }
 
 #[test]
-fn the_three_reference_guests_are_built() {
+fn every_guest_is_built() {
     let names: Vec<_> = GUESTS.iter().map(|g| g.name).collect();
-    assert_eq!(names, ["plain", "reverse", "xor"]);
+    assert_eq!(names, ["plain", "reverse", "ss", "xor"]);
 }
 
 #[test]
@@ -71,7 +80,9 @@ fn every_guest_imports_only_env_and_wasi() {
 #[test]
 fn every_guest_is_within_size_and_memory_targets() {
     let engine = Engine::default();
+    #[allow(non_snake_case)]
     for guest in GUESTS {
+        let (MAX_BYTES, MAX_INITIAL_PAGES) = limits(guest.name);
         let bytes = guest.bytes();
         assert!(bytes.len() <= MAX_BYTES, "{}: {} bytes > {MAX_BYTES}", guest.name, bytes.len());
         let module = Module::new(&engine, &bytes).unwrap();

@@ -3,7 +3,7 @@
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
-use water_guest::{Codec, Errno, InitError, Progress, Transport};
+use water_guest::{Codec, Errno, InitError, Progress, Role, Transport};
 
 /// The transport: no state, no config.
 #[derive(Debug)]
@@ -25,16 +25,21 @@ impl Transport for Plain {
     const NAME: &'static str = "plain";
     type Encoder = Copy;
     type Decoder = Copy;
+    type Handshake = ();
 
     fn new(_config: Option<&[u8]>) -> Result<Self, InitError> {
         Ok(Plain)
     }
 
-    fn encoder(&self) -> Copy {
+    fn handshake(&self, _role: Role) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    fn encoder(&self, _role: Role, _keys: &()) -> Copy {
         Copy
     }
 
-    fn decoder(&self) -> Copy {
+    fn decoder(&self, _role: Role, _keys: &()) -> Copy {
         Copy
     }
 }
@@ -57,8 +62,8 @@ mod tests {
         ) {
             let seg = Segmentation { reads, writes, buffer };
             let t = Plain::new(None).unwrap();
-            prop_assert_eq!(pump(t.encoder(), &data, &seg).unwrap(), data.clone());
-            prop_assert_eq!(pump(t.decoder(), &data, &seg).unwrap(), data);
+            prop_assert_eq!(pump(t.encoder(Role::Dialer, &()), &data, &seg).unwrap(), data.clone());
+            prop_assert_eq!(pump(t.decoder(Role::Listener, &()), &data, &seg).unwrap(), data);
         }
     }
 }

@@ -9,60 +9,14 @@
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
-use water_guest::{Codec, Errno, InitError, Progress, Transport};
+use water_guest::fast::reverse_into;
+use water_guest::{Codec, Errno, InitError, Progress, Role, Transport};
 
 /// Largest payload of one frame.
 pub const MAX_FRAME: usize = 8192;
 
 /// Length of a frame header.
 pub const HEADER: usize = 2;
-
-/// `dst[i] = src[src.len() - 1 - i]`. In wasm with SIMD, 64 bytes per loop
-/// turn (four 16-byte shuffles: the loop's own cost, which includes the
-/// host's epoch check, is paid once per 64 bytes), then 16 at a time, then
-/// the byte loop for the last few (and everywhere else).
-fn reverse_into(dst: &mut [u8], src: &[u8]) {
-    debug_assert_eq!(dst.len(), src.len());
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    let (dst, src) = {
-        use core::arch::wasm32::{i8x16_shuffle, v128, v128_load, v128_store};
-        /// The 16 bytes at `p`, in reverse order.
-        ///
-        /// # Safety
-        /// `p..p + 16` must be readable (wasm's v128 loads take unaligned
-        /// addresses).
-        #[inline(always)]
-        unsafe fn rev16(p: *const u8) -> v128 {
-            // SAFETY: the caller's promise.
-            let v = unsafe { v128_load(p as *const v128) };
-            i8x16_shuffle::<15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0>(v, v)
-        }
-        let mut d = dst.chunks_exact_mut(64);
-        let mut s = src.rchunks_exact(64);
-        for (dc, sc) in (&mut d).zip(&mut s) {
-            let (q, p) = (dc.as_mut_ptr() as *mut v128, sc.as_ptr());
-            // SAFETY: both chunks are exactly 64 bytes long; each access is
-            // 16 bytes at offset 0, 16, 32 or 48 of one of them.
-            unsafe {
-                v128_store(q, rev16(p.add(48)));
-                v128_store(q.add(1), rev16(p.add(32)));
-                v128_store(q.add(2), rev16(p.add(16)));
-                v128_store(q.add(3), rev16(p));
-            }
-        }
-        let (dst, src) = (d.into_remainder(), s.remainder());
-        let mut d = dst.chunks_exact_mut(16);
-        let mut s = src.rchunks_exact(16);
-        for (dc, sc) in (&mut d).zip(&mut s) {
-            // SAFETY: both chunks are exactly 16 bytes long.
-            unsafe { v128_store(dc.as_mut_ptr() as *mut v128, rev16(sc.as_ptr())) };
-        }
-        (d.into_remainder(), s.remainder())
-    };
-    for (o, i) in dst.iter_mut().zip(src.iter().rev()) {
-        *o = *i;
-    }
-}
 
 /// The transport: no config.
 #[derive(Debug)]
@@ -202,16 +156,21 @@ impl Transport for Reverse {
     const NAME: &'static str = "reverse";
     type Encoder = Encoder;
     type Decoder = Decoder;
+    type Handshake = ();
 
     fn new(_config: Option<&[u8]>) -> Result<Self, InitError> {
         Ok(Reverse)
     }
 
-    fn encoder(&self) -> Encoder {
+    fn handshake(&self, _role: Role) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    fn encoder(&self, _role: Role, _keys: &()) -> Encoder {
         Encoder
     }
 
-    fn decoder(&self) -> Decoder {
+    fn decoder(&self, _role: Role, _keys: &()) -> Decoder {
         Decoder::default()
     }
 }
@@ -250,9 +209,9 @@ mod tests {
         ) {
             let enc = Segmentation { reads: enc.0, writes: enc.1, buffer: enc.2 };
             let dec = Segmentation { reads: dec.0, writes: dec.1, buffer: dec.2 };
-            let wire = pump(Reverse.encoder(), &data, &enc).unwrap();
+            let wire = pump(Reverse.encoder(Role::Dialer, &()), &data, &enc).unwrap();
             prop_assert!(wire.len() >= data.len() + HEADER * data.len().div_ceil(MAX_FRAME));
-            prop_assert_eq!(pump(Reverse.decoder(), &wire, &dec).unwrap(), data);
+            prop_assert_eq!(pump(Reverse.decoder(Role::Listener, &()), &wire, &dec).unwrap(), data);
         }
     }
 }

@@ -7,7 +7,9 @@
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
-use water_guest::{Codec, Errno, InitError, Progress, Transport};
+use water_guest::config::hex_to;
+use water_guest::fast::xor_into;
+use water_guest::{Codec, Config, Errno, InitError, Progress, Role, Transport};
 
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 64;
@@ -20,27 +22,27 @@ pub struct Xor {
 }
 
 impl Xor {
-    /// Parses a config: the key as hex text (upper or lower case),
-    /// surrounding ASCII whitespace ignored, 1 to [`MAX_KEY`] bytes.
+    /// Parses a config: `key=<hex>` (the `key=value` syntax, so that a
+    /// connection's arguments, e.g. a Tor bridge line's, can carry the key),
+    /// or the legacy form, the bare hex key alone. Hex in either case, 1 to
+    /// [`MAX_KEY`] bytes; surrounding ASCII whitespace is ignored in the
+    /// legacy form.
     pub fn from_config(config: &[u8]) -> Result<Xor, InitError> {
-        let text = config.trim_ascii();
-        if text.is_empty() {
-            return Err(InitError::invalid("xor: config is empty; it must hold the key as hex"));
-        }
-        if !text.len().is_multiple_of(2) {
-            return Err(InitError::invalid("xor: key must be an even number of hex digits"));
-        }
-        if text.len() / 2 > MAX_KEY {
-            return Err(InitError::invalid("xor: key is longer than 64 bytes"));
-        }
         let mut key = [0u8; MAX_KEY];
-        for (slot, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
-            match (hex(pair[0]), hex(pair[1])) {
-                (Some(hi), Some(lo)) => *slot = hi << 4 | lo,
-                _ => return Err(InitError::invalid("xor: key is not valid hex")),
+        // Hex holds no `=`: a config with one is `key=value` pairs.
+        let len = if config.contains(&b'=') {
+            let config = Config::parse(config)?;
+            config.only(&["key"])?;
+            config.required("key", |text| parse_key(text.bytes(), &mut key))?
+        } else {
+            let text = config.trim_ascii();
+            if text.is_empty() {
+                return Err(InitError::invalid("config is empty; it must hold the key (key=<hex>)"));
             }
-        }
-        Ok(Xor { key, len: text.len() / 2 })
+            parse_key(text.iter().copied(), &mut key)
+                .map_err(|why| InitError::new(Errno::INVAL, format_args!("config (a bare hex key): {why}")))?
+        };
+        Ok(Xor { key, len })
     }
 
     /// The key.
@@ -62,73 +64,13 @@ impl Xor {
     }
 }
 
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// `out[i] = input[i] ^ key[i]`, in one pass (no copy first). In wasm with
-/// SIMD, 64 bytes per loop turn as four 16-byte XORs (the loop's own cost,
-/// which includes the host's epoch check, is paid once per 64 bytes), then 16
-/// at a time; eight bytes per 64-bit XOR elsewhere; the byte loop for the
-/// last few.
-fn xor_into(out: &mut [u8], input: &[u8], key: &[u8]) {
-    debug_assert!(input.len() == out.len() && key.len() == out.len());
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    let (out, input, key) = {
-        use core::arch::wasm32::{v128, v128_load, v128_store, v128_xor};
-        /// # Safety
-        /// `a..a + 16` and `k..k + 16` must be readable, `o..o + 16`
-        /// writable (wasm's v128 accesses take unaligned addresses).
-        #[inline(always)]
-        unsafe fn xor16(o: *mut u8, a: *const u8, k: *const u8) {
-            // SAFETY: the caller's promise.
-            unsafe {
-                let x = v128_xor(v128_load(a as *const v128), v128_load(k as *const v128));
-                v128_store(o as *mut v128, x);
-            }
-        }
-        let mut o = out.chunks_exact_mut(64);
-        let mut i = input.chunks_exact(64);
-        let mut k = key.chunks_exact(64);
-        for ((oc, ic), kc) in (&mut o).zip(&mut i).zip(&mut k) {
-            let (op, ip, kp) = (oc.as_mut_ptr(), ic.as_ptr(), kc.as_ptr());
-            // SAFETY: the three chunks are exactly 64 bytes long; each access
-            // is 16 bytes at offset 0, 16, 32 or 48.
-            unsafe {
-                xor16(op, ip, kp);
-                xor16(op.add(16), ip.add(16), kp.add(16));
-                xor16(op.add(32), ip.add(32), kp.add(32));
-                xor16(op.add(48), ip.add(48), kp.add(48));
-            }
-        }
-        let (out, input, key) = (o.into_remainder(), i.remainder(), k.remainder());
-        let mut o = out.chunks_exact_mut(16);
-        let mut i = input.chunks_exact(16);
-        let mut k = key.chunks_exact(16);
-        for ((oc, ic), kc) in (&mut o).zip(&mut i).zip(&mut k) {
-            // SAFETY: the three chunks are exactly 16 bytes long.
-            unsafe { xor16(oc.as_mut_ptr(), ic.as_ptr(), kc.as_ptr()) };
-        }
-        (o.into_remainder(), i.remainder(), k.remainder())
-    };
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    let (out, input, key) = {
-        let mut o = out.chunks_exact_mut(8);
-        let mut i = input.chunks_exact(8);
-        let mut k = key.chunks_exact(8);
-        for ((oc, ic), kc) in (&mut o).zip(&mut i).zip(&mut k) {
-            let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().expect("8 bytes"));
-            oc.copy_from_slice(&(word(ic) ^ word(kc)).to_ne_bytes());
-        }
-        (o.into_remainder(), i.remainder(), k.remainder())
-    };
-    for ((o, i), k) in out.iter_mut().zip(input).zip(key) {
-        *o = i ^ k;
+/// A key's hex text into `key`; its length.
+fn parse_key(text: impl IntoIterator<Item = u8>, key: &mut [u8; MAX_KEY]) -> Result<usize, &'static str> {
+    match hex_to(text, key) {
+        Ok([]) => Err("empty; it must be 1 to 64 bytes of hex"),
+        Ok(k) => Ok(k.len()),
+        Err("too long") => Err("longer than 64 bytes"),
+        Err(e) => Err(e),
     }
 }
 
@@ -185,6 +127,7 @@ impl Transport for Xor {
     const WANTS_CONFIG: bool = true;
     type Encoder = XorStream;
     type Decoder = XorStream;
+    type Handshake = ();
 
     fn new(config: Option<&[u8]>) -> Result<Self, InitError> {
         match config {
@@ -193,11 +136,15 @@ impl Transport for Xor {
         }
     }
 
-    fn encoder(&self) -> XorStream {
+    fn handshake(&self, _role: Role) -> Result<(), Errno> {
+        Ok(())
+    }
+
+    fn encoder(&self, _role: Role, _keys: &()) -> XorStream {
         self.stream()
     }
 
-    fn decoder(&self) -> XorStream {
+    fn decoder(&self, _role: Role, _keys: &()) -> XorStream {
         self.stream()
     }
 }
@@ -219,6 +166,24 @@ mod tests {
             assert_eq!(err.errno, Errno::INVAL, "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(Xor::new(None).is_err());
+    }
+
+    #[test]
+    fn accepts_key_value_configs_and_names_bad_keys() {
+        assert_eq!(Xor::from_config(b"key=0aFF").unwrap().key(), &[0x0a, 0xff]);
+        // A connection's arguments come after the module's config and win.
+        assert_eq!(Xor::from_config(b"key=01\nkey=c0ffee\n").unwrap().key(), &[0xc0, 0xff, 0xee]);
+        assert_eq!(Xor::from_config(b"key=01;key=c0ffee").unwrap().key(), &[0xc0, 0xff, 0xee]);
+        let msg = |c: &[u8]| Xor::from_config(c).unwrap_err().message().to_string();
+        assert_eq!(msg(b"kye=00"), "unknown config key `kye`");
+        assert_eq!(msg(b"key=zz"), "config key `key`: not hex");
+        assert_eq!(msg(b"key="), "config key `key`: empty; it must be 1 to 64 bytes of hex");
+        assert_eq!(
+            msg(&[b"key=".as_slice(), &[b'7'; 130]].concat()),
+            "config key `key`: longer than 64 bytes"
+        );
+        assert_eq!(msg(b"key=00;oops"), "config: argument at byte 7 has no `=` (expected key=value)");
+        assert_eq!(msg(b"abc"), "config (a bare hex key): odd number of hex digits");
     }
 
     #[test]
@@ -246,12 +211,12 @@ mod tests {
             let t = Xor::from_config(hex.as_bytes()).unwrap();
             let enc = Segmentation { reads: enc.0, writes: enc.1, buffer: enc.2 };
             let dec = Segmentation { reads: dec.0, writes: dec.1, buffer: dec.2 };
-            let wire = pump(t.encoder(), &data, &enc).unwrap();
+            let wire = pump(t.encoder(Role::Dialer, &()), &data, &enc).unwrap();
             // The wire bytes are the same whatever the segmentation was.
-            prop_assert_eq!(&wire, &pump(t.encoder(), &data, &Segmentation::default()).unwrap());
+            prop_assert_eq!(&wire, &pump(t.encoder(Role::Dialer, &()), &data, &Segmentation::default()).unwrap());
             let want: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ key[i % key.len()]).collect();
             prop_assert_eq!(&wire, &want);
-            prop_assert_eq!(pump(t.decoder(), &wire, &dec).unwrap(), data);
+            prop_assert_eq!(pump(t.decoder(Role::Listener, &()), &wire, &dec).unwrap(), data);
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use water::{Config, Watm};
-use water_guest::Transport;
 use water_guest::testing::{Segmentation, pump};
+use water_guest::{Role, Transport};
 
 /// Every test gives up after this long instead of hanging CI.
 pub const LIMIT: Duration = Duration::from_secs(60);
@@ -63,11 +63,14 @@ pub async fn echo_server() -> SocketAddr {
 pub fn encode(name: &str, plain: &[u8]) -> Vec<u8> {
     let seg = Segmentation::default();
     match name {
-        "plain" => pump(watm_plain::Plain.encoder(), plain, &seg).unwrap(),
-        "xor" => {
-            pump(watm_xor::Xor::from_config(XOR_KEY.as_bytes()).unwrap().encoder(), plain, &seg).unwrap()
-        }
-        "reverse" => pump(watm_reverse::Reverse.encoder(), plain, &seg).unwrap(),
+        "plain" => pump(watm_plain::Plain.encoder(Role::Dialer, &()), plain, &seg).unwrap(),
+        "xor" => pump(
+            watm_xor::Xor::from_config(XOR_KEY.as_bytes()).unwrap().encoder(Role::Dialer, &()),
+            plain,
+            &seg,
+        )
+        .unwrap(),
+        "reverse" => pump(watm_reverse::Reverse.encoder(Role::Dialer, &()), plain, &seg).unwrap(),
         _ => unreachable!(),
     }
 }
@@ -76,9 +79,14 @@ pub fn encode(name: &str, plain: &[u8]) -> Vec<u8> {
 pub fn decode(name: &str, wire: &[u8]) -> Vec<u8> {
     let seg = Segmentation::default();
     match name {
-        "plain" => pump(watm_plain::Plain.decoder(), wire, &seg).unwrap(),
-        "xor" => pump(watm_xor::Xor::from_config(XOR_KEY.as_bytes()).unwrap().decoder(), wire, &seg).unwrap(),
-        "reverse" => pump(watm_reverse::Reverse.decoder(), wire, &seg).unwrap(),
+        "plain" => pump(watm_plain::Plain.decoder(Role::Listener, &()), wire, &seg).unwrap(),
+        "xor" => pump(
+            watm_xor::Xor::from_config(XOR_KEY.as_bytes()).unwrap().decoder(Role::Listener, &()),
+            wire,
+            &seg,
+        )
+        .unwrap(),
+        "reverse" => pump(watm_reverse::Reverse.decoder(Role::Listener, &()), wire, &seg).unwrap(),
         _ => unreachable!(),
     }
 }

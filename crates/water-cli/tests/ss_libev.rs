@@ -1,0 +1,574 @@
+//! The `ss` transport against an independent implementation,
+//! shadowsocks-libev (Debian's `shadowsocks-libev`: `ss-server`,
+//! `ss-tunnel`), on loopback, for every method:
+//! - `water client -t ss` → `ss-server` → echo, and `water::Dialer` →
+//!   `ss-server` → echo;
+//! - `ss-tunnel` → `water server -t ss` → echo;
+//! - wrong passwords both ways, and a prober's garbage: no byte crosses,
+//!   nothing reaches the echo service, the server end holds silently until
+//!   the client closes (ours exactly as libev's);
+//! - altered and truncated bytes on the wire: the connection dies, only a
+//!   true prefix is delivered.
+//!
+//! libev tears a connection down on a half-close, so every client here
+//! sends, reads everything back, and only then closes. Every process is
+//! killed on drop and every wait is bounded. Without the libev binaries the
+//! tests say so and pass vacuously only when `WATER_SS_LIBEV_OPTIONAL` is
+//! set; otherwise they fail (CI installs the package).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const WATER: &str = env!("CARGO_BIN_EXE_water");
+const LIMIT: Duration = Duration::from_secs(120);
+const METHODS: [&str; 4] =
+    ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm", "xchacha20-ietf-poly1305"];
+/// Bytes each way for the big transfers.
+const BIG: usize = 64 << 20;
+const PASSWORD: &str = "correct horse battery staple";
+
+fn have_libev() -> bool {
+    let found = ["ss-server", "ss-tunnel"]
+        .iter()
+        .all(|b| Command::new(b).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok());
+    if !found {
+        assert!(
+            std::env::var_os("WATER_SS_LIBEV_OPTIONAL").is_some(),
+            "ss-server/ss-tunnel not found: apt-get install shadowsocks-libev (or set WATER_SS_LIBEV_OPTIONAL=1 to skip)"
+        );
+        eprintln!("SKIP: shadowsocks-libev is not installed");
+    }
+    found
+}
+
+/// A child process, killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(program: &'static str, args: &[&str]) -> Proc {
+        let child = Command::new(program)
+            .args(args)
+            .env("WATER_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        Proc(child)
+    }
+
+    /// `water ARGS`, once it printed `listening on ADDR`.
+    fn water(args: &[&str]) -> (Proc, SocketAddr) {
+        let mut p = Proc::spawn(WATER, args);
+        let mut stdout = p.0.stdout.take().expect("piped");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        let start = Instant::now();
+        while !line.ends_with(b"\n") {
+            assert!(start.elapsed() < LIMIT, "water printed no address");
+            match stdout.read(&mut byte) {
+                Ok(1) => line.push(byte[0]),
+                _ => panic!("water {args:?} exited before listening"),
+            }
+        }
+        let line = String::from_utf8(line).unwrap();
+        let addr = line.trim().strip_prefix("listening on ").expect("listening line").parse().unwrap();
+        (p, addr)
+    }
+
+    /// A libev binary listening on `port`, once it accepts connections.
+    fn libev(program: &'static str, args: &[&str], port: u16) -> Proc {
+        let p = Proc::spawn(program, args);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < LIMIT, "{program} is not listening on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+}
+
+/// A free loopback port (for the libev binaries, which take a port, not 0).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An echo service counting the connections it got and the bytes it read.
+struct Echo {
+    addr: SocketAddr,
+    bytes: Arc<AtomicUsize>,
+}
+
+fn echo() -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let counter = bytes.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            counter.fetch_add(n, Ordering::SeqCst);
+                            if w.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Echo { addr, bytes }
+}
+
+/// Deterministic bytes: xorshift, so that 64 MiB need not be kept twice.
+struct Pattern(u64);
+
+impl Pattern {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+/// Sends `len` pattern bytes and reads them back, comparing as they come;
+/// closes only after everything is back. Returns how many bytes matched
+/// before the stream ended or an error (all of them on success).
+fn round_trip(stream: TcpStream, len: usize, seed: u64, timeout: Duration) -> Result<usize, String> {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut p = Pattern(seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            let n = buf.len().min(len - sent);
+            p.fill(&mut buf[..n]);
+            if w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n;
+        }
+    });
+    let mut r = stream;
+    let mut want = Pattern(seed);
+    let (mut got, mut expect) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut matched = 0;
+    let mut leftover: Vec<u8> = Vec::new();
+    let result = loop {
+        if matched == len {
+            break Ok(len);
+        }
+        let n = match r.read(&mut got) {
+            Ok(0) => break Err(format!("EOF after {matched} of {len} bytes")),
+            Ok(n) => n,
+            Err(e) => break Err(format!("{e} after {matched} of {len} bytes")),
+        };
+        leftover.extend_from_slice(&got[..n]);
+        // Compare in 8-byte-aligned steps of the pattern.
+        let whole = leftover.len() / 8 * 8;
+        let whole = whole.min(len - matched);
+        if whole > 0 {
+            let k = whole.min(expect.len());
+            want.fill(&mut expect[..k]);
+            if leftover[..k] != expect[..k] {
+                let at = leftover.iter().zip(&expect[..k]).position(|(a, b)| a != b).unwrap();
+                return Err(format!("CORRUPT byte at {}", matched + at));
+            }
+            matched += k;
+            leftover.drain(..k);
+        }
+    };
+    // Unblocks the writer if the far end stopped reading.
+    let _ = r.shutdown(Shutdown::Both);
+    let _ = writer.join();
+    result.map_err(|e| format!("{e} (matched {matched})")).map(|_| len)
+}
+
+fn config_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("water-ss-{tag}-{}", std::process::id()))
+}
+
+fn ss_server(method: &str, password: &str) -> (Proc, u16) {
+    let port = free_port();
+    let p = port.to_string();
+    let proc = Proc::libev(
+        "ss-server",
+        &["-s", "127.0.0.1", "-p", &p, "-k", password, "-m", method, "-t", "120"],
+        port,
+    );
+    (proc, port)
+}
+
+fn ss_tunnel(method: &str, password: &str, server: SocketAddr, to: SocketAddr) -> (Proc, u16) {
+    let port = free_port();
+    let (l, sp, fwd) = (port.to_string(), server.port().to_string(), to.to_string());
+    let proc = Proc::libev(
+        "ss-tunnel",
+        &[
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &sp,
+            "-b",
+            "127.0.0.1",
+            "-l",
+            &l,
+            "-k",
+            password,
+            "-m",
+            method,
+            "-L",
+            &fwd,
+            "-t",
+            "120",
+        ],
+        port,
+    );
+    (proc, port)
+}
+
+fn ss_config(method: &str, password: &str, target: Option<SocketAddr>) -> String {
+    let mut c = format!("method={method}\npassword={}\n", password.replace('\\', "\\\\").replace(';', "\\;"));
+    if let Some(t) = target {
+        c += &format!("target={t}\n");
+    }
+    c
+}
+
+#[test]
+fn water_client_through_ss_server_64_mib_each_way_for_every_method() {
+    if !have_libev() {
+        return;
+    }
+    let dir = temp_dir("client");
+    let echo = echo();
+    for method in METHODS {
+        let (_server, port) = ss_server(method, PASSWORD);
+        let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, Some(echo.addr)));
+        let remote = format!("127.0.0.1:{port}");
+        let (_client, addr) = Proc::water(&[
+            "client",
+            "-t",
+            "ss",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--remote",
+            &remote,
+        ]);
+        let before = echo.bytes.load(Ordering::SeqCst);
+        let start = Instant::now();
+        round_trip(TcpStream::connect(addr).unwrap(), BIG, 1, LIMIT)
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        eprintln!("{method}: water client -> ss-server: {:?}", start.elapsed());
+        assert_eq!(echo.bytes.load(Ordering::SeqCst) - before, BIG, "{method}");
+    }
+}
+
+#[test]
+fn ss_tunnel_through_water_server_64_mib_each_way_for_every_method() {
+    if !have_libev() {
+        return;
+    }
+    let dir = temp_dir("server");
+    let echo = echo();
+    for method in METHODS {
+        let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, None));
+        let fwd = echo.addr.to_string();
+        let (_server, server) = Proc::water(&[
+            "server",
+            "-t",
+            "ss",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--forward",
+            &fwd,
+        ]);
+        let (_tunnel, port) = ss_tunnel(method, PASSWORD, server, echo.addr);
+        let start = Instant::now();
+        round_trip(TcpStream::connect(("127.0.0.1", port)).unwrap(), BIG, 2, LIMIT)
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        eprintln!("{method}: ss-tunnel -> water server: {:?}", start.elapsed());
+    }
+}
+
+#[test]
+fn water_dialer_through_ss_server_64_mib_each_way_for_every_method() {
+    if !have_libev() {
+        return;
+    }
+    let echo = echo();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for method in METHODS {
+        let (_server, port) = ss_server(method, PASSWORD);
+        let watm = water::Watm::new(
+            watm_artifacts::Guest::named("ss").unwrap().wasm,
+            water::Config::default().transport_config(ss_config(method, PASSWORD, Some(echo.addr))),
+        )
+        .unwrap();
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let conn = water::Dialer::new(&watm).unwrap().dial(format!("127.0.0.1:{port}")).await.unwrap();
+            let (mut r, mut w) = tokio::io::split(conn);
+            let writer = tokio::spawn(async move {
+                let mut p = Pattern(3);
+                let mut buf = vec![0u8; 64 * 1024];
+                for _ in 0..BIG / buf.len() {
+                    p.fill(&mut buf);
+                    w.write_all(&buf).await.unwrap();
+                }
+                w
+            });
+            let mut want = Pattern(3);
+            let (mut got, mut expect) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+            let mut total = 0;
+            while total < BIG {
+                let n = tokio::time::timeout(LIMIT, r.read_exact(&mut got)).await.unwrap().unwrap();
+                want.fill(&mut expect);
+                assert!(got[..n] == expect[..n], "{method}: corrupt bytes near {total}");
+                total += n;
+            }
+            let w = writer.await.unwrap();
+            let conn = r.unsplit(w);
+            let _ = conn.close().await;
+        });
+    }
+}
+
+/// What a prober sees: whether the server said anything or closed within
+/// `wait` of sending `probe`, and whether it closed after the prober did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Probe {
+    replied_or_closed_early: bool,
+    closed_after_client: bool,
+}
+
+fn probe(addr: SocketAddr, probe: &[u8]) -> Probe {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(probe).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let mut buf = [0u8; 1024];
+    let early = !matches!(s.read(&mut buf), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+    // More garbage is still read and dropped, then the prober closes its
+    // sending side: the server ends the connection.
+    let _ = s.write_all(&[0x55; 4096]);
+    let _ = s.shutdown(Shutdown::Write);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let closed = matches!(s.read(&mut buf), Ok(0)) || matches!(s.read(&mut buf), Ok(0));
+    Probe { replied_or_closed_early: early, closed_after_client: closed }
+}
+
+#[test]
+fn probers_and_wrong_passwords_get_silence_from_both_servers() {
+    if !have_libev() {
+        return;
+    }
+    let dir = temp_dir("probe");
+    let echo = echo();
+    let want = Probe { replied_or_closed_early: false, closed_after_client: true };
+    // Every probe waits; they run side by side.
+    std::thread::scope(|scope| {
+        for method in METHODS {
+            let (dir, echo) = (&dir, &echo);
+            scope.spawn(move || {
+                let (_libev, port) = ss_server(method, PASSWORD);
+                let libev = SocketAddr::from(([127, 0, 0, 1], port));
+                let cfg = config_file(dir, method, &ss_config(method, PASSWORD, None));
+                let fwd = echo.addr.to_string();
+                let (_ours, ours) = Proc::water(&[
+                    "server", "-t", "ss", "--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0", "--forward", &fwd,
+                ]);
+                // ss-tunnel with the wrong password, against our server.
+                let (_tunnel, tport) = ss_tunnel(method, "wrong password", ours, echo.addr);
+                // Our client with the wrong password, against libev's server.
+                let bad = config_file(dir, &format!("{method}-bad"), &ss_config(method, "wrong password", Some(echo.addr)));
+                let remote = libev.to_string();
+                let (_client, caddr) = Proc::water(&[
+                    "client", "-t", "ss", "--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0", "--remote", &remote,
+                ]);
+                std::thread::scope(|probes| {
+                    // Garbage of several lengths (shorter than a salt, a salt
+                    // and a bit, several chunks' worth): the same observations
+                    // from libev and from us.
+                    for len in [7usize, 60, 3000] {
+                        let garbage: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+                        let g = garbage.clone();
+                        probes.spawn(move || {
+                            assert_eq!(probe(libev, &g), want, "{method}: ss-server, {len} bytes of garbage")
+                        });
+                        probes.spawn(move || {
+                            assert_eq!(probe(ours, &garbage), want, "{method}: water server, {len} bytes of garbage")
+                        });
+                    }
+                    probes.spawn(move || {
+                        let tunnel = SocketAddr::from(([127, 0, 0, 1], tport));
+                        assert_eq!(probe(tunnel, b"hello"), want, "{method}: ss-tunnel with a wrong password");
+                    });
+                    probes.spawn(move || {
+                        let mut s = TcpStream::connect(caddr).unwrap();
+                        s.write_all(b"hello").unwrap();
+                        s.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+                        let r = s.read(&mut [0u8; 64]);
+                        assert!(
+                            matches!(&r, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+                            "{method}: water client with a wrong password: {r:?}"
+                        );
+                    });
+                });
+            });
+        }
+    });
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), 0, "a byte reached the echo service");
+}
+
+/// A TCP proxy that passes client → server untouched and alters the
+/// server → client stream: flips a bit at byte `flip`, or ends it at byte
+/// `cut`.
+fn tamper(server: SocketAddr, flip: Option<usize>, cut: Option<usize>, upstream: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else { return };
+        let server = TcpStream::connect(server).unwrap();
+        let pass = |mut from: TcpStream, mut to: TcpStream, alter: bool| {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut pos = 0;
+                loop {
+                    let n = match from.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let mut n = n;
+                    if alter {
+                        if let Some(f) = flip.filter(|f| (pos..pos + n).contains(f)) {
+                            buf[f - pos] ^= 0x04;
+                        }
+                        if let Some(c) = cut.filter(|c| *c < pos + n) {
+                            n = c - pos;
+                            let _ = to.write_all(&buf[..n]);
+                            let _ = to.shutdown(Shutdown::Both);
+                            let _ = from.shutdown(Shutdown::Both);
+                            return;
+                        }
+                    }
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    pos += n;
+                }
+                let _ = to.shutdown(Shutdown::Write);
+            });
+        };
+        pass(client.try_clone().unwrap(), server.try_clone().unwrap(), upstream);
+        pass(server, client, !upstream);
+    });
+    addr
+}
+
+#[test]
+fn altered_or_truncated_bytes_kill_the_connection_and_deliver_nothing_corrupt() {
+    if !have_libev() {
+        return;
+    }
+    let dir = temp_dir("tamper");
+    let echo = echo();
+    let method = "chacha20-ietf-poly1305";
+    let len = 4 << 20;
+    let (_server, port) = ss_server(method, PASSWORD);
+    let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, Some(echo.addr)));
+    // ss-server → water client: a flipped bit well inside, or a cut inside a
+    // chunk. The client end fails; what was delivered is a true prefix.
+    for (flip, cut) in [(Some(1 << 20), None), (Some(40), None), (None, Some((2 << 20) + 5))] {
+        let proxy = tamper(SocketAddr::from(([127, 0, 0, 1], port)), flip, cut, false);
+        let remote = proxy.to_string();
+        let (_client, addr) = Proc::water(&[
+            "client",
+            "-t",
+            "ss",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--remote",
+            &remote,
+        ]);
+        let err = round_trip(TcpStream::connect(addr).unwrap(), len, 5, Duration::from_secs(10))
+            .expect_err("tampering went unnoticed");
+        assert!(!err.contains("CORRUPT"), "{flip:?} {cut:?}: {err}");
+    }
+    // ss-tunnel → water server, a bit flipped on the way in: our server end
+    // stops delivering (nothing corrupt reaches the echo service) and falls
+    // silent; the client sees its data stop short.
+    let scfg = config_file(&dir, "server", &ss_config(method, PASSWORD, None));
+    let fwd = echo.addr.to_string();
+    let (_ours, ours) = Proc::water(&[
+        "server",
+        "-t",
+        "ss",
+        "--config",
+        scfg.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &fwd,
+    ]);
+    let proxy = tamper(ours, Some(1 << 20), None, true);
+    let (_tunnel, tport) = ss_tunnel(method, PASSWORD, proxy, echo.addr);
+    let before = echo.bytes.load(Ordering::SeqCst);
+    let s = TcpStream::connect(("127.0.0.1", tport)).unwrap();
+    let err = round_trip(s, len, 6, Duration::from_secs(3)).expect_err("tampering went unnoticed");
+    assert!(!err.contains("CORRUPT"), "{err}");
+    let reached = echo.bytes.load(Ordering::SeqCst) - before;
+    assert!(reached < 1 << 20, "{reached} bytes reached the echo service past the flipped bit");
+}
+
+#[test]
+fn water_check_ss_passes_with_a_config_and_names_what_is_missing() {
+    let dir = temp_dir("check");
+    let cfg = config_file(&dir, "ok", "method=chacha20-ietf-poly1305\npassword=x\ntarget=127.0.0.1:9\n");
+    let out = Command::new(WATER).args(["check", "ss", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // load, then per role: the round trip, half-close, large transfer.
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("PASS")).count(), 10, "{stdout}");
+    let bad = config_file(&dir, "bad", "method=chacha20-ietf-poly1305\npasswd=x\n");
+    let out = Command::new(WATER).args(["check", "ss", "--config", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("unknown config key `passwd`"), "{all}");
+}
