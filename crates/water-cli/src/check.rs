@@ -125,8 +125,8 @@ pub async fn run(t: &str, config: Option<&Path>) -> anyhow::Result<()> {
                 "WARN {name} large: {} MiB with full socket buffers: {e:#}; the guest {}",
                 LARGE >> 20,
                 if e.is::<Stalled>() {
-                    "stops moving bytes when both directions are full (a worker blocked writing one \
-                     direction cannot drain the other)"
+                    "stops moving bytes once buffers fill (for example a worker blocked in one \
+                     direction while the other waits)"
                 } else {
                     "may drop the rest of a short write"
                 }

@@ -122,7 +122,7 @@ async fn absent_directions_never_fire_and_a_reset_is_the_reads_error() {
             let (s, _) = server.accept().await.unwrap();
             // Let the first two polls pass, then reset (linger 0 + close).
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+            socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO)).unwrap();
             drop(s);
         });
         let config = "hello";
@@ -216,6 +216,76 @@ async fn write_readiness_is_news_again_after_a_write_and_never_lost() {
         assert_eq!(first(1), (1, 2), "reported again with no write since: held back, the 10 ms clock fires first");
         assert_eq!(first(2), (1, 1), "after a write: reported at once, before the 1 s clock");
         assert_eq!(first(3), (1, 1), "held back, never lost: it comes when nothing else does");
+        conn.close().await.unwrap();
+        peer.await.unwrap();
+    })
+    .await;
+}
+
+/// A blocking-mode guest reads until it has the 4096 bytes the peer sent
+/// (usually one read that fills its buffer exactly), then polls for more
+/// beside a 50 ms clock: only the clock may fire. Results: nevents at 3000,
+/// the event at 3008.
+const BLOCKING_GUEST: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (memory (export "memory") 1)
+  (global (export "_water_v0") i32 (i32.const 0))
+  (global $internal (mut i32) (i32.const -1))
+  (global $net (mut i32) (i32.const -1))
+  (func (export "_water_init") (result i32) (i32.const 0))
+  (func (export "_water_cancel_with") (param i32) (result i32) (i32.const 0))
+  (func (export "_water_dial") (param $internal i32) (result i32)
+    (global.set $internal (local.get $internal))
+    (global.set $net (call $host_dial))
+    (global.get $net))
+  (func (export "_water_worker") (result i32)
+    (local $err i32) (local $got i32)
+    (block $fail
+      (loop $more
+        (i32.store (i32.const 0) (i32.add (i32.const 8192) (local.get $got)))
+        (i32.store (i32.const 4) (i32.sub (i32.const 4096) (local.get $got)))
+        (br_if $fail (local.tee $err (call $fd_read (global.get $net) (i32.const 0) (i32.const 1) (i32.const 8))))
+        (local.set $got (i32.add (local.get $got) (i32.load (i32.const 8))))
+        (br_if $more (i32.lt_u (local.get $got) (i32.const 4096))))
+      ;; read on the network fd (userdata 7), a 50 ms clock (userdata 6)
+      (i64.store (i32.const 1024) (i64.const 7))
+      (i32.store8 (i32.const 1032) (i32.const 1))
+      (i32.store (i32.const 1040) (global.get $net))
+      (i64.store (i32.const 1072) (i64.const 6))
+      (i32.store8 (i32.const 1080) (i32.const 0))
+      (i32.store (i32.const 1088) (i32.const 1))
+      (i64.store (i32.const 1096) (i64.const 50000000))
+      (br_if $fail (local.tee $err
+        (call $poll_oneoff (i32.const 1024) (i32.const 3008) (i32.const 2) (i32.const 3000))))
+      (i32.store (i32.const 0) (i32.const 3000))
+      (i32.store (i32.const 4) (i32.const 40))
+      (br_if $fail (local.tee $err (call $fd_write (global.get $internal) (i32.const 0) (i32.const 1) (i32.const 8))))
+      (return (i32.const 0)))
+    (i32.sub (i32.const 0) (local.get $err)))
+)"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_guest_is_not_told_readable_after_it_drained_the_socket() {
+    bounded(async {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut s, &[0x5a; 4096]).await.unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+        });
+        let watm = Watm::new(&wat::parse_str(BLOCKING_GUEST).unwrap(), Config::default()).unwrap();
+        let mut conn = Dialer::new(&watm).unwrap().dial(addr.to_string()).await.unwrap();
+        let mut got = vec![0u8; 40];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(u32_at(&got, 0), 1, "exactly one event");
+        // A read event here would send a blocking guest into a read that
+        // blocks (a single-threaded TinyGo worker then deadlocks).
+        assert_eq!(fields(&got[8..40]).0, 6, "the clock, not a stale read event on a drained socket");
         conn.close().await.unwrap();
         peer.await.unwrap();
     })

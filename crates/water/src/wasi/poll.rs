@@ -60,7 +60,9 @@ pub const WRITE_REPEAT: Duration = Duration::from_millis(50);
 enum Waiter {
     /// `None`: never fires (a deadline too far to represent).
     Clock(Option<Instant>),
-    Read(Stream),
+    /// `true`: the fd is in blocking mode, readiness must be exact (see
+    /// `Stream::poll_read_ready_exact`).
+    Read(Stream, bool),
     /// Ready when writable, but not before the instant, if any (see
     /// "write readiness" in the module doc).
     Write(Stream, Option<Instant>),
@@ -159,7 +161,11 @@ pub async fn poll_oneoff<T: WasiView>(
                 // A failed stream is ready (hung up): the guest's next read
                 // or write returns the error itself. An error event would
                 // fail a tokio guest's whole poll.
-                Waiter::Read(stream) => match stream.poll_read_ready(cx) {
+                Waiter::Read(stream, exact) => match if *exact {
+                    stream.poll_read_ready_exact(cx)
+                } else {
+                    stream.poll_read_ready(cx)
+                } {
                     Poll::Ready(Ok(r)) => events.push(ev(Errno(0), r.available as u64, r.closed)),
                     Poll::Ready(Err(_)) => events.push(ev(Errno(0), 0, true)),
                     Poll::Pending => {}
@@ -287,7 +293,7 @@ fn fd_waiter(table: &super::table::FdTable, fd: u32, read: bool) -> Waiter {
         Err(e) => return Waiter::Fail(e),
     };
     match (desc, read) {
-        (Desc::Stream { stream, .. }, true) => Waiter::Read(stream.clone()),
+        (Desc::Stream { stream, nonblocking }, true) => Waiter::Read(stream.clone(), !nonblocking),
         (Desc::Stream { stream, .. }, false) => {
             let not_before = table.last_write_report(fd).map(|at| at + WRITE_REPEAT).filter(|&t| t > Instant::now());
             Waiter::Write(stream.clone(), not_before)

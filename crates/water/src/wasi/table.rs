@@ -98,6 +98,30 @@ impl Stream {
         }
     }
 
+    /// Like [`Stream::poll_read_ready`], but never early: for a socket,
+    /// tokio's cached readiness outlives a read that took every byte into a
+    /// full buffer, so the kernel is asked (`FIONREAD`) and stale readiness
+    /// is dropped. For fds in blocking mode: a guest that polls and then
+    /// makes a blocking read would otherwise block in that read, with the
+    /// other direction's bytes waiting behind it (a single-threaded TinyGo
+    /// worker then deadlocks). Non-blocking guests get `again` instead and
+    /// keep the syscall-free path.
+    pub fn poll_read_ready_exact(&self, cx: &mut Context<'_>) -> Poll<io::Result<ReadReadiness>> {
+        let Stream::Tcp(s) = self else {
+            return self.poll_read_ready(cx);
+        };
+        // Twice at most: stale readiness is cleared once, then tokio waits.
+        for _ in 0..2 {
+            let ready = std::task::ready!(self.poll_read_ready(cx))?;
+            if ready.closed || unread_bytes(s) > 0 {
+                return Poll::Ready(Ok(ready));
+            }
+            // Forget the stale readiness; the next poll registers `cx`.
+            let _ = s.try_io(tokio::io::Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+        }
+        Poll::Pending
+    }
+
     /// Ready when a write would not block, with the room known (0 when
     /// unknown, as for a socket).
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
