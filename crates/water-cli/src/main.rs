@@ -4,6 +4,7 @@
 //! - `transport`: resolving `T` (a built-in name or a `.wasm` path) and the
 //!   config.
 //! - `tunnel`: `client`, `server`, `relay`, and their shutdown.
+//! - `socks`: the SOCKS5 front of `client --socks5` (and of `pt`).
 //! - `check`: validation plus a loopback self-test of every exported role.
 //! - `demo`: the whole chain on loopback, with a table of figures.
 //!
@@ -16,6 +17,7 @@ mod check;
 mod demo;
 mod loopback;
 mod scale;
+mod socks;
 mod transport;
 mod tunnel;
 
@@ -48,14 +50,22 @@ struct TransportArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Accept plain TCP on --listen; carry each connection through the
-    /// transport (dialer role) to --remote.
+    /// transport (dialer role) to --remote. With --socks5, accept SOCKS5
+    /// instead: without --remote the SOCKS target is what the transport
+    /// dials and the username/password are the connection's transport
+    /// arguments (k=v;k=v, Tor's convention); with --remote, that is
+    /// dialed and the guest gets the target as argument target=host:port.
     Client {
         #[command(flatten)]
         t: TransportArgs,
         #[arg(long)]
         listen: String,
+        #[arg(long, required_unless_present = "socks5")]
+        remote: Option<String>,
+        /// Serve SOCKS5 (RFC 1928 CONNECT; no auth or RFC 1929
+        /// username/password) on --listen.
         #[arg(long)]
-        remote: String,
+        socks5: bool,
     },
     /// Accept transport connections on --listen (listener role); forward each
     /// decoded stream to --forward over plain TCP.
@@ -134,8 +144,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Client { t, listen, remote } => {
+            Command::Client { t, listen, remote, socks5: false } => {
+                let remote = remote.expect("clap requires --remote without --socks5");
                 tunnel::client(&t.transport, t.config.as_deref(), &listen, remote).await
+            }
+            Command::Client { t, listen, remote, socks5: true } => {
+                let mode = remote.map_or(socks::Mode::Bridge, socks::Mode::Proxy);
+                tunnel::socks_client(&t.transport, t.config.as_deref(), &listen, mode).await
             }
             Command::Server { t, listen, forward } => {
                 tunnel::server(&t.transport, t.config.as_deref(), &listen, forward).await

@@ -15,41 +15,7 @@ use water_abi::args;
 /// Reads the whole config into memory at 1024 (no config: zero bytes) and
 /// writes it to the network fd of whichever role runs; the worker ends at
 /// once, which closes the socket.
-const CONFIG_ECHO: &str = r#"(module
-  (import "env" "pull_config" (func $pull_config (result i32)))
-  (import "env" "host_dial" (func $host_dial (result i32)))
-  (import "env" "host_accept" (func $host_accept (result i32)))
-  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (global $len (mut i32) (i32.const 0))
-  (func (export "_water_v0"))
-  (func (export "_water_init") (result i32)
-    (local $fd i32) (local $r i32)
-    (local.set $fd (call $pull_config))
-    (if (i32.lt_s (local.get $fd) (i32.const 0)) (then (return (i32.const 0))))
-    (loop $more
-      (i32.store (i32.const 0) (i32.add (i32.const 1024) (global.get $len)))
-      (i32.store (i32.const 4) (i32.sub (i32.const 60000) (global.get $len)))
-      (local.set $r (call $fd_read (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
-      (if (local.get $r) (then (return (i32.sub (i32.const 0) (local.get $r)))))
-      (if (i32.load (i32.const 8)) (then
-        (global.set $len (i32.add (global.get $len) (i32.load (i32.const 8))))
-        (br $more))))
-    (i32.const 0))
-  (func $send (param $fd i32) (result i32)
-    (if (i32.lt_s (local.get $fd) (i32.const 0)) (then (return (local.get $fd))))
-    (i32.store (i32.const 0) (i32.const 1024))
-    (i32.store (i32.const 4) (global.get $len))
-    (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (local.get $fd))
-  (func (export "_water_dial") (param i32) (result i32) (call $send (call $host_dial)))
-  (func (export "_water_accept") (param i32) (result i32) (call $send (call $host_accept)))
-  (func (export "_water_associate") (result i32)
-    (drop (call $host_accept))
-    (call $send (call $host_dial)))
-  (func (export "_water_cancel_with") (param i32) (result i32) (i32.const 0))
-  (func (export "_water_worker") (result i32) (i32.const 0)))"#;
+const CONFIG_ECHO: &str = include_str!("fixtures/config_echo.wat");
 
 fn config_echo(config: Option<&str>) -> Watm {
     let wasm = wat::parse_str(CONFIG_ECHO).unwrap();
