@@ -5,6 +5,8 @@
 //!   config.
 //! - `tunnel`: `client`, `server`, `relay`, and their shutdown.
 //! - `socks`: the SOCKS5 front of `client --socks5` (and of `pt`).
+//! - `pt`, `extorport`: `water pt`, Tor's pluggable-transport managed mode,
+//!   and the Extended ORPort client it forwards through.
 //! - `check`: validation plus a loopback self-test of every exported role.
 //! - `demo`: the whole chain on loopback, with a table of figures.
 //!
@@ -15,7 +17,9 @@
 mod bench;
 mod check;
 mod demo;
+mod extorport;
 mod loopback;
+mod pt;
 mod scale;
 mod socks;
 mod transport;
@@ -87,6 +91,23 @@ enum Command {
         #[arg(long)]
         remote: String,
     },
+    /// Run as a Tor pluggable transport (managed mode, pt-spec version 1):
+    /// tor starts it from a ClientTransportPlugin or ServerTransportPlugin
+    /// line and configures it through TOR_PT_* environment variables;
+    /// answers go to stdout as PT protocol lines, logs to water-pt.log in
+    /// TOR_PT_STATE_LOCATION. Built-in transports by name; others with
+    /// --transport.
+    #[command(after_help = "Example torrc lines (client, then bridge):\n  \
+        ClientTransportPlugin plain exec /usr/local/bin/water pt\n  \
+        Bridge plain 192.0.2.1:443 <FINGERPRINT>\n  \
+        ServerTransportPlugin mine exec /usr/local/bin/water pt --transport mine=/etc/water/mine.wasm\n  \
+        ServerTransportListenAddr mine 0.0.0.0:443")]
+    Pt {
+        /// A transport from a file: NAME=PATH.wasm (repeatable); NAME is
+        /// what tor's lines call it.
+        #[arg(long = "transport", short = 't', value_name = "NAME=PATH")]
+        transports: Vec<String>,
+    },
     /// Validate a transport and self-test every role it exports on loopback.
     Check {
         /// Built-in transport or path to a .wasm file.
@@ -130,6 +151,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The PT logs to a file in its state directory, never to stderr.
+    let cli = match cli.command {
+        Command::Pt { transports } => return pt::main(transports),
+        command => Cli { command },
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -160,6 +186,7 @@ fn main() -> ExitCode {
             }
             Command::Check { transport, config } => check::run(&transport, config.as_deref()).await,
             Command::Demo => demo::run().await,
+            Command::Pt { .. } => unreachable!("dispatched before the runtime"),
             Command::Echo { listen } => tunnel::echo(&listen).await,
             Command::Bench { transport, config, connections, seconds, json, scale } => {
                 bench::run(bench::Options {

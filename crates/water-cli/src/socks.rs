@@ -227,7 +227,9 @@ pub async fn serve(
     .await
 }
 
-async fn carry(
+/// One SOCKS connection: handshake, dial per `mode`, reply, carry until
+/// either side ends or `stop`.
+pub async fn carry(
     dialer: Dialer,
     mut stream: TcpStream,
     mode: Mode,

@@ -166,6 +166,12 @@ impl Listener {
         Ok(Listener { watm: watm.clone(), listener })
     }
 
+    /// Whether `args` can be given to this listener's connections
+    /// ([`Error::ConfigNotKeyValue`] if not), without waiting for one.
+    pub fn check_args(&self, args: &TransportArgs) -> Result<(), Error> {
+        pulled_config(&self.watm, args).map(drop)
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -188,7 +194,7 @@ impl Listener {
     /// Errors: as `accept`, plus [`Error::ConfigNotKeyValue`] (checked
     /// before waiting for a connection).
     pub async fn accept_with_args(&self, args: &TransportArgs) -> Result<(Connection, SocketAddr), Error> {
-        pulled_config(&self.watm, args)?;
+        self.check_args(args)?;
         let (accepted, peer) = self.listener.accept().await?;
         let _ = accepted.set_nodelay(true);
         let setup = |internal| Setup::Accept { internal, accepted };
