@@ -414,10 +414,14 @@ impl Upstream {
             };
             let cookie =
                 Cookie::read(std::path::Path::new(&path)).map_err(|e| env_error(format_args!("{e:#}")))?;
+            tracing::info!(%addr, "forwarding to tor's Extended ORPort (SAFE_COOKIE)");
             return Ok(Upstream::Extended { addr, cookie });
         }
         match env_nonempty("TOR_PT_ORPORT") {
-            Some(addr) => Ok(Upstream::OrPort(addr)),
+            Some(addr) => {
+                tracing::info!(%addr, "forwarding to tor's ORPort");
+                Ok(Upstream::OrPort(addr))
+            }
             None => Err(env_error("neither TOR_PT_ORPORT nor TOR_PT_EXTENDED_SERVER_PORT is set")),
         }
     }

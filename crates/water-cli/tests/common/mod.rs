@@ -26,8 +26,8 @@ impl Proc {
     pub fn start(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(program)
             .args(args)
-            .envs(env.iter().copied())
             .env("WATER_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -76,6 +76,20 @@ impl Proc {
             }
         }
         panic!("no final line within {limit:?}; got {got:?}");
+    }
+
+    /// Reads stdout lines until one satisfies `want` (returned), or
+    /// `limit` passes (every line read, as the error).
+    pub fn wait_for(&mut self, limit: Duration, want: impl Fn(&str) -> bool) -> Result<String, Vec<String>> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while let Some(line) = self.line(deadline.saturating_duration_since(Instant::now())) {
+            if want(&line) {
+                return Ok(line);
+            }
+            seen.push(line);
+        }
+        Err(seen)
     }
 
     /// Waits for the exit, at most `limit`.

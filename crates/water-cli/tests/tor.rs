@@ -1,0 +1,217 @@
+//! A real tor (Debian's `tor` package) over `water pt`: a bridge and a
+//! client, each a foreground tor with its own torrc and a fresh data
+//! directory, reach `new bridge descriptor ... (fresh)`, the proof that
+//! bytes crossed both PT halves both ways; negative controls must not.
+//!
+//! **Tor never reaches beyond loopback.** Each test re-runs this test
+//! binary under `unshare --net` (a network namespace with only loopback),
+//! where the `#[ignore]`d `netns_*` function does the work; that function
+//! refuses to start unless it sees a namespace with nothing but `lo`. And
+//! every torrc points the directory authorities at a dead loopback port and
+//! drops the fallback directories. If the namespace cannot be created the
+//! test fails; it never runs tor outside one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long a tor may take to register its transport or to fetch the
+/// bridge's descriptor (measured here: under 2 s).
+const TOR_STEP: Duration = Duration::from_secs(15);
+/// How long a negative control waits for what must not happen.
+const NEGATIVE_WAIT: Duration = Duration::from_secs(8);
+/// Bound on one whole namespaced run.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const NETNS_VAR: &str = "WATER_TOR_NETNS";
+
+/// Runs the ignored test `inner` of this binary inside a new network
+/// namespace and fails with its output unless it passes.
+fn in_namespace(inner: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(&exe)
+        .args([inner, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(NETNS_VAR, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run unshare (util-linux) to make the loopback-only network namespace");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{inner}: no result within {RUN_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        status.success() && text.contains("1 passed"),
+        "{inner} in a network namespace failed ({status}); unshare --net needs root (CI runs as root):\n{text}"
+    );
+}
+
+/// The inner half's guard: we are in the namespace the outer half made,
+/// and it has no interface but loopback (read through netlink's view in
+/// /proc/self/net, which follows the namespace, unlike /sys). Then brings
+/// `lo` up.
+fn enter_namespace() {
+    assert_eq!(
+        std::env::var(NETNS_VAR).as_deref(),
+        Ok("1"),
+        "refusing to run tor outside the loopback-only namespace (run the non-ignored test instead)"
+    );
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    let ifaces: Vec<&str> = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    assert_eq!(ifaces, ["lo"], "refusing to run tor: this namespace has other interfaces");
+    let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip (iproute2)");
+    assert!(up.success(), "cannot bring lo up in the namespace");
+    let tor =
+        Command::new("tor").arg("--version").output().expect("tor is not installed (.ci/run installs it)");
+    assert!(tor.status.success());
+}
+
+/// What every test torrc holds: logs on stdout, the authorities at a dead
+/// loopback port, no fallback directories.
+fn common_torrc(data: &Path) -> String {
+    let fake = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    format!(
+        "DataDirectory {}\nLog notice stdout\nSocksPort 0\n\
+         DirAuthority fake orport=1 no-v2 v3ident={fake} 127.0.0.1:1 {fake}\n\
+         UseDefaultFallbackDirs 0\n",
+        data.display()
+    )
+}
+
+fn start_tor(dir: &Path, name: &str, torrc: &str) -> Proc {
+    let data = dir.join(name);
+    let path = dir.join(format!("{name}.torrc"));
+    std::fs::write(&path, format!("{}{torrc}", common_torrc(&data))).unwrap();
+    // tor passes its environment on to `water pt`: its log at info.
+    Proc::start("tor", &["-f", path.to_str().unwrap()], &[("WATER_LOG", "info")])
+}
+
+/// A bridge tor whose server transport `t` is `water pt ARGS`, optionally
+/// through the Extended ORPort; returns it, the transport's address and
+/// the bridge's fingerprint.
+fn bridge(dir: &Path, t: &str, pt_args: &str, ext_orport: bool) -> (Proc, String, String) {
+    let ext = if ext_orport { "ExtORPort auto\n" } else { "" };
+    // tor takes no port 0 in ServerTransportListenAddr (without one, the PT
+    // would bind 0.0.0.0): a port the kernel just handed out, in a
+    // namespace where nothing else runs.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let torrc = format!(
+        "ORPort 127.0.0.1:auto\nBridgeRelay 1\nAssumeReachable 1\nPublishServerDescriptor 0\n\
+         ServerTransportPlugin {t} exec {WATER} pt {pt_args}\nServerTransportListenAddr {t} 127.0.0.1:{port}\n{ext}"
+    );
+    let mut tor = start_tor(dir, "bridge", &torrc);
+    let prefix = format!("Registered server transport '{t}' at '");
+    let line = tor
+        .wait_for(TOR_STEP, |l| l.contains(&prefix))
+        .unwrap_or_else(|seen| panic!("the bridge did not register {t}:\n{}", seen.join("\n")));
+    let addr = line.split(&prefix).nth(1).unwrap().trim_end_matches('\'').to_string();
+    let fingerprint = std::fs::read_to_string(dir.join("bridge/fingerprint")).unwrap();
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+    (tor, addr, fingerprint)
+}
+
+/// A client tor using bridge `bridge_line` through `water pt ARGS`; waits
+/// for the bridge's descriptor, `Ok(line)` or every line seen.
+fn client(
+    dir: &Path,
+    t: &str,
+    pt_args: &str,
+    bridge_line: &str,
+    limit: Duration,
+) -> Result<String, Vec<String>> {
+    let torrc =
+        format!("UseBridges 1\nClientTransportPlugin {t} exec {WATER} pt {pt_args}\nBridge {bridge_line}\n");
+    let mut tor = start_tor(dir, "client", &torrc);
+    tor.wait_for(limit, |l| l.contains("new bridge descriptor") && l.contains("(fresh)"))
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    temp_dir(&format!("tor-{tag}"))
+}
+
+fn positive(tag: &str, t: &str, ext_orport: bool) {
+    enter_namespace();
+    let dir = fresh_dir(tag);
+    let (_bridge, addr, fp) = bridge(&dir, t, "", ext_orport);
+    match client(&dir, t, "", &format!("{t} {addr} {fp}"), TOR_STEP) {
+        Ok(line) => eprintln!("{tag}: {line}"),
+        Err(seen) => panic!("{tag}: no fresh bridge descriptor within {TOR_STEP:?}:\n{}", seen.join("\n")),
+    }
+    let log = std::fs::read_to_string(dir.join("bridge/pt_state/water-pt.log")).unwrap_or_default();
+    let upstream = if ext_orport { "Extended ORPort (SAFE_COOKIE)" } else { "tor's ORPort" };
+    assert!(log.contains(upstream), "the bridge PT did not forward to the {upstream}:\n{log}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "the bridge PT logged a failure:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tor_bridge_and_client_over_water_pt_plain() {
+    in_namespace("netns_plain");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_and_client_over_water_pt_plain"]
+fn netns_plain() {
+    positive("plain", "plain", false);
+}
+
+#[test]
+fn tor_bridge_and_client_over_water_pt_through_the_extended_orport() {
+    in_namespace("netns_extorport");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_and_client_over_water_pt_through_the_extended_orport"]
+fn netns_extorport() {
+    positive("extorport", "plain", true);
+}
+
+#[test]
+fn tor_does_not_connect_through_mismatched_transports_or_a_dead_port() {
+    in_namespace("netns_negative");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_does_not_connect_through_mismatched_transports_or_a_dead_port"]
+fn netns_negative() {
+    enter_namespace();
+    let dir = fresh_dir("negative");
+    let (_bridge, addr, fp) = bridge(&dir, "plain", "", false);
+
+    // The client's "plain" is really `reverse` (a wrong transport, as a
+    // wrong key would be): the bridge's tor sees garbage, nothing arrives.
+    let reverse = dir.join("reverse.wasm");
+    std::fs::write(&reverse, watm_artifacts::Guest::named("reverse").unwrap().bytes()).unwrap();
+    let pt_args = format!("--transport plain={}", reverse.display());
+    let r = client(&dir, "plain", &pt_args, &format!("plain {addr} {fp}"), NEGATIVE_WAIT);
+    assert!(r.is_err(), "a mismatched transport still fetched the descriptor: {r:?}");
+    let _ = std::fs::remove_dir_all(dir.join("client"));
+
+    // The bridge line points at a port where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let r = client(&dir, "plain", "", &format!("plain {dead} {fp}"), NEGATIVE_WAIT);
+    assert!(r.is_err(), "a dead bridge port still fetched a descriptor: {r:?}");
+
+    // The positive control on the same bridge: the failures above were the
+    // transports', not the bridge's.
+    let _ = std::fs::remove_dir_all(dir.join("client"));
+    let r = client(&dir, "plain", "", &format!("plain {addr} {fp}"), TOR_STEP);
+    assert!(r.is_ok(), "the positive control failed: {r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
