@@ -158,6 +158,8 @@ fn run(transports: Vec<String>) -> Result<(), Reported> {
         .map_err(|e| env_error(format_args!("cannot start the runtime: {e}")))?;
     let result = runtime.block_on(async {
         let pt = Pt::new();
+        // Before the first method line: tor may signal as soon as it reads one.
+        watch_signals(pt.accepting.clone(), pt.kill.clone());
         if let Some(names) = client {
             pt.start_clients(&names, &own).await;
         }
@@ -346,7 +348,6 @@ impl Pt {
 
     /// Waits for the end: signals and stdin decide (see the module docs).
     async fn run(self) {
-        watch_signals(self.accepting.clone(), self.kill.clone());
         if env("TOR_PT_EXIT_ON_STDIN_CLOSE").as_deref() == Some("1") {
             let kill = self.kill.clone();
             tokio::spawn(async move {
