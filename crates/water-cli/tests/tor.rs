@@ -82,24 +82,43 @@ fn enter_namespace() {
     assert!(tor.status.success());
 }
 
-/// What every test torrc holds: logs on stdout, the authorities at a dead
-/// loopback port, no fallback directories.
-fn common_torrc(data: &Path) -> String {
+/// The directory authority every bridge test names: a dead loopback port.
+fn dead_authority() -> String {
     let fake = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    format!(
-        "DataDirectory {}\nLog notice stdout\nSocksPort 0\n\
-         DirAuthority fake orport=1 no-v2 v3ident={fake} 127.0.0.1:1 {fake}\n\
-         UseDefaultFallbackDirs 0\n",
-        data.display()
-    )
+    format!("DirAuthority fake orport=1 no-v2 v3ident={fake} 127.0.0.1:1 {fake}")
+}
+
+/// What every test torrc holds: logs on stdout, no fallback directories,
+/// and the given (loopback) authority.
+fn common_torrc(data: &Path, authority: &str) -> String {
+    format!("DataDirectory {}\nLog notice stdout\nUseDefaultFallbackDirs 0\n{authority}\n", data.display())
 }
 
 fn start_tor(dir: &Path, name: &str, torrc: &str) -> Proc {
+    start_tor_with(dir, name, &format!("SocksPort 0\n{torrc}"), &dead_authority())
+}
+
+fn start_tor_with(dir: &Path, name: &str, torrc: &str, authority: &str) -> Proc {
     let data = dir.join(name);
     let path = dir.join(format!("{name}.torrc"));
-    std::fs::write(&path, format!("{}{torrc}", common_torrc(&data))).unwrap();
+    std::fs::write(&path, format!("{}{torrc}", common_torrc(&data, authority))).unwrap();
     // tor passes its environment on to `water pt`: its log at info.
     Proc::start("tor", &["-f", path.to_str().unwrap()], &[("WATER_LOG", "info")])
+}
+
+/// A port the kernel just handed out, for a torrc (tor takes no port 0 in
+/// most of its port options); inside a namespace where nothing else runs.
+/// Never the same port twice in one process.
+fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A bridge tor whose server transport `t` is `water pt ARGS`, optionally
@@ -107,10 +126,8 @@ fn start_tor(dir: &Path, name: &str, torrc: &str) -> Proc {
 /// the bridge's fingerprint.
 fn bridge(dir: &Path, t: &str, pt_args: &str, ext_orport: bool) -> (Proc, String, String) {
     let ext = if ext_orport { "ExtORPort auto\n" } else { "" };
-    // tor takes no port 0 in ServerTransportListenAddr (without one, the PT
-    // would bind 0.0.0.0): a port the kernel just handed out, in a
-    // namespace where nothing else runs.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Without a listen address the PT would bind 0.0.0.0.
+    let port = free_port();
     let torrc = format!(
         "ORPort 127.0.0.1:auto\nBridgeRelay 1\nAssumeReachable 1\nPublishServerDescriptor 0\n\
          ServerTransportPlugin {t} exec {WATER} pt {pt_args}\nServerTransportListenAddr {t} 127.0.0.1:{port}\n{ext}"
@@ -213,5 +230,115 @@ fn netns_negative() {
     let _ = std::fs::remove_dir_all(dir.join("client"));
     let r = client(&dir, "plain", "", &format!("plain {addr} {fp}"), TOR_STEP);
     assert!(r.is_ok(), "the positive control failed: {r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The private network's common options (chutney-like, small intervals).
+const TESTING: &str = "TestingTorNetwork 1\nTestingDirAuthVoteExit *\nTestingDirAuthVoteGuard *\n\
+    TestingDirAuthVoteHSDir *\nTestingMinExitFlagThreshold 0\nV3AuthNIntervalsValid 2\n\
+    PathsNeededToBuildCircuits 0.25\nConfluxEnabled 0\nAssumeReachable 1\nAddress 127.0.0.1\n";
+
+/// How long the client may take to bootstrap fully (measured: 7–24 s).
+const BOOTSTRAP_LIMIT: Duration = Duration::from_secs(90);
+
+#[test]
+fn tor_private_network_bootstraps_over_water_pt_and_fetches_a_page() {
+    in_namespace("netns_private_network");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_private_network_bootstraps_over_water_pt_and_fetches_a_page"]
+fn netns_private_network() {
+    enter_namespace();
+    let dir = fresh_dir("private");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello through a private tor network\n").unwrap();
+    let (_web, web) = web_server(&www);
+
+    // The directory authority's keys.
+    let (da_or, da_dir) = (free_port(), free_port());
+    let keys = dir.join("da/keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let mut gencert = Command::new("tor-gencert")
+        .current_dir(&keys)
+        .args([
+            "--create-identity-key",
+            "-m",
+            "12",
+            "-a",
+            &format!("127.0.0.1:{da_dir}"),
+            "--passphrase-fd",
+            "0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tor-gencert (package tor)");
+    drop(gencert.stdin.take());
+    assert!(gencert.wait().unwrap().success(), "tor-gencert failed");
+    let cert = std::fs::read_to_string(keys.join("authority_certificate")).unwrap();
+    let v3 = cert.lines().find_map(|l| l.strip_prefix("fingerprint ")).unwrap().trim().to_string();
+    let da_torrc = format!(
+        "{TESTING}Nickname da\nORPort 127.0.0.1:{da_or}\nDirPort 127.0.0.1:{da_dir}\nSocksPort 0\n\
+         AuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\nContactInfo da@test.invalid\n\
+         TestingV3AuthInitialVotingInterval 5\nTestingV3AuthInitialVoteDelay 2\n\
+         TestingV3AuthInitialDistDelay 2\nV3AuthVotingInterval 10\nV3AuthVoteDelay 2\n\
+         V3AuthDistDelay 2\nExitPolicy reject *:*\n"
+    );
+    // Its relay fingerprint (listed with a placeholder authority).
+    let torrc = dir.join("da.torrc");
+    std::fs::write(&torrc, format!("{}{da_torrc}", common_torrc(&dir.join("da"), &dead_authority())))
+        .unwrap();
+    let listed =
+        Command::new("tor").args(["-f", torrc.to_str().unwrap(), "--list-fingerprint"]).output().unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stdout));
+    let da_fp = std::fs::read_to_string(dir.join("da/fingerprint")).unwrap();
+    let da_fp = da_fp.split_whitespace().nth(1).unwrap().to_string();
+    let authority = format!("DirAuthority da orport={da_or} no-v2 v3ident={v3} 127.0.0.1:{da_dir} {da_fp}");
+
+    let mut tors = vec![start_tor_with(&dir, "da", &da_torrc, &authority)];
+    for i in 1..=3 {
+        let relay = format!(
+            "{TESTING}Nickname r{i}\nORPort 127.0.0.1:{}\nDirPort 127.0.0.1:{}\nSocksPort 0\n\
+             ExitPolicy accept *:*\nExitPolicyRejectPrivate 0\nContactInfo r{i}@test.invalid\n",
+            free_port(),
+            free_port()
+        );
+        tors.push(start_tor_with(&dir, &format!("r{i}"), &relay, &authority));
+    }
+    let pt_port = free_port();
+    let bridge = format!(
+        "{TESTING}Nickname br\nORPort 127.0.0.1:{}\nSocksPort 0\nBridgeRelay 1\n\
+         PublishServerDescriptor 0\nExtORPort auto\nExitPolicy reject *:*\n\
+         ServerTransportPlugin plain exec {WATER} pt\nServerTransportListenAddr plain 127.0.0.1:{pt_port}\n",
+        free_port()
+    );
+    let mut bridge_tor = start_tor_with(&dir, "bridge", &bridge, &authority);
+    bridge_tor
+        .wait_for(TOR_STEP, |l| l.contains("Registered server transport 'plain'"))
+        .unwrap_or_else(|seen| panic!("the bridge did not register plain:\n{}", seen.join("\n")));
+    let bridge_fp = std::fs::read_to_string(dir.join("bridge/fingerprint")).unwrap();
+    let bridge_fp = bridge_fp.split_whitespace().nth(1).unwrap().to_string();
+
+    let socks = free_port();
+    let client = format!(
+        "{TESTING}SocksPort 127.0.0.1:{socks}\nUseBridges 1\nClientTransportPlugin plain exec {WATER} pt\n\
+         Bridge plain 127.0.0.1:{pt_port} {bridge_fp}\n"
+    );
+    let mut client_tor = start_tor_with(&dir, "client", &client, &authority);
+    let started = Instant::now();
+    client_tor
+        .wait_for(BOOTSTRAP_LIMIT, |l| l.contains("Bootstrapped 100%"))
+        .unwrap_or_else(|seen| panic!("no 100% bootstrap within {BOOTSTRAP_LIMIT:?}:\n{}", seen.join("\n")));
+    eprintln!("private network: bootstrapped in {:.1?}", started.elapsed());
+
+    let page = curl_socks(&format!("127.0.0.1:{socks}"), &format!("http://{web}/index.html"), &[])
+        .unwrap_or_else(|e| panic!("the page through tor's SocksPort: {e}"));
+    assert_eq!(page, b"hello through a private tor network\n");
+    let log = std::fs::read_to_string(dir.join("bridge/pt_state/water-pt.log")).unwrap_or_default();
+    assert!(log.contains("Extended ORPort (SAFE_COOKIE)"), "{log}");
+    drop((tors, bridge_tor, client_tor));
     let _ = std::fs::remove_dir_all(&dir);
 }
