@@ -107,6 +107,11 @@ enum Command {
         /// what tor's lines call it.
         #[arg(long = "transport", short = 't', value_name = "NAME=PATH")]
         transports: Vec<String>,
+        /// The config file of transport NAME (what its pull_config reads
+        /// before the bridge line's or ServerTransportOptions' arguments);
+        /// repeatable.
+        #[arg(long = "config", value_name = "NAME=FILE")]
+        configs: Vec<String>,
     },
     /// Validate a transport and self-test every role it exports on loopback.
     Check {
@@ -153,7 +158,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The PT logs to a file in its state directory, never to stderr.
     let cli = match cli.command {
-        Command::Pt { transports } => return pt::main(transports),
+        Command::Pt { transports, configs } => return pt::main(transports, configs),
         command => Cli { command },
     };
     tracing_subscriber::fmt()

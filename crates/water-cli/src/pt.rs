@@ -79,20 +79,56 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
-/// `water pt`'s own transports: `--transport name=path.wasm`, on top of
-/// the built-ins.
-pub fn parse_transports(specs: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+/// `NAME=PATH` options (`--transport`, `--config`) by name.
+fn parse_named(flag: &str, specs: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut map = BTreeMap::new();
     for spec in specs {
         let (name, path) =
-            spec.split_once('=').with_context(|| format!("--transport {spec}: expected name=path.wasm"))?;
-        anyhow::ensure!(
-            valid_name(name),
-            "--transport {spec}: `{name}` is not a transport name (C identifier)"
-        );
+            spec.split_once('=').with_context(|| format!("{flag} {spec}: expected NAME=PATH"))?;
+        anyhow::ensure!(valid_name(name), "{flag} {spec}: `{name}` is not a transport name (C identifier)");
+        anyhow::ensure!(!path.is_empty(), "{flag} {spec}: empty path");
         map.insert(name.to_string(), PathBuf::from(path));
     }
     Ok(map)
+}
+
+/// The transports `water pt` knows: the built-ins, `--transport
+/// NAME=PATH.wasm` (which may also replace a built-in's name), and each
+/// one's `--config NAME=FILE`.
+#[derive(Debug, Default)]
+pub struct Modules {
+    paths: BTreeMap<String, PathBuf>,
+    configs: BTreeMap<String, PathBuf>,
+}
+
+impl Modules {
+    pub fn parse(transports: &[String], configs: &[String]) -> anyhow::Result<Modules> {
+        Ok(Modules {
+            paths: parse_named("--transport", transports)?,
+            configs: parse_named("--config", configs)?,
+        })
+    }
+
+    /// Names from a `TOR_PT_*_TRANSPORTS` list (`*`: every one we have).
+    fn requested(&self, names: &str) -> Vec<String> {
+        if names == "*" {
+            let mut all: Vec<String> = transport::builtins().into_iter().map(String::from).collect();
+            all.extend(self.paths.keys().filter(|n| !all.contains(n)).cloned().collect::<Vec<_>>());
+            return all;
+        }
+        names.split(',').filter(|n| !n.is_empty()).map(String::from).collect()
+    }
+
+    /// The module a transport name means, with its config; `None` for a
+    /// name we do not know.
+    fn load(&self, name: &str) -> Option<anyhow::Result<Watm>> {
+        let config = self.configs.get(name).map(PathBuf::as_path);
+        if let Some(path) = self.paths.get(name) {
+            return Some(transport::load(&path.to_string_lossy(), config));
+        }
+        let builtin = valid_name(name) && transport::builtins().contains(&name);
+        builtin.then(|| transport::load(name, config))
+    }
 }
 
 /// pt-spec: transport names are C identifiers.
@@ -103,14 +139,14 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Entry point: runs the PT to its end and gives the exit code.
-pub fn main(transports: Vec<String>) -> ExitCode {
-    match run(transports) {
+pub fn main(transports: Vec<String>, configs: Vec<String>) -> ExitCode {
+    match run(transports, configs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Reported) => ExitCode::FAILURE,
     }
 }
 
-fn run(transports: Vec<String>) -> Result<(), Reported> {
+fn run(transports: Vec<String>, configs: Vec<String>) -> Result<(), Reported> {
     // The version comes first: nothing else means anything without it.
     let Some(versions) = env("TOR_PT_MANAGED_TRANSPORT_VER") else {
         return Err(env_error("TOR_PT_MANAGED_TRANSPORT_VER is not set (water pt is run by tor)"));
@@ -141,7 +177,7 @@ fn run(transports: Vec<String>) -> Result<(), Reported> {
         )
         .init();
 
-    let own = parse_transports(&transports).map_err(|e| env_error(format_args!("{e:#}")))?;
+    let own = Modules::parse(&transports, &configs).map_err(|e| env_error(format_args!("{e:#}")))?;
     let client = env_nonempty("TOR_PT_CLIENT_TRANSPORTS");
     let server = env_nonempty("TOR_PT_SERVER_TRANSPORTS");
     if client.is_none() && server.is_none() {
@@ -185,34 +221,14 @@ struct Pt {
     tasks: TaskTracker,
 }
 
-/// Names from a `TOR_PT_*_TRANSPORTS` list (`*`: every one we have).
-fn requested(names: &str, own: &BTreeMap<String, PathBuf>) -> Vec<String> {
-    if names == "*" {
-        let mut all: Vec<String> = transport::builtins().into_iter().map(String::from).collect();
-        all.extend(own.keys().filter(|n| !all.contains(n)).cloned().collect::<Vec<_>>());
-        return all;
-    }
-    names.split(',').filter(|n| !n.is_empty()).map(String::from).collect()
-}
-
-/// The module a transport name means: `--transport name=path` first, then
-/// a built-in. `None` for a name we do not know.
-fn load(name: &str, own: &BTreeMap<String, PathBuf>) -> Option<anyhow::Result<Watm>> {
-    if let Some(path) = own.get(name) {
-        return Some(transport::load(&path.to_string_lossy(), None));
-    }
-    let builtin = valid_name(name) && transport::builtins().contains(&name);
-    builtin.then(|| transport::load(name, None))
-}
-
 impl Pt {
     fn new() -> Pt {
         Pt { accepting: CancellationToken::new(), kill: CancellationToken::new(), tasks: TaskTracker::new() }
     }
 
-    async fn start_clients(&self, names: &str, own: &BTreeMap<String, PathBuf>) {
-        for name in requested(names, own) {
-            let dialer = match load(&name, own) {
+    async fn start_clients(&self, names: &str, own: &Modules) {
+        for name in own.requested(names) {
+            let dialer = match own.load(&name) {
                 None => Err(anyhow::anyhow!(
                     "no such transport (built-ins: {})",
                     transport::builtins().join(", ")
@@ -238,16 +254,16 @@ impl Pt {
         say("CMETHODS DONE");
     }
 
-    async fn start_servers(&self, names: &str, own: &BTreeMap<String, PathBuf>) -> Result<(), Reported> {
+    async fn start_servers(&self, names: &str, own: &Modules) -> Result<(), Reported> {
         let upstream = Upstream::from_env()?;
         let binds = parse_bindaddrs(env("TOR_PT_SERVER_BINDADDR").as_deref().unwrap_or(""));
         let options = parse_options(env("TOR_PT_SERVER_TRANSPORT_OPTIONS").as_deref().unwrap_or(""))
             .map_err(|e| env_error(format_args!("TOR_PT_SERVER_TRANSPORT_OPTIONS: {e}")))?;
-        for name in requested(names, own) {
+        for name in own.requested(names) {
             let args = options.get(&name).cloned().unwrap_or_default();
             let bind = binds.get(&name).cloned().unwrap_or_else(|| "127.0.0.1:0".into());
             let started = async {
-                let watm = match load(&name, own) {
+                let watm = match own.load(&name) {
                     None => anyhow::bail!("no such transport"),
                     Some(watm) => watm?,
                 };
@@ -546,8 +562,9 @@ mod tests {
     #[test]
     fn names() {
         assert!(valid_name("obfs4") && valid_name("_x") && !valid_name("4x") && !valid_name("a-b"));
-        assert!(parse_transports(&["mine=/tmp/m.wasm".into()]).is_ok());
-        assert!(parse_transports(&["mine".into()]).is_err());
-        assert!(parse_transports(&["a-b=/x".into()]).is_err());
+        assert!(Modules::parse(&["mine=/tmp/m.wasm".into()], &["xor=/etc/key".into()]).is_ok());
+        assert!(Modules::parse(&["mine".into()], &[]).is_err());
+        assert!(Modules::parse(&["a-b=/x".into()], &[]).is_err());
+        assert!(Modules::parse(&[], &["x=".into()]).is_err());
     }
 }
