@@ -128,20 +128,17 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<Reque
     if version != VERSION {
         return Err(HandshakeError::Version(version));
     }
+    // The whole request is read before any refusal, so that closing after
+    // the reply never discards it with a reset (an unknown address type
+    // has no known length: refused at once).
     let host = match atyp {
-        0x01 => Ipv4Addr::from(read_array::<4, _>(s).await?).to_string(),
-        0x04 => format!("[{}]", Ipv6Addr::from(read_array::<16, _>(s).await?)),
+        0x01 => Ok(Ipv4Addr::from(read_array::<4, _>(s).await?).to_string()),
+        0x04 => Ok(format!("[{}]", Ipv6Addr::from(read_array::<16, _>(s).await?))),
         0x03 => {
             let [len] = read_array(s).await?;
             let mut name = vec![0u8; usize::from(len)];
             s.read_exact(&mut name).await?;
-            match String::from_utf8(name) {
-                Ok(name) if !name.is_empty() => name,
-                _ => {
-                    reply(s, Reply::HostUnreachable).await?;
-                    return Err(HandshakeError::BadDomain);
-                }
-            }
+            String::from_utf8(name).ok().filter(|n| !n.is_empty()).ok_or(HandshakeError::BadDomain)
         }
         other => {
             reply(s, Reply::AddressTypeNotSupported).await?;
@@ -149,6 +146,13 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<Reque
         }
     };
     let port = u16::from_be_bytes(read_array(s).await?);
+    let host = match host {
+        Ok(host) => host,
+        Err(e) => {
+            reply(s, Reply::HostUnreachable).await?;
+            return Err(e);
+        }
+    };
     if command != CONNECT {
         reply(s, Reply::CommandNotSupported).await?;
         return Err(HandshakeError::Command(command));

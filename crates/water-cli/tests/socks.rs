@@ -42,11 +42,12 @@ fn socks(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Sends `bytes` and reads until the server closes.
+/// Sends `bytes` and reads until the server closes. (The server may close
+/// before reading everything, so writing may fail: that is fine.)
 fn answer(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut s = socks(addr);
-    s.write_all(bytes).unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     got
@@ -186,7 +187,7 @@ fn malformed_and_unsupported_requests_get_reply_codes_and_the_proxy_lives_on() {
     assert_eq!(answer(proxy, b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50"), reply(7));
     assert_eq!(answer(proxy, b"\x05\x01\x00\x05\x03\x00\x01\x7f\x00\x00\x01\x00\x50"), reply(7));
     // Address type 9: not supported.
-    assert_eq!(answer(proxy, b"\x05\x01\x00\x05\x01\x00\x09\x00\x50"), reply(8));
+    assert_eq!(answer(proxy, b"\x05\x01\x00\x05\x01\x00\x09"), reply(8));
     // A name that is not UTF-8: host unreachable.
     assert_eq!(answer(proxy, b"\x05\x01\x00\x05\x01\x00\x03\x02\xff\xfe\x00\x50"), reply(4));
     // Truncated, then the client leaves.
