@@ -232,7 +232,7 @@ fn netns_negative() {
     let right = xor_key(&dir, "right", "9f3c51a7e0");
     let (_bridge, addr, fp) = bridge(&dir, "xor", &right, false);
     let line = format!("xor {addr} {fp}");
-    let mut attempt = |pt_args: &str, line: &str, limit| {
+    let attempt = |pt_args: &str, line: &str, limit| {
         let _ = std::fs::remove_dir_all(dir.join("client"));
         client(&dir, "xor", pt_args, line, limit)
     };
