@@ -265,3 +265,42 @@ fn first_sigint_stops_accepting_and_drains_the_second_ends_it() {
     assert!(status.success(), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn server_transport_options_reach_the_guest_as_its_arguments() {
+    let dir = temp_dir("pt-options");
+    // The config-echo fixture writes its whole config to the connection it
+    // accepted: what the guest saw.
+    let wasm = dir.join("config_echo.wasm");
+    let wat = include_str!("../../water/tests/fixtures/config_echo.wat");
+    std::fs::write(&wasm, wat::parse_str(wat).unwrap()).unwrap();
+    let config = dir.join("echo.conf");
+    std::fs::write(&config, "mode=module\n").unwrap();
+    let mut pt = Proc::start(
+        WATER,
+        &[
+            "pt",
+            "--transport",
+            &format!("echo={}", wasm.display()),
+            "--config",
+            &format!("echo={}", config.display()),
+        ],
+        &[
+            ("TOR_PT_MANAGED_TRANSPORT_VER", "1"),
+            ("TOR_PT_STATE_LOCATION", dir.join("state").to_str().unwrap()),
+            ("TOR_PT_SERVER_TRANSPORTS", "echo"),
+            ("TOR_PT_SERVER_TRANSPORT_OPTIONS", r"echo:secret=a\;b;echo:mode=bridge"),
+            ("TOR_PT_ORPORT", &echo_server().to_string()),
+        ],
+    );
+    let lines = pt.lines_until(LIMIT, |l| l == "SMETHODS DONE");
+    let addr: SocketAddr = lines[1].split(' ').nth(2).unwrap().parse().unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut seen = Vec::new();
+    s.read_to_end(&mut seen).unwrap();
+    // The module's config, then the bridge's options for this transport,
+    // re-escaped; the later `mode` wins for a guest reading it.
+    assert_eq!(String::from_utf8_lossy(&seen), "mode=module\n\nsecret=a\\;b;mode=bridge");
+    let _ = std::fs::remove_dir_all(&dir);
+}
