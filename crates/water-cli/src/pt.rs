@@ -24,8 +24,8 @@
 //! `TOR_PT_EXIT_ON_STDIN_CLOSE=1`, ends everything at once.
 //!
 //! Logs go to `water-pt.log` in the state directory (`WATER_LOG` sets the
-//! level), never to stderr, which tor does not read. Transport arguments
-//! are never logged.
+//! level), warnings and errors also to tor as PT `LOG` lines; never to
+//! stderr, which tor does not read. Transport arguments are never logged.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -77,6 +77,57 @@ fn env_error(message: impl std::fmt::Display) -> Reported {
 
 fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
+}
+
+/// Warnings and errors also go to tor as PT `LOG` lines (`LOG
+/// SEVERITY=warning MESSAGE="..."`), which tor writes to its own log.
+struct PtLog;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PtLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let severity = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            _ => return,
+        };
+        let mut text = Message(String::new());
+        event.record(&mut text);
+        say(format_args!("LOG SEVERITY={severity} MESSAGE={}", quoted(&text.0)));
+    }
+}
+
+/// The event's message, then its fields as ` key=value`.
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+/// A double-quoted string with C escapes, as tor's key=value lines take.
+fn quoted(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// `NAME=PATH` options (`--transport`, `--config`) by name.
@@ -168,14 +219,13 @@ fn run(transports: Vec<String>, configs: Vec<String>) -> Result<(), Reported> {
         Ok(f) => f,
         Err(e) => return Err(env_error(format_args!("cannot open {}: {e}", state.join(LOG_FILE).display()))),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::sync::Mutex::new(log))
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WATER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    {
+        use tracing_subscriber::prelude::*;
+        let filter = tracing_subscriber::EnvFilter::try_from_env("WATER_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let file = tracing_subscriber::fmt::layer().with_writer(std::sync::Mutex::new(log)).with_ansi(false);
+        tracing_subscriber::registry().with(filter).with(file).with(PtLog).init();
+    }
 
     let own = Modules::parse(&transports, &configs).map_err(|e| env_error(format_args!("{e:#}")))?;
     let client = env_nonempty("TOR_PT_CLIENT_TRANSPORTS");
@@ -557,6 +607,11 @@ mod tests {
         let args = TransportArgs::new().arg("key", "c0").arg("cert", "a,b=");
         assert_eq!(smethod_args(&args), r" ARGS:key=c0,cert=a\,b\=");
         assert_eq!(smethod_args(&TransportArgs::new()), "");
+    }
+
+    #[test]
+    fn log_messages_are_quoted_on_one_line() {
+        assert_eq!(quoted("a \"b\" c\\d\ne"), r#""a \"b\" c\\d\ne""#);
     }
 
     #[test]

@@ -69,6 +69,15 @@ fn round_trip(s: &mut TcpStream, text: &[u8]) {
     assert_eq!(back, text);
 }
 
+/// The protocol lines up to `done`, without `LOG` lines (returned apart).
+fn methods_and_logs(pt: &mut Proc, done: &str) -> (Vec<String>, Vec<String>) {
+    pt.lines_until(LIMIT, |l| l == done).into_iter().partition(|l| !l.starts_with("LOG "))
+}
+
+fn methods(pt: &mut Proc, done: &str) -> Vec<String> {
+    methods_and_logs(pt, done).0
+}
+
 fn signal(p: &Proc, sig: i32) {
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     let r = unsafe { libc::kill(p.child.id() as i32, sig) };
@@ -159,7 +168,12 @@ fn client_methods_socks_half_and_exit_on_stdin_close() {
             ("TOR_PT_EXIT_ON_STDIN_CLOSE", "1"),
         ],
     );
-    let lines = pt.lines_until(LIMIT, |l| l == "CMETHODS DONE");
+    let (lines, logs) = methods_and_logs(&mut pt, "CMETHODS DONE");
+    // Built-in xor without --config: the demo key, said to tor.
+    assert!(
+        logs.iter().any(|l| l.starts_with("LOG SEVERITY=warning MESSAGE=") && l.contains("demo key")),
+        "{logs:?}"
+    );
     assert_eq!(lines[0], "VERSION 1");
     assert!(lines[1].starts_with("CMETHOD plain socks5 127.0.0.1:"), "{lines:?}");
     assert!(lines[2].starts_with("CMETHOD-ERROR nope "), "{lines:?}");
@@ -205,7 +219,7 @@ fn server_methods_options_and_forwarding_to_the_orport() {
             ("TOR_PT_EXTENDED_SERVER_PORT", ""),
         ],
     );
-    let lines = pt.lines_until(LIMIT, |l| l == "SMETHODS DONE");
+    let lines = methods(&mut pt, "SMETHODS DONE");
     assert_eq!(lines[0], "VERSION 1");
     let parts: Vec<&str> = lines[1].split(' ').collect();
     assert_eq!((parts[0], parts[1], parts[3]), ("SMETHOD", "plain", "ARGS:mode=a;b"), "{lines:?}");
@@ -240,7 +254,7 @@ fn first_sigint_stops_accepting_and_drains_the_second_ends_it() {
             ("TOR_PT_CLIENT_TRANSPORTS", "plain"),
         ],
     );
-    let lines = pt.lines_until(LIMIT, |l| l == "CMETHODS DONE");
+    let lines = methods(&mut pt, "CMETHODS DONE");
     let proxy: SocketAddr = lines[1].rsplit(' ').next().unwrap().parse().unwrap();
     let mut open = socks_connect(proxy, echo).unwrap();
     round_trip(&mut open, b"before");
@@ -293,7 +307,7 @@ fn server_transport_options_reach_the_guest_as_its_arguments() {
             ("TOR_PT_ORPORT", &echo_server().to_string()),
         ],
     );
-    let lines = pt.lines_until(LIMIT, |l| l == "SMETHODS DONE");
+    let lines = methods(&mut pt, "SMETHODS DONE");
     let addr: SocketAddr = lines[1].split(' ').nth(2).unwrap().parse().unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(LIMIT)).unwrap();
@@ -302,5 +316,36 @@ fn server_transport_options_reach_the_guest_as_its_arguments() {
     // The module's config, then the bridge's options for this transport,
     // re-escaped; the later `mode` wins for a guest reading it.
     assert_eq!(String::from_utf8_lossy(&seen), "mode=module\n\nsecret=a\\;b;mode=bridge");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failed_connection_is_a_pt_log_line_for_tor_and_the_pt_serves_on() {
+    let dir = temp_dir("pt-log");
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut pt = Proc::start(
+        WATER,
+        &["pt"],
+        &[
+            ("TOR_PT_MANAGED_TRANSPORT_VER", "1"),
+            ("TOR_PT_STATE_LOCATION", dir.join("state").to_str().unwrap()),
+            ("TOR_PT_SERVER_TRANSPORTS", "plain"),
+            ("TOR_PT_ORPORT", &dead.to_string()),
+        ],
+    );
+    let lines = methods(&mut pt, "SMETHODS DONE");
+    let addr: SocketAddr = lines[1].split(' ').nth(2).unwrap().parse().unwrap();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let log = pt.wait_for(LIMIT, |l| l.starts_with("LOG ")).expect("no LOG line");
+        assert!(
+            log.starts_with("LOG SEVERITY=warning MESSAGE=\"connection failed: connect to tor's ORPort"),
+            "{log}"
+        );
+    }
+    assert!(pt.child.try_wait().unwrap().is_none(), "the PT exited");
     let _ = std::fs::remove_dir_all(&dir);
 }
