@@ -4,6 +4,9 @@
 //! - `transport`: resolving `T` (a built-in name or a `.wasm` path) and the
 //!   config.
 //! - `tunnel`: `client`, `server`, `relay`, and their shutdown.
+//! - `socks`: the SOCKS5 front of `client --socks5` (and of `pt`).
+//! - `pt`, `extorport`: `water pt`, Tor's pluggable-transport managed mode,
+//!   and the Extended ORPort client it forwards through.
 //! - `check`: validation plus a loopback self-test of every exported role.
 //! - `demo`: the whole chain on loopback, with a table of figures.
 //!
@@ -14,8 +17,11 @@
 mod bench;
 mod check;
 mod demo;
+mod extorport;
 mod loopback;
+mod pt;
 mod scale;
+mod socks;
 mod transport;
 mod tunnel;
 
@@ -48,14 +54,22 @@ struct TransportArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Accept plain TCP on --listen; carry each connection through the
-    /// transport (dialer role) to --remote.
+    /// transport (dialer role) to --remote. With --socks5, accept SOCKS5
+    /// instead: without --remote the SOCKS target is what the transport
+    /// dials and the username/password are the connection's transport
+    /// arguments (k=v;k=v, Tor's convention); with --remote, that is
+    /// dialed and the guest gets the target as argument target=host:port.
     Client {
         #[command(flatten)]
         t: TransportArgs,
         #[arg(long)]
         listen: String,
+        #[arg(long, required_unless_present = "socks5")]
+        remote: Option<String>,
+        /// Serve SOCKS5 (RFC 1928 CONNECT; no auth or RFC 1929
+        /// username/password) on --listen.
         #[arg(long)]
-        remote: String,
+        socks5: bool,
     },
     /// Accept transport connections on --listen (listener role); forward each
     /// decoded stream to --forward over plain TCP.
@@ -76,6 +90,28 @@ enum Command {
         listen: String,
         #[arg(long)]
         remote: String,
+    },
+    /// Run as a Tor pluggable transport (managed mode, pt-spec version 1):
+    /// tor starts it from a ClientTransportPlugin or ServerTransportPlugin
+    /// line and configures it through TOR_PT_* environment variables;
+    /// answers go to stdout as PT protocol lines, logs to water-pt.log in
+    /// TOR_PT_STATE_LOCATION. Built-in transports by name; others with
+    /// --transport.
+    #[command(after_help = "Example torrc lines (client, then bridge):\n  \
+        ClientTransportPlugin plain exec /usr/local/bin/water pt\n  \
+        Bridge plain 192.0.2.1:443 <FINGERPRINT>\n  \
+        ServerTransportPlugin mine exec /usr/local/bin/water pt --transport mine=/etc/water/mine.wasm\n  \
+        ServerTransportListenAddr mine 0.0.0.0:443")]
+    Pt {
+        /// A transport from a file: NAME=PATH.wasm (repeatable); NAME is
+        /// what tor's lines call it.
+        #[arg(long = "transport", short = 't', value_name = "NAME=PATH")]
+        transports: Vec<String>,
+        /// The config file of transport NAME (what its pull_config reads
+        /// before the bridge line's or ServerTransportOptions' arguments);
+        /// repeatable.
+        #[arg(long = "config", value_name = "NAME=FILE")]
+        configs: Vec<String>,
     },
     /// Validate a transport and self-test every role it exports on loopback.
     Check {
@@ -120,6 +156,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The PT logs to a file in its state directory, never to stderr.
+    let cli = match cli.command {
+        Command::Pt { transports, configs } => return pt::main(transports, configs),
+        command => Cli { command },
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -134,8 +175,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Client { t, listen, remote } => {
+            Command::Client { t, listen, remote, socks5: false } => {
+                let remote = remote.expect("clap requires --remote without --socks5");
                 tunnel::client(&t.transport, t.config.as_deref(), &listen, remote).await
+            }
+            Command::Client { t, listen, remote, socks5: true } => {
+                let mode = remote.map_or(socks::Mode::Bridge, socks::Mode::Proxy);
+                tunnel::socks_client(&t.transport, t.config.as_deref(), &listen, mode).await
             }
             Command::Server { t, listen, forward } => {
                 tunnel::server(&t.transport, t.config.as_deref(), &listen, forward).await
@@ -145,6 +191,7 @@ fn main() -> ExitCode {
             }
             Command::Check { transport, config } => check::run(&transport, config.as_deref()).await,
             Command::Demo => demo::run().await,
+            Command::Pt { .. } => unreachable!("dispatched before the runtime"),
             Command::Echo { listen } => tunnel::echo(&listen).await,
             Command::Bench { transport, config, connections, seconds, json, scale } => {
                 bench::run(bench::Options {

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use water::{Dialer, Listener, Relay, Role};
 
-use crate::transport;
+use crate::{socks, transport};
 
 /// How long connections still open at shutdown get before the process exits.
 const DRAIN: Duration = Duration::from_millis(1500);
@@ -92,6 +92,18 @@ pub async fn run_client(
     .await
 }
 
+/// `water client --socks5`: SOCKS5 in front of the dialer (see [`socks::Mode`]).
+pub async fn socks_client(
+    t: &str,
+    config: Option<&Path>,
+    listen: &str,
+    mode: socks::Mode,
+) -> anyhow::Result<()> {
+    let dialer = Dialer::new(&transport::load(t, config)?)?;
+    let listener = bind(listen).await?;
+    socks::serve(dialer, listener, mode, on_signal()?).await
+}
+
 pub async fn server(t: &str, config: Option<&Path>, listen: &str, forward: String) -> anyhow::Result<()> {
     let watm = transport::load(t, config)?;
     if !watm.supports(Role::Listener) {
@@ -149,7 +161,11 @@ pub async fn relay(t: &str, config: Option<&Path>, listen: &str, remote: String)
 }
 
 /// Accepts until `stop`, running `handle` per connection as its own task.
-async fn serve<F, Fut>(listener: TcpListener, stop: CancellationToken, handle: F) -> anyhow::Result<()>
+pub(crate) async fn serve<F, Fut>(
+    listener: TcpListener,
+    stop: CancellationToken,
+    handle: F,
+) -> anyhow::Result<()>
 where
     F: Fn(TcpStream, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,

@@ -127,3 +127,113 @@ impl Config {
         self
     }
 }
+
+/// Arguments for one connection, on top of the transport's config: what the
+/// guest reads from `pull_config` is the module's config, a line break, then
+/// these arguments, in the `key=value` grammar of [`water_abi::args`] (Tor's
+/// per-bridge argument syntax, `cert=AAAA;iat-mode=0`).
+///
+/// **Precedence:** a guest reads its config with [`water_abi::args::find`],
+/// where the later pair wins, so a connection's argument overrides the
+/// module's config for the same key.
+///
+/// **A config that is not `key=value`** (e.g. a bare hex key written for
+/// `xor` before it took `key=<hex>`) cannot have arguments appended: the
+/// connection fails with [`Error::ConfigNotKeyValue`](crate::Error::ConfigNotKeyValue)
+/// before any instance is created, instead of handing the guest a garbled
+/// config. Empty arguments leave any config untouched.
+///
+/// Values may hold secrets (a password): `Debug` shows the keys only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TransportArgs {
+    /// Escaped `key=value` pairs separated by `;`; always valid.
+    text: Vec<u8>,
+}
+
+impl TransportArgs {
+    /// No arguments.
+    pub fn new() -> TransportArgs {
+        TransportArgs::default()
+    }
+
+    /// Adds `key=value` (escaped as needed); later pairs win over earlier
+    /// ones and over the module's config.
+    ///
+    /// # Panics
+    /// If `key` is empty (the grammar has no empty keys; keys are the
+    /// program's constants, text from outside goes through [`parse`](Self::parse)).
+    pub fn arg(mut self, key: &str, value: impl AsRef<[u8]>) -> TransportArgs {
+        assert!(!key.is_empty(), "transport argument with an empty key");
+        let key = key.as_bytes();
+        if !self.text.is_empty() {
+            self.text.push(b';');
+        }
+        water_abi::args::escape(key, |b| self.text.push(b));
+        self.text.push(b'=');
+        water_abi::args::escape(value.as_ref(), |b| self.text.push(b));
+        self
+    }
+
+    /// Arguments already in the `key=value;key=value` grammar (a Tor bridge
+    /// line's arguments, a SOCKS5 username), checked here.
+    pub fn parse(text: impl Into<Vec<u8>>) -> Result<TransportArgs, water_abi::args::ArgsError> {
+        let text = text.into();
+        water_abi::args::Args::validate(&text)?;
+        Ok(TransportArgs { text })
+    }
+
+    /// Appends `other`'s pairs after these (so they win).
+    pub fn extend(mut self, other: &TransportArgs) -> TransportArgs {
+        if !self.text.is_empty() && !other.text.is_empty() {
+            self.text.push(b';');
+        }
+        self.text.extend_from_slice(&other.text);
+        self
+    }
+
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        water_abi::args::Args::new(&self.text).next().is_none()
+    }
+
+    /// The escaped text, as the guest will read it after the config.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// The value of the last pair named `key`, unescaped.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let found = water_abi::args::find(&self.text, key).ok().flatten()?;
+        Some(found.bytes().collect())
+    }
+
+    /// The bytes `pull_config` gives a guest: `module` (the transport's
+    /// config), a line break, these arguments. `Ok(None)` keeps the module's
+    /// config as it is (no arguments).
+    pub(crate) fn merged_config(&self, module: Option<&[u8]>) -> Result<Option<Arc<[u8]>>, crate::Error> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let Some(module) = module else {
+            return Ok(Some(self.text.as_slice().into()));
+        };
+        water_abi::args::Args::validate(module)
+            .map_err(|e| crate::Error::ConfigNotKeyValue(e.to_string()))?;
+        let mut merged = Vec::with_capacity(module.len() + 1 + self.text.len());
+        merged.extend_from_slice(module);
+        merged.push(b'\n');
+        merged.extend_from_slice(&self.text);
+        Ok(Some(merged.into()))
+    }
+}
+
+impl fmt::Debug for TransportArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys only: values may be secrets.
+        let mut list = f.debug_list();
+        for arg in water_abi::args::Args::new(&self.text).flatten() {
+            list.entry(&format_args!("{}=…", arg.key));
+        }
+        list.finish()
+    }
+}

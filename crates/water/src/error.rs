@@ -62,6 +62,11 @@ pub enum Error {
     /// connection; others go on.
     #[error("host resources exhausted: {0}")]
     Exhausted(String),
+    /// Per-connection arguments were given, but the transport's config is
+    /// not in the `key=value` syntax they are appended to (see
+    /// [`TransportArgs`](crate::TransportArgs)); no instance was created.
+    #[error("the transport's config is not key=value, so connection arguments cannot be added to it: {0}")]
+    ConfigNotKeyValue(String),
     /// A host-side I/O error (connecting, accepting, reading a file).
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -75,6 +80,7 @@ impl From<Error> for io::Error {
             Error::Timeout { .. } | Error::Stuck(_) => io::ErrorKind::TimedOut,
             Error::NotWasm | Error::Invalid(_) | Error::NotV0 => io::ErrorKind::InvalidData,
             Error::RoleNotSupported { .. } => io::ErrorKind::Unsupported,
+            Error::ConfigNotKeyValue(_) => io::ErrorKind::InvalidInput,
             _ => io::ErrorKind::Other,
         };
         match e {

@@ -38,7 +38,7 @@ mod v0;
 mod wasi;
 mod watm;
 
-pub use config::{Config, Connector, DialFilter};
+pub use config::{Config, Connector, DialFilter, TransportArgs};
 pub use conn::Connection;
 pub use error::Error;
 pub use roles::{Dialer, Listener, Relay, Tunnel};

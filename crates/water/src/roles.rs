@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::TransportArgs;
 use crate::conn::Connection;
 use crate::duplex;
 use crate::error::Error;
@@ -22,17 +23,26 @@ fn label(role: &str) -> String {
     format!("{role}#{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// What `pull_config` gives this connection's guest: `None` for the
+/// module's config as it is.
+fn pulled_config(watm: &Watm, args: &TransportArgs) -> Result<Option<Arc<[u8]>>, Error> {
+    args.merged_config(watm.inner.config.transport_config.as_deref())
+}
+
 /// Sets up a connection whose application side is an in-process duplex.
 async fn app_connection(
     watm: &Watm,
     make: impl FnOnce(Stream) -> Setup,
     role: &str,
+    args: &TransportArgs,
 ) -> Result<Connection, Error> {
+    let pulled = pulled_config(watm, args)?;
     let (app, guest) = duplex::pair();
     let guest = Arc::new(guest);
     let links = Links::default();
     let session =
-        Session::start(watm, make(Stream::Duplex(guest.clone())), links.cancel.clone(), label(role)).await?;
+        Session::start(watm, make(Stream::Duplex(guest.clone())), links.cancel.clone(), label(role), pulled)
+            .await?;
     let done = spawn_worker(session, links.clone(), watm.inner.config.close_grace, Some(guest));
     Ok(Connection::new(app, links, done))
 }
@@ -57,8 +67,22 @@ impl Dialer {
     /// Errors: a refused or unreachable address is [`Error::Io`] with the
     /// matching `io::ErrorKind`; a guest failure is typed (see [`Error`]).
     pub async fn dial(&self, addr: impl Into<String>) -> Result<Connection, Error> {
+        self.dial_with_args(addr, &TransportArgs::new()).await
+    }
+
+    /// [`dial`](Self::dial) with per-connection arguments: the guest's
+    /// `pull_config` reads the module's config followed by `args`, which
+    /// win over the config for the same key (see [`TransportArgs`]).
+    ///
+    /// Errors: as `dial`, plus [`Error::ConfigNotKeyValue`] when `args` is
+    /// not empty and the module's config is not `key=value`.
+    pub async fn dial_with_args(
+        &self,
+        addr: impl Into<String>,
+        args: &TransportArgs,
+    ) -> Result<Connection, Error> {
         let target = addr.into();
-        app_connection(&self.watm, |internal| Setup::Dial { internal, target }, "dial").await
+        app_connection(&self.watm, |internal| Setup::Dial { internal, target }, "dial", args).await
     }
 
     /// Connects to `addr` through the transport with `app` as the plain side:
@@ -66,11 +90,22 @@ impl Dialer {
     /// the host (what a tunnel wants: `water client` hands the accepted
     /// socket over). Returns once `_water_dial` succeeded.
     pub async fn dial_socket(&self, addr: impl Into<String>, app: TcpStream) -> Result<Tunnel, Error> {
+        self.dial_socket_with_args(addr, app, &TransportArgs::new()).await
+    }
+
+    /// [`dial_socket`](Self::dial_socket) with per-connection arguments, as
+    /// in [`dial_with_args`](Self::dial_with_args).
+    pub async fn dial_socket_with_args(
+        &self,
+        addr: impl Into<String>,
+        app: TcpStream,
+        args: &TransportArgs,
+    ) -> Result<Tunnel, Error> {
+        let pulled = pulled_config(&self.watm, args)?;
         let (target, internal) = (addr.into(), Stream::Tcp(Arc::new(app)));
         let links = Links::default();
-        let session =
-            Session::start(&self.watm, Setup::Dial { internal, target }, links.cancel.clone(), label("dial"))
-                .await?;
+        let setup = Setup::Dial { internal, target };
+        let session = Session::start(&self.watm, setup, links.cancel.clone(), label("dial"), pulled).await?;
         let done = spawn_worker(session, links.clone(), self.watm.inner.config.close_grace, None);
         Ok(Tunnel { links, done: Some(done) })
     }
@@ -131,6 +166,12 @@ impl Listener {
         Ok(Listener { watm: watm.clone(), listener })
     }
 
+    /// Whether `args` can be given to this listener's connections
+    /// ([`Error::ConfigNotKeyValue`] if not), without waiting for one.
+    pub fn check_args(&self, args: &TransportArgs) -> Result<(), Error> {
+        pulled_config(&self.watm, args).map(drop)
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -143,10 +184,21 @@ impl Listener {
     /// trapped, timed out) is returned for that connection only: the
     /// listener stays usable, call `accept` again.
     pub async fn accept(&self) -> Result<(Connection, SocketAddr), Error> {
+        self.accept_with_args(&TransportArgs::new()).await
+    }
+
+    /// [`accept`](Self::accept) with arguments for the next connection's
+    /// guest, as in [`Dialer::dial_with_args`] (a Tor bridge passes its
+    /// `TOR_PT_SERVER_TRANSPORT_OPTIONS` this way).
+    ///
+    /// Errors: as `accept`, plus [`Error::ConfigNotKeyValue`] (checked
+    /// before waiting for a connection).
+    pub async fn accept_with_args(&self, args: &TransportArgs) -> Result<(Connection, SocketAddr), Error> {
+        self.check_args(args)?;
         let (accepted, peer) = self.listener.accept().await?;
         let _ = accepted.set_nodelay(true);
-        let conn =
-            app_connection(&self.watm, |internal| Setup::Accept { internal, accepted }, "accept").await?;
+        let setup = |internal| Setup::Accept { internal, accepted };
+        let conn = app_connection(&self.watm, setup, "accept", args).await?;
         Ok((conn, peer))
     }
 }
@@ -158,13 +210,24 @@ impl Listener {
 pub struct Relay {
     watm: Watm,
     remote: String,
+    args: TransportArgs,
 }
 
 impl Relay {
     /// A relay to `remote` (`host:port`).
     pub fn new(watm: &Watm, remote: impl Into<String>) -> Result<Relay, Error> {
         watm.require(Role::Relay)?;
-        Ok(Relay { watm: watm.clone(), remote: remote.into() })
+        Ok(Relay { watm: watm.clone(), remote: remote.into(), args: TransportArgs::new() })
+    }
+
+    /// Gives every relayed connection's guest these arguments after the
+    /// module's config (see [`TransportArgs`]).
+    ///
+    /// Errors: [`Error::ConfigNotKeyValue`], checked here once.
+    pub fn with_args(mut self, args: TransportArgs) -> Result<Relay, Error> {
+        pulled_config(&self.watm, &args)?;
+        self.args = args;
+        Ok(self)
     }
 
     /// Serves `listener` until `shutdown` completes, then cancels every
@@ -182,7 +245,8 @@ impl Relay {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let (watm, remote, cancel) = (self.watm.clone(), self.remote.clone(), stop.child_token());
-                        tasks.spawn(relay_one(watm, stream, peer, remote, cancel));
+                        let pulled = pulled_config(&self.watm, &self.args).expect("checked in with_args");
+                        tasks.spawn(relay_one(watm, stream, peer, remote, cancel, pulled));
                     }
                     Err(e) if is_transient(&e) => {
                         tracing::warn!(target: "water", error = %e, "relay accept failed; continuing");
@@ -205,12 +269,13 @@ async fn relay_one(
     peer: SocketAddr,
     remote: String,
     cancel: CancellationToken,
+    pulled: Option<Arc<[u8]>>,
 ) {
     let _ = accepted.set_nodelay(true);
     let label = label("relay");
     let setup = Setup::Associate { accepted, target: remote };
     let links = Links { closing: cancel, cancel: CancellationToken::new() };
-    let result = match Session::start(&watm, setup, links.cancel.clone(), label.clone()).await {
+    let result = match Session::start(&watm, setup, links.cancel.clone(), label.clone(), pulled).await {
         Ok(session) => {
             let done = spawn_worker(session, links, watm.inner.config.close_grace, None);
             done.await.unwrap_or(Ok(()))

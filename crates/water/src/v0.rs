@@ -225,15 +225,23 @@ async fn instantiate(
 }
 
 impl Session {
-    /// Instantiates `watm` and runs every setup call for `setup`'s role.
+    /// Instantiates `watm` and runs every setup call for `setup`'s role;
+    /// `pulled_config`, when given, replaces the module's config as what
+    /// `pull_config` reads.
     pub(crate) async fn start(
         watm: &Watm,
         setup: Setup,
         cancel: CancellationToken,
         label: String,
+        pulled_config: Option<Arc<[u8]>>,
     ) -> Result<Session, Error> {
         let inner = &watm.inner;
-        let config = inner.config.clone();
+        let mut config = inner.config.clone();
+        // The connection's arguments merged after the module's config
+        // (`TransportArgs::merged_config`): what `pull_config` hands out.
+        if pulled_config.is_some() {
+            config.transport_config = pulled_config;
+        }
         let limit = config.setup_timeout;
         let ctx = Ctx {
             wasi: WasiCtx::new(label).coarse_poll(config.coarse_poll),

@@ -1,0 +1,625 @@
+//! `water pt`: a Tor pluggable transport in managed mode (pt-spec, version
+//! 1), so that tor's `ClientTransportPlugin` / `ServerTransportPlugin ...
+//! exec water pt` lines run WATM transports.
+//!
+//! tor speaks to the PT through environment variables (in) and stdout
+//! lines (out):
+//! - `TOR_PT_MANAGED_TRANSPORT_VER` → `VERSION 1` or `VERSION-ERROR`;
+//!   `TOR_PT_STATE_LOCATION` (created; our log file lives there, the only
+//!   place we write); a missing or bad variable → `ENV-ERROR`;
+//! - client (`TOR_PT_CLIENT_TRANSPORTS`): a SOCKS5 listener per transport
+//!   in bridge mode ([`socks`]), `CMETHOD <name> socks5 <addr>` each,
+//!   `CMETHOD-ERROR` for a name we do not know, then `CMETHODS DONE`;
+//!   `TOR_PT_PROXY` is answered `PROXY-ERROR` (not supported) and we exit;
+//! - server (`TOR_PT_SERVER_TRANSPORTS`, `..._BINDADDR`,
+//!   `..._TRANSPORT_OPTIONS`): a listener per transport whose connections'
+//!   guests get the transport's options as arguments, `SMETHOD <name> <addr>
+//!   [ARGS:...]` each, then `SMETHODS DONE`; each decoded stream goes to
+//!   `TOR_PT_ORPORT`, or to the Extended ORPort
+//!   (`TOR_PT_EXTENDED_SERVER_PORT` + `TOR_PT_AUTH_COOKIE_FILE`,
+//!   [`extorport`]) with the client's address and the transport's name.
+//!
+//! Signals: the first SIGINT stops accepting and lets open connections
+//! drain (a second one ends them); SIGTERM, or stdin closing under
+//! `TOR_PT_EXIT_ON_STDIN_CLOSE=1`, ends everything at once.
+//!
+//! Logs go to `water-pt.log` in the state directory (`WATER_LOG` sets the
+//! level), warnings and errors also to tor as PT `LOG` lines; never to
+//! stderr, which tor does not read. Transport arguments are never logged.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use water::{Dialer, Listener, Role, TransportArgs, Watm};
+use water_abi::args::Args;
+
+use crate::extorport::{self, Cookie};
+use crate::{socks, transport};
+
+/// The log file's name in the state directory.
+pub const LOG_FILE: &str = "water-pt.log";
+
+/// A PT protocol failure: the line for tor has been printed; exit non-zero.
+#[derive(Debug)]
+struct Reported;
+
+/// Prints one protocol line to stdout, flushed (tor reads it at once).
+fn say(line: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A variable that is absent or empty counts as absent (tor sets
+/// `TOR_PT_EXTENDED_SERVER_PORT=` when there is no Extended ORPort).
+fn env_nonempty(name: &str) -> Option<String> {
+    env(name).filter(|v| !v.is_empty())
+}
+
+fn env_error(message: impl std::fmt::Display) -> Reported {
+    // One line: tor logs it as is.
+    say(format_args!("ENV-ERROR {}", one_line(&message.to_string())));
+    Reported
+}
+
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// Warnings and errors also go to tor as PT `LOG` lines (`LOG
+/// SEVERITY=warning MESSAGE="..."`), which tor writes to its own log.
+struct PtLog;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PtLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let severity = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            _ => return,
+        };
+        let mut text = Message(String::new());
+        event.record(&mut text);
+        say(format_args!("LOG SEVERITY={severity} MESSAGE={}", quoted(&text.0)));
+    }
+}
+
+/// The event's message, then its fields as ` key=value`.
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+/// A double-quoted string with C escapes, as tor's key=value lines take.
+fn quoted(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `NAME=PATH` options (`--transport`, `--config`) by name.
+fn parse_named(flag: &str, specs: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut map = BTreeMap::new();
+    for spec in specs {
+        let (name, path) =
+            spec.split_once('=').with_context(|| format!("{flag} {spec}: expected NAME=PATH"))?;
+        anyhow::ensure!(valid_name(name), "{flag} {spec}: `{name}` is not a transport name (C identifier)");
+        anyhow::ensure!(!path.is_empty(), "{flag} {spec}: empty path");
+        map.insert(name.to_string(), PathBuf::from(path));
+    }
+    Ok(map)
+}
+
+/// The transports `water pt` knows: the built-ins, `--transport
+/// NAME=PATH.wasm` (which may also replace a built-in's name), and each
+/// one's `--config NAME=FILE`.
+#[derive(Debug, Default)]
+pub struct Modules {
+    paths: BTreeMap<String, PathBuf>,
+    configs: BTreeMap<String, PathBuf>,
+}
+
+impl Modules {
+    pub fn parse(transports: &[String], configs: &[String]) -> anyhow::Result<Modules> {
+        Ok(Modules {
+            paths: parse_named("--transport", transports)?,
+            configs: parse_named("--config", configs)?,
+        })
+    }
+
+    /// Names from a `TOR_PT_*_TRANSPORTS` list (`*`: every one we have).
+    fn requested(&self, names: &str) -> Vec<String> {
+        if names == "*" {
+            let mut all: Vec<String> = transport::builtins().into_iter().map(String::from).collect();
+            all.extend(self.paths.keys().filter(|n| !all.contains(n)).cloned().collect::<Vec<_>>());
+            return all;
+        }
+        names.split(',').filter(|n| !n.is_empty()).map(String::from).collect()
+    }
+
+    /// The module a transport name means, with its config; `None` for a
+    /// name we do not know.
+    fn load(&self, name: &str) -> Option<anyhow::Result<Watm>> {
+        let config = self.configs.get(name).map(PathBuf::as_path);
+        if let Some(path) = self.paths.get(name) {
+            return Some(transport::load(&path.to_string_lossy(), config));
+        }
+        let builtin = valid_name(name) && transport::builtins().contains(&name);
+        builtin.then(|| transport::load(name, config))
+    }
+}
+
+/// pt-spec: transport names are C identifiers.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Entry point: runs the PT to its end and gives the exit code.
+pub fn main(transports: Vec<String>, configs: Vec<String>) -> ExitCode {
+    match run(transports, configs) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Reported) => ExitCode::FAILURE,
+    }
+}
+
+fn run(transports: Vec<String>, configs: Vec<String>) -> Result<(), Reported> {
+    // The version comes first: nothing else means anything without it.
+    let Some(versions) = env("TOR_PT_MANAGED_TRANSPORT_VER") else {
+        return Err(env_error("TOR_PT_MANAGED_TRANSPORT_VER is not set (water pt is run by tor)"));
+    };
+    if !versions.split(',').any(|v| v == "1") {
+        say("VERSION-ERROR no-version");
+        return Err(Reported);
+    }
+    say("VERSION 1");
+
+    let Some(state) = env_nonempty("TOR_PT_STATE_LOCATION") else {
+        return Err(env_error("TOR_PT_STATE_LOCATION is not set"));
+    };
+    let state = PathBuf::from(state);
+    if let Err(e) = std::fs::create_dir_all(&state) {
+        return Err(env_error(format_args!("cannot create the state directory {}: {e}", state.display())));
+    }
+    let log = match std::fs::OpenOptions::new().create(true).append(true).open(state.join(LOG_FILE)) {
+        Ok(f) => f,
+        Err(e) => return Err(env_error(format_args!("cannot open {}: {e}", state.join(LOG_FILE).display()))),
+    };
+    {
+        use tracing_subscriber::prelude::*;
+        let filter = tracing_subscriber::EnvFilter::try_from_env("WATER_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let file = tracing_subscriber::fmt::layer().with_writer(std::sync::Mutex::new(log)).with_ansi(false);
+        tracing_subscriber::registry().with(filter).with(file).with(PtLog).init();
+    }
+
+    let own = Modules::parse(&transports, &configs).map_err(|e| env_error(format_args!("{e:#}")))?;
+    let client = env_nonempty("TOR_PT_CLIENT_TRANSPORTS");
+    let server = env_nonempty("TOR_PT_SERVER_TRANSPORTS");
+    if client.is_none() && server.is_none() {
+        return Err(env_error("neither TOR_PT_CLIENT_TRANSPORTS nor TOR_PT_SERVER_TRANSPORTS is set"));
+    }
+    if client.is_some() && env_nonempty("TOR_PT_PROXY").is_some() {
+        say("PROXY-ERROR water pt does not support an upstream proxy (TOR_PT_PROXY)");
+        return Err(Reported);
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| env_error(format_args!("cannot start the runtime: {e}")))?;
+    let result = runtime.block_on(async {
+        let pt = Pt::new();
+        // Before the first method line: tor may signal as soon as it reads one.
+        watch_signals(pt.accepting.clone(), pt.kill.clone());
+        if let Some(names) = client {
+            pt.start_clients(&names, &own).await;
+        }
+        if let Some(names) = server {
+            pt.start_servers(&names, &own).await?;
+        }
+        pt.run().await;
+        Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+/// The running PT: what stops accepting, what ends connections, and the
+/// connections.
+struct Pt {
+    /// Cancelled by the first SIGINT: listeners stop.
+    accepting: CancellationToken,
+    /// Cancelled by SIGTERM, a second SIGINT or stdin closing: connections
+    /// are aborted.
+    kill: CancellationToken,
+    /// Listener loops and connections.
+    tasks: TaskTracker,
+}
+
+impl Pt {
+    fn new() -> Pt {
+        Pt { accepting: CancellationToken::new(), kill: CancellationToken::new(), tasks: TaskTracker::new() }
+    }
+
+    async fn start_clients(&self, names: &str, own: &Modules) {
+        for name in own.requested(names) {
+            let dialer = match own.load(&name) {
+                None => Err(anyhow::anyhow!(
+                    "no such transport (built-ins: {})",
+                    transport::builtins().join(", ")
+                )),
+                Some(watm) => watm.and_then(|w| Ok(Dialer::new(&w)?)),
+            };
+            let bound = match dialer {
+                Ok(dialer) => TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .context("cannot listen on 127.0.0.1")
+                    .map(|listener| (dialer, listener)),
+                Err(e) => Err(e),
+            };
+            match bound.and_then(|(d, l)| Ok((d, l.local_addr()?, l))) {
+                Ok((dialer, addr, listener)) => {
+                    say(format_args!("CMETHOD {name} socks5 {addr}"));
+                    tracing::info!(transport = %name, %addr, "client transport listening (SOCKS5)");
+                    self.tasks.spawn(self.clone_handles().serve_socks(dialer, listener));
+                }
+                Err(e) => say(format_args!("CMETHOD-ERROR {name} {}", one_line(&format!("{e:#}")))),
+            }
+        }
+        say("CMETHODS DONE");
+    }
+
+    async fn start_servers(&self, names: &str, own: &Modules) -> Result<(), Reported> {
+        let upstream = Upstream::from_env()?;
+        let binds = parse_bindaddrs(env("TOR_PT_SERVER_BINDADDR").as_deref().unwrap_or(""));
+        let options = parse_options(env("TOR_PT_SERVER_TRANSPORT_OPTIONS").as_deref().unwrap_or(""))
+            .map_err(|e| env_error(format_args!("TOR_PT_SERVER_TRANSPORT_OPTIONS: {e}")))?;
+        for name in own.requested(names) {
+            let args = options.get(&name).cloned().unwrap_or_default();
+            let bind = binds.get(&name).cloned().unwrap_or_else(|| "127.0.0.1:0".into());
+            let started = async {
+                let watm = match own.load(&name) {
+                    None => anyhow::bail!("no such transport"),
+                    Some(watm) => watm?,
+                };
+                anyhow::ensure!(
+                    watm.supports(Role::Listener),
+                    "the module has no listener role (_water_accept)"
+                );
+                let listener =
+                    Listener::bind(&watm, bind.as_str()).await.with_context(|| format!("bind {bind}"))?;
+                listener.check_args(&args)?;
+                Ok(listener)
+            };
+            match started.await {
+                Ok(listener) => {
+                    let addr = listener.local_addr().expect("bound");
+                    say(format_args!("SMETHOD {name} {addr}{}", smethod_args(&args)));
+                    tracing::info!(transport = %name, %addr, "server transport listening");
+                    let (name, upstream) = (name.clone(), upstream.clone());
+                    self.tasks.spawn(self.clone_handles().serve_transport(name, listener, args, upstream));
+                }
+                Err(e) => say(format_args!("SMETHOD-ERROR {name} {}", one_line(&format!("{e:#}")))),
+            }
+        }
+        say("SMETHODS DONE");
+        Ok(())
+    }
+
+    fn clone_handles(&self) -> Pt {
+        Pt { accepting: self.accepting.clone(), kill: self.kill.clone(), tasks: self.tasks.clone() }
+    }
+
+    /// Client half: SOCKS5 in bridge mode; every connection a task.
+    async fn serve_socks(self, dialer: Dialer, listener: TcpListener) {
+        self.accept_loop(listener, move |stream, _peer, kill| {
+            socks::carry(dialer.clone(), stream, socks::Mode::Bridge, kill)
+        })
+        .await
+    }
+
+    /// Server half: decode through the transport, forward to tor.
+    async fn serve_transport(
+        self,
+        name: String,
+        listener: Listener,
+        args: TransportArgs,
+        upstream: Upstream,
+    ) {
+        let name = Arc::<str>::from(name);
+        loop {
+            let accepted = tokio::select! {
+                () = self.accepting.cancelled() => return,
+                a = listener.accept_with_args(&args) => a,
+            };
+            match accepted {
+                Ok((conn, peer)) => {
+                    let (name, upstream, kill) = (name.clone(), upstream.clone(), self.kill.clone());
+                    self.tasks.spawn(async move {
+                        let r = forward(conn, peer, &name, &upstream, kill).await;
+                        log_end(peer, r);
+                    });
+                }
+                Err(water::Error::Io(e)) if !is_transient(&e) => {
+                    tracing::error!(transport = %name, error = %e, "accept failed; this transport stops");
+                    return;
+                }
+                Err(e) => tracing::warn!(transport = %name, error = %e, "incoming connection failed"),
+            }
+        }
+    }
+
+    async fn accept_loop<F, Fut>(self, listener: TcpListener, handle: F)
+    where
+        F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        loop {
+            let accepted = tokio::select! {
+                () = self.accepting.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let work = handle(stream, peer, self.kill.clone());
+                    self.tasks.spawn(async move { log_end(peer, work.await) });
+                }
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(error = %e, "accept failed; continuing");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "accept failed; this transport stops");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for the end: signals and stdin decide (see the module docs).
+    async fn run(self) {
+        if env("TOR_PT_EXIT_ON_STDIN_CLOSE").as_deref() == Some("1") {
+            let kill = self.kill.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut stdin = tokio::io::stdin();
+                let mut buf = [0u8; 256];
+                while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+                tracing::info!("stdin closed: exiting");
+                kill.cancel();
+            });
+        }
+        self.tasks.close();
+        tokio::select! {
+            () = self.kill.cancelled() => {
+                // Connections abort on `kill`; give them a moment.
+                let _ = tokio::time::timeout(Duration::from_millis(500), self.tasks.wait()).await;
+            }
+            () = self.tasks.wait() => {}
+        }
+        tracing::info!("exiting");
+    }
+}
+
+/// SIGINT once: stop accepting. SIGINT twice or SIGTERM: end everything.
+fn watch_signals(accepting: CancellationToken, kill: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: exiting");
+                    kill.cancel();
+                }
+                _ = int.recv() => if accepting.is_cancelled() {
+                    tracing::info!("second SIGINT: exiting");
+                    kill.cancel();
+                } else {
+                    tracing::info!("SIGINT: no new connections; open ones drain");
+                    accepting.cancel();
+                },
+            }
+        }
+    });
+}
+
+/// Where a server transport's decoded streams go.
+#[derive(Clone, Debug)]
+enum Upstream {
+    OrPort(String),
+    Extended { addr: String, cookie: Cookie },
+}
+
+impl Upstream {
+    fn from_env() -> Result<Upstream, Reported> {
+        if let Some(addr) = env_nonempty("TOR_PT_EXTENDED_SERVER_PORT") {
+            let Some(path) = env_nonempty("TOR_PT_AUTH_COOKIE_FILE") else {
+                return Err(env_error(
+                    "TOR_PT_EXTENDED_SERVER_PORT is set but TOR_PT_AUTH_COOKIE_FILE is not",
+                ));
+            };
+            let cookie =
+                Cookie::read(std::path::Path::new(&path)).map_err(|e| env_error(format_args!("{e:#}")))?;
+            tracing::info!(%addr, "forwarding to tor's Extended ORPort (SAFE_COOKIE)");
+            return Ok(Upstream::Extended { addr, cookie });
+        }
+        match env_nonempty("TOR_PT_ORPORT") {
+            Some(addr) => {
+                tracing::info!(%addr, "forwarding to tor's ORPort");
+                Ok(Upstream::OrPort(addr))
+            }
+            None => Err(env_error("neither TOR_PT_ORPORT nor TOR_PT_EXTENDED_SERVER_PORT is set")),
+        }
+    }
+
+    async fn connect(&self, peer: SocketAddr, transport: &str) -> std::io::Result<TcpStream> {
+        match self {
+            Upstream::OrPort(addr) => {
+                let s = TcpStream::connect(addr.as_str()).await?;
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Upstream::Extended { addr, cookie } => extorport::connect(addr, cookie, peer, transport).await,
+        }
+    }
+}
+
+async fn forward(
+    mut conn: water::Connection,
+    peer: SocketAddr,
+    transport: &str,
+    upstream: &Upstream,
+    kill: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tor = upstream.connect(peer, transport).await.context("connect to tor's ORPort")?;
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut conn, &mut tor) => { r?; }
+        () = kill.cancelled() => { conn.abort().await?; return Ok(()); }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+fn log_end(peer: SocketAddr, result: anyhow::Result<()>) {
+    match result {
+        Ok(()) => tracing::debug!(%peer, "connection ended"),
+        Err(e) => tracing::warn!(%peer, "connection failed: {e:#}"),
+    }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+        || e.raw_os_error().is_some_and(|c| [23, 24, 12, 105].contains(&c))
+}
+
+/// `TOR_PT_SERVER_BINDADDR`: `name-addr,name-addr`.
+fn parse_bindaddrs(text: &str) -> BTreeMap<String, String> {
+    text.split(',')
+        .filter_map(|item| item.split_once('-'))
+        .map(|(name, addr)| (name.to_string(), addr.to_string()))
+        .collect()
+}
+
+/// `TOR_PT_SERVER_TRANSPORT_OPTIONS`: `name:key=value;name:key=value`, with
+/// `\` escapes, parsed by `water_abi::args` (the key of each pair is
+/// `name:key`), into each transport's arguments.
+fn parse_options(text: &str) -> anyhow::Result<BTreeMap<String, TransportArgs>> {
+    let mut map: BTreeMap<String, TransportArgs> = BTreeMap::new();
+    for arg in Args::new(text.as_bytes()) {
+        let arg = arg.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let key: Vec<u8> = arg.key.bytes().collect();
+        let key =
+            String::from_utf8(key).map_err(|_| anyhow::anyhow!("option at byte {} is not UTF-8", arg.at))?;
+        let Some((name, key)) = key.split_once(':').filter(|(n, k)| !n.is_empty() && !k.is_empty()) else {
+            anyhow::bail!("option at byte {} is not transport:key=value", arg.at);
+        };
+        let value: Vec<u8> = arg.value.bytes().collect();
+        let args = map.remove(name).unwrap_or_default().arg(key, value);
+        map.insert(name.to_string(), args);
+    }
+    Ok(map)
+}
+
+/// ` ARGS:k=v,k=v` for an `SMETHOD` line (what a client's bridge line
+/// needs), with `,`, `=` and `\` in keys and values escaped; empty without
+/// arguments.
+fn smethod_args(args: &TransportArgs) -> String {
+    let mut out = Vec::new();
+    for arg in Args::new(args.as_bytes()).flatten() {
+        out.push(if out.is_empty() { b':' } else { b',' });
+        for (i, text) in [arg.key, arg.value].into_iter().enumerate() {
+            if i == 1 {
+                out.push(b'=');
+            }
+            for b in text.bytes() {
+                if matches!(b, b',' | b'=' | b'\\') {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+        }
+    }
+    if out.is_empty() { String::new() } else { format!(" ARGS{}", one_line(&String::from_utf8_lossy(&out))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_options_become_per_transport_arguments() {
+        let map = parse_options(r"xor:key=c0ffee;plain:a=1;xor:mode=x\;y\:z").unwrap();
+        assert_eq!(map["xor"].get("key").as_deref(), Some(&b"c0ffee"[..]));
+        assert_eq!(map["xor"].get("mode").as_deref(), Some(&b"x;y:z"[..]));
+        assert_eq!(map["plain"].as_bytes(), b"a=1");
+        assert!(parse_options("novalue").is_err());
+        assert!(parse_options("nokey=1").is_err());
+        assert!(parse_options("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bindaddrs_and_smethod_args() {
+        let b = parse_bindaddrs("plain-127.0.0.1:5555,xor-[::1]:6666");
+        assert_eq!(b["plain"], "127.0.0.1:5555");
+        assert_eq!(b["xor"], "[::1]:6666");
+        let args = TransportArgs::new().arg("key", "c0").arg("cert", "a,b=");
+        assert_eq!(smethod_args(&args), r" ARGS:key=c0,cert=a\,b\=");
+        assert_eq!(smethod_args(&TransportArgs::new()), "");
+    }
+
+    #[test]
+    fn log_messages_are_quoted_on_one_line() {
+        assert_eq!(quoted("a \"b\" c\\d\ne"), r#""a \"b\" c\\d\ne""#);
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("obfs4") && valid_name("_x") && !valid_name("4x") && !valid_name("a-b"));
+        assert!(Modules::parse(&["mine=/tmp/m.wasm".into()], &["xor=/etc/key".into()]).is_ok());
+        assert!(Modules::parse(&["mine".into()], &[]).is_err());
+        assert!(Modules::parse(&["a-b=/x".into()], &[]).is_err());
+        assert!(Modules::parse(&[], &["x=".into()]).is_err());
+    }
+}

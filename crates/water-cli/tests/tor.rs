@@ -1,0 +1,372 @@
+//! A real tor (Debian's `tor` package) over `water pt`: a bridge and a
+//! client, each a foreground tor with its own torrc and a fresh data
+//! directory, reach `new bridge descriptor ... (fresh)`, the proof that
+//! bytes crossed both PT halves both ways; negative controls must not.
+//!
+//! **Tor never reaches beyond loopback.** Each test re-runs this test
+//! binary under `unshare --net` (a network namespace with only loopback),
+//! where the `#[ignore]`d `netns_*` function does the work; that function
+//! refuses to start unless it sees a namespace with nothing but `lo`. And
+//! every torrc points the directory authorities at a dead loopback port and
+//! drops the fallback directories. If the namespace cannot be created the
+//! test fails; it never runs tor outside one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long a tor may take to register its transport or to fetch the
+/// bridge's descriptor (measured here: under 2 s).
+const TOR_STEP: Duration = Duration::from_secs(15);
+/// How long a negative control waits for what must not happen.
+const NEGATIVE_WAIT: Duration = Duration::from_secs(8);
+/// Bound on one whole namespaced run.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const NETNS_VAR: &str = "WATER_TOR_NETNS";
+
+/// Runs the ignored test `inner` of this binary inside a new network
+/// namespace and fails with its output unless it passes.
+fn in_namespace(inner: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(&exe)
+        .args([inner, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(NETNS_VAR, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run unshare (util-linux) to make the loopback-only network namespace");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{inner}: no result within {RUN_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        status.success() && text.contains("1 passed"),
+        "{inner} in a network namespace failed ({status}); unshare --net needs root (CI runs as root):\n{text}"
+    );
+}
+
+/// The inner half's guard: we are in the namespace the outer half made,
+/// and it has no interface but loopback (read through netlink's view in
+/// /proc/self/net, which follows the namespace, unlike /sys). Then brings
+/// `lo` up.
+fn enter_namespace() {
+    assert_eq!(
+        std::env::var(NETNS_VAR).as_deref(),
+        Ok("1"),
+        "refusing to run tor outside the loopback-only namespace (run the non-ignored test instead)"
+    );
+    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+    let ifaces: Vec<&str> = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    assert_eq!(ifaces, ["lo"], "refusing to run tor: this namespace has other interfaces");
+    let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip (iproute2)");
+    assert!(up.success(), "cannot bring lo up in the namespace");
+    let tor =
+        Command::new("tor").arg("--version").output().expect("tor is not installed (.ci/run installs it)");
+    assert!(tor.status.success());
+}
+
+/// The directory authority every bridge test names: a dead loopback port.
+fn dead_authority() -> String {
+    let fake = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    format!("DirAuthority fake orport=1 no-v2 v3ident={fake} 127.0.0.1:1 {fake}")
+}
+
+/// What every test torrc holds: logs on stdout, no fallback directories,
+/// and the given (loopback) authority.
+fn common_torrc(data: &Path, authority: &str) -> String {
+    format!("DataDirectory {}\nLog notice stdout\nUseDefaultFallbackDirs 0\n{authority}\n", data.display())
+}
+
+fn start_tor(dir: &Path, name: &str, torrc: &str) -> Proc {
+    start_tor_with(dir, name, &format!("SocksPort 0\n{torrc}"), &dead_authority())
+}
+
+fn start_tor_with(dir: &Path, name: &str, torrc: &str, authority: &str) -> Proc {
+    let data = dir.join(name);
+    let path = dir.join(format!("{name}.torrc"));
+    std::fs::write(&path, format!("{}{torrc}", common_torrc(&data, authority))).unwrap();
+    // tor passes its environment on to `water pt`: its log at info.
+    Proc::start("tor", &["-f", path.to_str().unwrap()], &[("WATER_LOG", "info")])
+}
+
+/// A port the kernel just handed out, for a torrc (tor takes no port 0 in
+/// most of its port options); inside a namespace where nothing else runs.
+/// Never the same port twice in one process.
+fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A bridge tor whose server transport `t` is `water pt ARGS`, optionally
+/// through the Extended ORPort; returns it, the transport's address and
+/// the bridge's fingerprint.
+fn bridge(dir: &Path, t: &str, pt_args: &str, ext_orport: bool) -> (Proc, String, String) {
+    let ext = if ext_orport { "ExtORPort auto\n" } else { "" };
+    // Without a listen address the PT would bind 0.0.0.0.
+    let port = free_port();
+    let torrc = format!(
+        "ORPort 127.0.0.1:auto\nBridgeRelay 1\nAssumeReachable 1\nPublishServerDescriptor 0\n\
+         ServerTransportPlugin {t} exec {WATER} pt {pt_args}\nServerTransportListenAddr {t} 127.0.0.1:{port}\n{ext}"
+    );
+    let mut tor = start_tor(dir, "bridge", &torrc);
+    let prefix = format!("Registered server transport '{t}' at '");
+    let line = tor
+        .wait_for(TOR_STEP, |l| l.contains(&prefix))
+        .unwrap_or_else(|seen| panic!("the bridge did not register {t}:\n{}", seen.join("\n")));
+    let addr = line.split(&prefix).nth(1).unwrap().trim_end_matches('\'').to_string();
+    let fingerprint = std::fs::read_to_string(dir.join("bridge/fingerprint")).unwrap();
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+    (tor, addr, fingerprint)
+}
+
+/// A client tor using bridge `bridge_line` through `water pt ARGS`; waits
+/// for the bridge's descriptor, `Ok(line)` or every line seen.
+fn client(
+    dir: &Path,
+    t: &str,
+    pt_args: &str,
+    bridge_line: &str,
+    limit: Duration,
+) -> Result<String, Vec<String>> {
+    let torrc =
+        format!("UseBridges 1\nClientTransportPlugin {t} exec {WATER} pt {pt_args}\nBridge {bridge_line}\n");
+    let mut tor = start_tor(dir, "client", &torrc);
+    tor.wait_for(limit, |l| l.contains("new bridge descriptor") && l.contains("(fresh)"))
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    temp_dir(&format!("tor-{tag}"))
+}
+
+/// Writes a key file for `xor` and gives the `water pt` arguments that use
+/// it.
+fn xor_key(dir: &Path, name: &str, hex: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, hex).unwrap();
+    format!("--config xor={}", path.display())
+}
+
+fn positive(tag: &str, t: &str, ext_orport: bool) {
+    enter_namespace();
+    let dir = fresh_dir(tag);
+    let pt_args = if t == "xor" { xor_key(&dir, "key", "9f3c51a7e0") } else { String::new() };
+    let (_bridge, addr, fp) = bridge(&dir, t, &pt_args, ext_orport);
+    match client(&dir, t, &pt_args, &format!("{t} {addr} {fp}"), TOR_STEP) {
+        Ok(line) => eprintln!("{tag}: {line}"),
+        Err(seen) => panic!("{tag}: no fresh bridge descriptor within {TOR_STEP:?}:\n{}", seen.join("\n")),
+    }
+    let log = std::fs::read_to_string(dir.join("bridge/pt_state/water-pt.log")).unwrap_or_default();
+    let upstream = if ext_orport { "Extended ORPort (SAFE_COOKIE)" } else { "tor's ORPort" };
+    assert!(log.contains(upstream), "the bridge PT did not forward to the {upstream}:\n{log}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "the bridge PT logged a failure:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tor_bridge_and_client_over_water_pt_plain() {
+    in_namespace("netns_plain");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_and_client_over_water_pt_plain"]
+fn netns_plain() {
+    positive("plain", "plain", false);
+}
+
+#[test]
+fn tor_bridge_and_client_over_water_pt_xor() {
+    in_namespace("netns_xor");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_and_client_over_water_pt_xor"]
+fn netns_xor() {
+    positive("xor", "xor", false);
+}
+
+#[test]
+fn tor_bridge_and_client_over_water_pt_through_the_extended_orport() {
+    in_namespace("netns_extorport");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_and_client_over_water_pt_through_the_extended_orport"]
+fn netns_extorport() {
+    positive("extorport", "plain", true);
+}
+
+#[test]
+fn tor_does_not_connect_with_a_wrong_key_a_wrong_transport_or_a_dead_port() {
+    in_namespace("netns_negative");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_does_not_connect_with_a_wrong_key_a_wrong_transport_or_a_dead_port"]
+fn netns_negative() {
+    enter_namespace();
+    let dir = fresh_dir("negative");
+    let right = xor_key(&dir, "right", "9f3c51a7e0");
+    let (_bridge, addr, fp) = bridge(&dir, "xor", &right, false);
+    let line = format!("xor {addr} {fp}");
+    let attempt = |pt_args: &str, line: &str, limit| {
+        let _ = std::fs::remove_dir_all(dir.join("client"));
+        client(&dir, "xor", pt_args, line, limit)
+    };
+
+    // A wrong key: the bridge's tor reads garbage; nothing arrives (and
+    // nothing says why: the test's own bound decides).
+    let wrong = xor_key(&dir, "wrong", "9f3c51a7e1");
+    let r = attempt(&wrong, &line, NEGATIVE_WAIT);
+    assert!(r.is_err(), "a wrong key still fetched the descriptor: {r:?}");
+
+    // The client's "xor" is really `reverse`: likewise.
+    let reverse = dir.join("reverse.wasm");
+    std::fs::write(&reverse, watm_artifacts::Guest::named("reverse").unwrap().bytes()).unwrap();
+    let r = attempt(&format!("--transport xor={}", reverse.display()), &line, NEGATIVE_WAIT);
+    assert!(r.is_err(), "a mismatched transport still fetched the descriptor: {r:?}");
+
+    // The bridge line points at a port where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let r = attempt(&right, &format!("xor {dead} {fp}"), NEGATIVE_WAIT);
+    assert!(r.is_err(), "a dead bridge port still fetched a descriptor: {r:?}");
+
+    // The positive control on the same bridge: the failures above were the
+    // clients', not the bridge's.
+    let r = attempt(&right, &line, TOR_STEP);
+    assert!(r.is_ok(), "the positive control failed: {r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The private network's common options (chutney-like, small intervals).
+const TESTING: &str = "TestingTorNetwork 1\nTestingDirAuthVoteExit *\nTestingDirAuthVoteGuard *\n\
+    TestingDirAuthVoteHSDir *\nTestingMinExitFlagThreshold 0\nV3AuthNIntervalsValid 2\n\
+    PathsNeededToBuildCircuits 0.25\nConfluxEnabled 0\nAssumeReachable 1\nAddress 127.0.0.1\n";
+
+/// How long the client may take to bootstrap fully (measured: 7–24 s).
+const BOOTSTRAP_LIMIT: Duration = Duration::from_secs(90);
+
+#[test]
+fn tor_private_network_bootstraps_over_water_pt_and_fetches_a_page() {
+    in_namespace("netns_private_network");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_private_network_bootstraps_over_water_pt_and_fetches_a_page"]
+fn netns_private_network() {
+    enter_namespace();
+    let dir = fresh_dir("private");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello through a private tor network\n").unwrap();
+    let (_web, web) = web_server(&www);
+
+    // The directory authority's keys.
+    let (da_or, da_dir) = (free_port(), free_port());
+    let keys = dir.join("da/keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let mut gencert = Command::new("tor-gencert")
+        .current_dir(&keys)
+        .args([
+            "--create-identity-key",
+            "-m",
+            "12",
+            "-a",
+            &format!("127.0.0.1:{da_dir}"),
+            "--passphrase-fd",
+            "0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tor-gencert (package tor)");
+    drop(gencert.stdin.take());
+    assert!(gencert.wait().unwrap().success(), "tor-gencert failed");
+    let cert = std::fs::read_to_string(keys.join("authority_certificate")).unwrap();
+    let v3 = cert.lines().find_map(|l| l.strip_prefix("fingerprint ")).unwrap().trim().to_string();
+    let da_torrc = format!(
+        "{TESTING}Nickname da\nORPort 127.0.0.1:{da_or}\nDirPort 127.0.0.1:{da_dir}\nSocksPort 0\n\
+         AuthoritativeDirectory 1\nV3AuthoritativeDirectory 1\nContactInfo da@test.invalid\n\
+         TestingV3AuthInitialVotingInterval 5\nTestingV3AuthInitialVoteDelay 2\n\
+         TestingV3AuthInitialDistDelay 2\nV3AuthVotingInterval 10\nV3AuthVoteDelay 2\n\
+         V3AuthDistDelay 2\nExitPolicy reject *:*\n"
+    );
+    // Its relay fingerprint (listed with a placeholder authority).
+    let torrc = dir.join("da.torrc");
+    std::fs::write(&torrc, format!("{}{da_torrc}", common_torrc(&dir.join("da"), &dead_authority())))
+        .unwrap();
+    let listed =
+        Command::new("tor").args(["-f", torrc.to_str().unwrap(), "--list-fingerprint"]).output().unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stdout));
+    let da_fp = std::fs::read_to_string(dir.join("da/fingerprint")).unwrap();
+    let da_fp = da_fp.split_whitespace().nth(1).unwrap().to_string();
+    let authority = format!("DirAuthority da orport={da_or} no-v2 v3ident={v3} 127.0.0.1:{da_dir} {da_fp}");
+
+    let mut tors = vec![start_tor_with(&dir, "da", &da_torrc, &authority)];
+    for i in 1..=3 {
+        let relay = format!(
+            "{TESTING}Nickname r{i}\nORPort 127.0.0.1:{}\nDirPort 127.0.0.1:{}\nSocksPort 0\n\
+             ExitPolicy accept *:*\nExitPolicyRejectPrivate 0\nContactInfo r{i}@test.invalid\n",
+            free_port(),
+            free_port()
+        );
+        tors.push(start_tor_with(&dir, &format!("r{i}"), &relay, &authority));
+    }
+    let pt_port = free_port();
+    let bridge = format!(
+        "{TESTING}Nickname br\nORPort 127.0.0.1:{}\nSocksPort 0\nBridgeRelay 1\n\
+         PublishServerDescriptor 0\nExtORPort auto\nExitPolicy reject *:*\n\
+         ServerTransportPlugin plain exec {WATER} pt\nServerTransportListenAddr plain 127.0.0.1:{pt_port}\n",
+        free_port()
+    );
+    let mut bridge_tor = start_tor_with(&dir, "bridge", &bridge, &authority);
+    bridge_tor
+        .wait_for(TOR_STEP, |l| l.contains("Registered server transport 'plain'"))
+        .unwrap_or_else(|seen| panic!("the bridge did not register plain:\n{}", seen.join("\n")));
+    let bridge_fp = std::fs::read_to_string(dir.join("bridge/fingerprint")).unwrap();
+    let bridge_fp = bridge_fp.split_whitespace().nth(1).unwrap().to_string();
+
+    let socks = free_port();
+    let client = format!(
+        "{TESTING}SocksPort 127.0.0.1:{socks}\nUseBridges 1\nClientTransportPlugin plain exec {WATER} pt\n\
+         Bridge plain 127.0.0.1:{pt_port} {bridge_fp}\n"
+    );
+    let mut client_tor = start_tor_with(&dir, "client", &client, &authority);
+    let started = Instant::now();
+    client_tor
+        .wait_for(BOOTSTRAP_LIMIT, |l| l.contains("Bootstrapped 100%"))
+        .unwrap_or_else(|seen| panic!("no 100% bootstrap within {BOOTSTRAP_LIMIT:?}:\n{}", seen.join("\n")));
+    eprintln!("private network: bootstrapped in {:.1?}", started.elapsed());
+
+    let page = curl_socks(&format!("127.0.0.1:{socks}"), &format!("http://{web}/index.html"), &[])
+        .unwrap_or_else(|e| panic!("the page through tor's SocksPort: {e}"));
+    assert_eq!(page, b"hello through a private tor network\n");
+    let log = std::fs::read_to_string(dir.join("bridge/pt_state/water-pt.log")).unwrap_or_default();
+    assert!(log.contains("Extended ORPort (SAFE_COOKIE)"), "{log}");
+    drop((tors, bridge_tor, client_tor));
+    let _ = std::fs::remove_dir_all(&dir);
+}
