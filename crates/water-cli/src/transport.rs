@@ -26,7 +26,8 @@ pub fn load(name_or_path: &str, config: Option<&Path>) -> anyhow::Result<Watm> {
     if let (false, Some(guest)) = (looks_like_path, watm_artifacts::Guest::named(name_or_path)) {
         if guest.name == "xor" && config.is_none() {
             tracing::warn!("built-in xor without --config: using the demo key {DEMO_XOR_KEY} (not secret)");
-            cfg = cfg.transport_config(DEMO_XOR_KEY);
+            // key=value, so that a connection's `key=` argument can override it.
+            cfg = cfg.transport_config(format!("key={DEMO_XOR_KEY}"));
         }
         return Watm::new(guest.wasm, cfg).with_context(|| format!("built-in transport {name_or_path}"));
     }

@@ -224,9 +224,9 @@ fn server_methods_options_and_forwarding_to_the_orport() {
     let parts: Vec<&str> = lines[1].split(' ').collect();
     assert_eq!((parts[0], parts[1], parts[3]), ("SMETHOD", "plain", "ARGS:mode=a;b"), "{lines:?}");
     assert!(lines[2].starts_with("SMETHOD-ERROR nope "), "{lines:?}");
-    // Built-in xor's config is still a bare hex key: options cannot be
-    // added to it, said at once rather than per connection.
-    assert!(lines[3].starts_with("SMETHOD-ERROR xor ") && lines[3].contains("key=value"), "{lines:?}");
+    // Built-in xor's demo config is key=value, so its key can come as an
+    // option.
+    assert!(lines[3].starts_with("SMETHOD xor ") && lines[3].ends_with(" ARGS:key=00"), "{lines:?}");
 
     let addr: SocketAddr = parts[2].parse().unwrap();
     let mut s = TcpStream::connect(addr).unwrap();

@@ -125,12 +125,17 @@ fn free_port() -> u16 {
 /// through the Extended ORPort; returns it, the transport's address and
 /// the bridge's fingerprint.
 fn bridge(dir: &Path, t: &str, pt_args: &str, ext_orport: bool) -> (Proc, String, String) {
+    bridge_with(dir, t, pt_args, ext_orport, "")
+}
+
+/// [`bridge`] with more torrc lines (`extra`, each ending in a newline).
+fn bridge_with(dir: &Path, t: &str, pt_args: &str, ext_orport: bool, extra: &str) -> (Proc, String, String) {
     let ext = if ext_orport { "ExtORPort auto\n" } else { "" };
     // Without a listen address the PT would bind 0.0.0.0.
     let port = free_port();
     let torrc = format!(
         "ORPort 127.0.0.1:auto\nBridgeRelay 1\nAssumeReachable 1\nPublishServerDescriptor 0\n\
-         ServerTransportPlugin {t} exec {WATER} pt {pt_args}\nServerTransportListenAddr {t} 127.0.0.1:{port}\n{ext}"
+         ServerTransportPlugin {t} exec {WATER} pt {pt_args}\nServerTransportListenAddr {t} 127.0.0.1:{port}\n{ext}{extra}"
     );
     let mut tor = start_tor(dir, "bridge", &torrc);
     let prefix = format!("Registered server transport '{t}' at '");
@@ -206,6 +211,39 @@ fn tor_bridge_and_client_over_water_pt_xor() {
 #[ignore = "inner half: run through tor_bridge_and_client_over_water_pt_xor"]
 fn netns_xor() {
     positive("xor", "xor", false);
+}
+
+#[test]
+fn tor_bridge_and_client_over_water_pt_xor_with_the_key_as_bridge_arguments() {
+    in_namespace("netns_xor_arguments");
+}
+
+/// Each `water pt` loads xor with a config holding a different wrong key;
+/// the right one comes as transport arguments: the bridge's `ServerTransportOptions`
+/// and the client's `Bridge` line (which tor hands over as the SOCKS
+/// username). The arguments win over the config, on both sides.
+#[test]
+#[ignore = "inner half: run through tor_bridge_and_client_over_water_pt_xor_with_the_key_as_bridge_arguments"]
+fn netns_xor_arguments() {
+    enter_namespace();
+    let dir = fresh_dir("xor-arguments");
+    // Two different wrong keys: only if both sides take the arguments' key
+    // do they understand each other.
+    let config = |name: &str, key: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("key={key}\n")).unwrap();
+        format!("--config xor={}", path.display())
+    };
+    let (bridge_args, client_args) = (config("bridge-key", "00112233"), config("client-key", "44556677"));
+    let (_bridge, addr, fp) =
+        bridge_with(&dir, "xor", &bridge_args, false, "ServerTransportOptions xor key=9f3c51a7e0\n");
+    match client(&dir, "xor", &client_args, &format!("xor {addr} {fp} key=9f3c51a7e0"), TOR_STEP) {
+        Ok(line) => eprintln!("xor-arguments: {line}"),
+        Err(seen) => panic!("xor-arguments: no fresh bridge descriptor within {TOR_STEP:?}:\n{}", seen.join("\n")),
+    }
+    let log = std::fs::read_to_string(dir.join("bridge/pt_state/water-pt.log")).unwrap_or_default();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "the bridge PT logged a failure:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
