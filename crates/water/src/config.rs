@@ -106,8 +106,13 @@ impl Config {
         self
     }
 
-    /// How long a cancelled worker may take to return before it is dropped
-    /// (default 1 s).
+    /// After the application closes a connection, the worker goes on while it
+    /// makes progress (writes to the network); once it has written nothing
+    /// for `grace`, it is cancelled (and if it had not half-closed the
+    /// network by then, the close reports [`crate::Error::Cut`]). A cancelled
+    /// worker then has `grace` to return before it is dropped
+    /// ([`crate::Error::Stuck`]). Default 1 s: an inactivity limit, not a
+    /// limit on how long a slow peer may take.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
         self

@@ -65,6 +65,11 @@ impl Ring {
 
     /// Appends as much of `src` as fits in [`CAPACITY`]; returns how much.
     fn push(&mut self, src: &[u8]) -> usize {
+        // Nothing to store; a ring that never held data has no storage yet,
+        // and the arithmetic below is modulo its size.
+        if src.is_empty() {
+            return 0;
+        }
         self.reserve(self.len + src.len());
         let cap = self.data.len();
         let n = src.len().min(cap - self.len);
@@ -406,6 +411,18 @@ mod tests {
             }
         }
         assert_eq!(expect, next);
+    }
+
+    #[test]
+    fn an_empty_write_stores_nothing_and_does_not_panic() {
+        let (a, b) = pair();
+        // A ring that never held data (no storage yet), then one that did.
+        assert_eq!(a.try_write(&[]).unwrap(), 0);
+        a.try_write(b"x").unwrap();
+        assert_eq!(a.try_write(&[]).unwrap(), 0);
+        let mut buf = [0u8; 4];
+        assert_eq!(b.try_read(&mut buf).unwrap(), 1);
+        assert_eq!(b.try_read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

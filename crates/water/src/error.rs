@@ -58,6 +58,16 @@ pub enum Error {
     /// it was dropped.
     #[error("worker did not stop within {0:?} of being cancelled; it was dropped")]
     Stuck(Duration),
+    /// The application closed the connection, but the guest stopped making
+    /// progress before it had delivered everything (it neither wrote to the
+    /// network nor half-closed it for `idle`): it was cancelled, and the
+    /// peer may not have every byte.
+    #[error("delivery cut: the worker made no progress for {idle:?} after close and was cancelled before it finished sending")]
+    Cut { idle: Duration },
+    /// The connection's worker task ended without a result: it panicked, or
+    /// was dropped with the runtime it ran on.
+    #[error("the connection's worker task vanished (panicked, or its runtime shut down)")]
+    WorkerLost,
     /// The host ran out of a resource (memory, mappings) for this
     /// connection; others go on.
     #[error("host resources exhausted: {0}")]
@@ -72,7 +82,8 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::Io(inner) => inner.kind(),
             Error::Guest { errno, .. } => crate::wasi::errno::to_io_kind(*errno),
-            Error::Timeout { .. } | Error::Stuck(_) => io::ErrorKind::TimedOut,
+            Error::Timeout { .. } | Error::Stuck(_) | Error::Cut { .. } => io::ErrorKind::TimedOut,
+            Error::WorkerLost => io::ErrorKind::ConnectionAborted,
             Error::NotWasm | Error::Invalid(_) | Error::NotV0 => io::ErrorKind::InvalidData,
             Error::RoleNotSupported { .. } => io::ErrorKind::Unsupported,
             _ => io::ErrorKind::Other,

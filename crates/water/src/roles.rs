@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::conn::Connection;
 use crate::duplex;
 use crate::error::Error;
-use crate::v0::{Links, Session, Setup, spawn_worker};
+use crate::v0::{Done, Links, Session, Setup, finished, spawn_worker};
 use crate::wasi::table::Stream;
 use crate::watm::{Role, Watm};
 
@@ -83,7 +83,7 @@ impl Dialer {
 #[derive(Debug)]
 pub struct Tunnel {
     links: Links,
-    done: Option<tokio::sync::oneshot::Receiver<Result<(), Error>>>,
+    done: Option<Done>,
 }
 
 impl Tunnel {
@@ -91,7 +91,7 @@ impl Tunnel {
     /// reports how the worker ended. A second call returns `Ok` at once.
     pub async fn wait(&mut self) -> Result<(), Error> {
         match self.done.take() {
-            Some(done) => done.await.unwrap_or(Ok(())),
+            Some(done) => finished(done).await,
             None => Ok(()),
         }
     }
@@ -213,7 +213,7 @@ async fn relay_one(
     let result = match Session::start(&watm, setup, links.cancel.clone(), label.clone()).await {
         Ok(session) => {
             let done = spawn_worker(session, links, watm.inner.config.close_grace, None);
-            done.await.unwrap_or(Ok(()))
+            finished(done).await
         }
         Err(e) => Err(e),
     };

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -19,7 +20,7 @@ use crate::duplex::DuplexEnd;
 use crate::error::Error;
 use crate::wasi::p1::GuestExit;
 use crate::wasi::table::{Desc, Stream};
-use crate::wasi::{WasiCtx, WasiView, errno};
+use crate::wasi::{Activity, WasiCtx, WasiView, errno};
 use crate::watm::{Inner, Linked};
 use crate::watm::{Role, Watm};
 
@@ -300,12 +301,15 @@ impl Session {
         ctx.pending_accept = accepted;
         ctx.dial_target = target;
         let arg = match internal {
-            Some(stream) => Some(
-                ctx.wasi
+            Some(stream) => {
+                let fd = ctx
+                    .wasi
                     .table
                     .insert(Desc::Stream { stream, nonblocking: false })
-                    .map_err(|_| Error::Invalid("fd table full".into()))? as i32,
-            ),
+                    .map_err(|_| Error::Invalid("fd table full".into()))?;
+                ctx.wasi.internal_fd = Some(fd);
+                Some(fd as i32)
+            }
             None => None,
         };
         let export = role.export();
@@ -324,6 +328,7 @@ impl Session {
                 {
                     return Err(Error::BogusFd { export, fd: r });
                 }
+                store.data_mut().wasi.net_fd = Some(fd);
             }
             Ok(_) => {}
         }
@@ -370,33 +375,99 @@ impl Session {
 /// The signals between a connection's owner and its worker task.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Links {
-    /// The owner left: the worker has a grace period to finish, then is
-    /// cancelled.
+    /// The owner left: the worker may finish while it makes progress, then
+    /// is cancelled.
     pub closing: CancellationToken,
     /// Cancel now: the guest's cancel fd becomes readable.
     pub cancel: CancellationToken,
 }
 
+/// How a worker task ended, as its owner receives it.
+pub(crate) type Done = tokio::sync::oneshot::Receiver<Result<(), Error>>;
+
+/// Waits for the worker behind `done`. A task that vanished without a
+/// result (it panicked, or its runtime was shut down) is an error, never a
+/// clean end.
+pub(crate) async fn finished(done: Done) -> Result<(), Error> {
+    done.await.unwrap_or(Err(Error::WorkerLost))
+}
+
+/// Reports the worker's end, whatever it is: if the task is dropped or
+/// unwinds before [`Report::send`], the application reads an error instead
+/// of a clean EOF, and its owner gets [`Error::WorkerLost`].
+struct Report {
+    tx: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+    app_link: Option<Arc<DuplexEnd>>,
+}
+
+impl Report {
+    fn send(mut self, result: Result<(), Error>) {
+        if let (Err(e), Some(link)) = (&result, &self.app_link) {
+            link.fail(io::ErrorKind::ConnectionAborted, e.to_string());
+        }
+        // The application's end first, so that a reader woken by the
+        // result finds the error in place.
+        drop(self.app_link.take());
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            if let Some(link) = &self.app_link {
+                link.fail(io::ErrorKind::ConnectionAborted, Error::WorkerLost.to_string());
+            }
+            let _ = tx.send(Err(Error::WorkerLost));
+        }
+    }
+}
+
+/// Resolves once the guest has gone `idle` without writing a byte toward
+/// the network (checked every `idle`, so after between one and two `idle`).
+async fn until_idle(activity: &Activity, idle: Duration) {
+    let mut last = activity.sent();
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = activity.sent();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// Runs a session's worker as its own task. After `links.closing`, the
-/// worker has `grace` to finish before it is cancelled; once cancelled, it
-/// has `grace` to return before it is dropped. On failure the application's
-/// side of `app_link` (if any) reads the error instead of EOF.
+/// worker may go on while it makes progress (writes to the network); once
+/// it has made none for `grace`, it is cancelled, and if it had not
+/// half-closed the network by then, its end is [`Error::Cut`]. Once
+/// cancelled, it has `grace` to return before it is dropped
+/// ([`Error::Stuck`]). On failure the application's side of `app_link` (if
+/// any) reads the error instead of EOF.
 pub(crate) fn spawn_worker(
     mut session: Session,
     links: Links,
     grace: Duration,
     app_link: Option<Arc<DuplexEnd>>,
-) -> tokio::sync::oneshot::Receiver<Result<(), Error>> {
+) -> Done {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let report = Report { tx: Some(tx), app_link };
+    let activity = session.store.data().wasi.activity.clone();
     tokio::spawn(async move {
         let Links { closing, cancel } = links;
+        let cut = AtomicBool::new(false);
         let result = {
             let work = session.run();
             tokio::pin!(work);
             let deadline = async {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = async { closing.cancelled().await; tokio::time::sleep(grace).await } => cancel.cancel(),
+                    () = async { closing.cancelled().await; until_idle(&activity, grace).await } => {
+                        cut.store(!activity.delivered(), Ordering::Relaxed);
+                        cancel.cancel();
+                    }
                 }
                 tokio::time::sleep(grace).await;
             };
@@ -405,13 +476,13 @@ pub(crate) fn spawn_worker(
                 () = deadline => Err(Error::Stuck(grace)),
             }
         };
-        if let (Err(e), Some(link)) = (&result, &app_link) {
-            link.fail(io::ErrorKind::ConnectionAborted, e.to_string());
-        }
+        let result = match result {
+            Ok(()) if cut.load(Ordering::Relaxed) => Err(Error::Cut { idle: grace }),
+            other => other,
+        };
         // Frees the instance and closes every fd it held, now.
         drop(session);
-        drop(app_link);
-        let _ = tx.send(result);
+        report.send(result);
     });
     rx
 }

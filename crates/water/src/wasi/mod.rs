@@ -23,6 +23,8 @@ pub mod p1;
 pub mod poll;
 pub mod table;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use wasmtime::Memory;
@@ -39,6 +41,35 @@ pub struct WasiCtx {
     pub output: output::OutputLog,
     /// Zero of the guest's monotonic clock.
     pub clock_base: Instant,
+    /// The application's end (`internal_fd`), once handed to the role call.
+    pub internal_fd: Option<u32>,
+    /// The network fd the role call returned.
+    pub net_fd: Option<u32>,
+    /// What the guest has done, readable while it runs.
+    pub activity: Arc<Activity>,
+}
+
+/// What a running guest has done, shared with the task that owns it, which
+/// cannot look inside the store while the worker runs: after the
+/// application closed, the worker is left to finish while it makes progress
+/// (see `v0::spawn_worker`).
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Bytes the guest wrote to streams other than the application's end.
+    sent: AtomicU64,
+    /// The guest half-closed (or closed) its network fd: everything it had
+    /// to deliver is out.
+    delivered: AtomicBool,
+}
+
+impl Activity {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn delivered(&self) -> bool {
+        self.delivered.load(Ordering::Relaxed)
+    }
 }
 
 impl WasiCtx {
@@ -48,6 +79,23 @@ impl WasiCtx {
             memory: None,
             output: output::OutputLog::new(label),
             clock_base: Instant::now(),
+            internal_fd: None,
+            net_fd: None,
+            activity: Arc::default(),
+        }
+    }
+
+    /// Counts `n` bytes the guest wrote to `fd`.
+    pub fn note_write(&self, fd: u32, n: usize) {
+        if Some(fd) != self.internal_fd {
+            self.activity.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes that the guest ended its writing to `fd` (shutdown or close).
+    pub fn note_write_end(&self, fd: u32) {
+        if Some(fd) == self.net_fd {
+            self.activity.delivered.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -99,7 +99,12 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
         },
     )?;
     linker.func_wrap(MODULE, "fd_close", |mut caller: Caller<'_, T>, fd: i32| -> i32 {
-        ret(caller.data_mut().wasi().table.remove(fd as u32).map(drop))
+        let wasi = caller.data_mut().wasi();
+        let closed = wasi.table.remove(fd as u32).map(drop);
+        if closed.is_ok() {
+            wasi.note_write_end(fd as u32);
+        }
+        ret(closed)
     })?;
     linker.func_wrap(MODULE, "fd_fdstat_get", |mut caller: Caller<'_, T>, fd: i32, buf: i32| -> i32 {
         ret(fd_fdstat_get(&mut caller, fd as u32, buf as u32))
@@ -311,7 +316,10 @@ async fn fd_write<T: WasiView>(
         };
         let (ptr, len) = mem.first_iovec(iovs, n)?;
         match stream.try_write(mem.slice(ptr, len)?) {
-            Ok(k) => return mem.write_u32(nwritten, k as u32),
+            Ok(k) => {
+                wasi.note_write(fd, k);
+                return mem.write_u32(nwritten, k as u32);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if nonblocking {
                     return Err(Errno::AGAIN);
@@ -393,5 +401,9 @@ fn sock_shutdown(wasi: &mut WasiCtx, fd: u32, how: u32) -> Result<(), Errno> {
         return Err(Errno::INVAL);
     }
     let stream = wasi.table.stream(fd)?;
-    stream.shutdown(how & SDFLAGS_RD != 0, how & SDFLAGS_WR != 0).map_err(|e| errno::from_io(&e))
+    stream.shutdown(how & SDFLAGS_RD != 0, how & SDFLAGS_WR != 0).map_err(|e| errno::from_io(&e))?;
+    if how & SDFLAGS_WR != 0 {
+        wasi.note_write_end(fd);
+    }
+    Ok(())
 }

@@ -1,0 +1,206 @@
+//! The trust boundary: no guest or peer can crash, stall or exhaust the
+//! host, and no abnormal end reaches the application as a clean one. Each
+//! test names the hole it closes (issue #9).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use water::{Config, Dialer, Error, Listener, Watm};
+
+/// A v0 module with every role; each argument replaces one function body.
+/// Imports `$host_dial`, `$host_accept`, `$fd_read`, `$fd_write` and
+/// `$poll_oneoff`; memory page 0 is scratch.
+fn module_wat(init: &str, dial: &str, accept: &str, worker: &str) -> String {
+    format!(
+        r#"(module
+          (import "env" "host_dial" (func $host_dial (result i32)))
+          (import "env" "host_accept" (func $host_accept (result i32)))
+          (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (global $cancel (mut i32) (i32.const -1))
+          (func (export "_water_v0"))
+          (func (export "_water_init") (result i32) {init})
+          (func (export "_water_cancel_with") (param i32) (result i32) local.get 0 global.set $cancel i32.const 0)
+          (func (export "_water_dial") (param $internal i32) (result i32) {dial})
+          (func (export "_water_accept") (param $internal i32) (result i32) {accept})
+          (func (export "_water_associate") (result i32) i32.const 0)
+          (func (export "_water_worker") (result i32) {worker}))"#
+    )
+}
+
+fn module(init: &str, dial: &str, accept: &str, worker: &str) -> Vec<u8> {
+    wat::parse_str(module_wat(init, dial, accept, worker)).unwrap()
+}
+
+const OK: &str = "i32.const 0";
+
+/// `fd_write(fd, no iovec)`: a write of zero bytes, as Go's
+/// `conn.Write([]byte{})` issues.
+fn empty_write(fd: &str) -> String {
+    format!("(drop (call $fd_write ({fd}) (i32.const 0) (i32.const 0) (i32.const 8)))")
+}
+
+/// A listener whose accepted sockets have a tiny receive buffer, so that a
+/// peer that reads slowly (or not at all) holds the sender back at once.
+fn small_buffer_listener() -> tokio::net::TcpListener {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(8).unwrap()
+}
+
+/// A peer that reads `chunk` bytes every `pause` until EOF; yields the byte
+/// count. `pause: None` never reads (and holds the socket open).
+async fn slow_sink(chunk: usize, pause: Option<Duration>) -> (SocketAddr, tokio::task::JoinHandle<usize>) {
+    let listener = small_buffer_listener();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let Some(pause) = pause else {
+            tokio::time::sleep(LIMIT).await;
+            return 0;
+        };
+        let mut buf = vec![0u8; chunk];
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+            tokio::time::sleep(pause).await;
+        }
+    });
+    (addr, task)
+}
+
+// Item 1: a zero-length write reached `Ring::push` with no storage and
+// divided by zero: the listener's caller (water server's accept loop)
+// unwound, and a dialer's application panicked in `write`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_length_write_is_not_a_panic() {
+    bounded(async {
+        // The guest writes nothing to the application's end during
+        // `_water_accept`, then every later call works.
+        let accept = format!("{} call $host_accept", empty_write("local.get $internal"));
+        let worker = format!("{} i32.const 0", empty_write("i32.const 3"));
+        let watm = Watm::new(&module(OK, "call $host_dial", &accept, &worker), Config::default()).unwrap();
+        let listener = Listener::bind(&watm, "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = connect(addr).await;
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.map(|_| rest)
+        });
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
+        conn.close().await.unwrap();
+        client.await.unwrap().unwrap();
+
+        // The application's empty write, then a real exchange.
+        let echo = echo_server().await;
+        let mut conn = Dialer::new(&guest("xor")).unwrap().dial(echo.to_string()).await.unwrap();
+        assert_eq!(conn.write(&[]).await.unwrap(), 0);
+        let sent = data(300 << 10, 21);
+        assert!(exchange(conn, &sent).await.unwrap() == sent);
+    })
+    .await;
+}
+
+// Item 2: a worker task that vanished (here: dropped with its runtime) was
+// read as a clean EOF and `close()` as `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_worker_is_an_error_not_a_clean_end() {
+    bounded(async {
+        let echo = echo_server().await;
+        let dialer = Dialer::new(&guest("plain")).unwrap();
+        // The connection's worker runs on a runtime of its own, which then
+        // shuts down, dropping the task mid-connection.
+        let conn = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let conn = rt.block_on(dialer.dial(echo.to_string())).unwrap();
+            rt.shutdown_timeout(Duration::from_secs(5));
+            conn
+        })
+        .await
+        .unwrap();
+        let mut conn = conn;
+        let mut buf = [0u8; 16];
+        let err = conn.read(&mut buf).await.expect_err("a vanished worker must not read as EOF");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+        assert!(matches!(conn.close().await, Err(Error::WorkerLost)));
+    })
+    .await;
+}
+
+/// Connects with a 4 KiB send buffer (what the kernel holds is then small
+/// next to what the worker still has to deliver).
+struct SmallSendBuffer;
+
+impl water::Connector for SmallSendBuffer {
+    fn connect<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let socket = TcpSocket::new_v4()?;
+            socket.set_send_buffer_size(4096)?;
+            socket.connect(addr.parse().map_err(std::io::Error::other)?).await
+        })
+    }
+}
+
+// Item 3: `close()` cancelled the worker a fixed second after it, even while
+// it was still delivering to a slow reader, and called the cut `Ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_lingers_while_the_worker_delivers() {
+    bounded(async {
+        let grace = Duration::from_millis(100);
+        let watm = Watm::new(
+            &watm_artifacts::Guest::named("plain").unwrap().bytes(),
+            Config::default().close_grace(grace).connector(SmallSendBuffer),
+        )
+        .unwrap();
+        // Small kernel buffers at both ends, and a pause after every read of
+        // at most a few KiB: under 1 MB/s, so that what the duplex holds at
+        // close (up to 256 KiB) takes several close graces to deliver, while
+        // the worker never stalls for a whole one.
+        let (sink, received) = slow_sink(16 << 10, Some(Duration::from_millis(10))).await;
+        let mut conn = Dialer::new(&watm).unwrap().dial(sink.to_string()).await.unwrap();
+        let sent = data(1 << 20, 5);
+        conn.write_all(&sent).await.unwrap();
+        conn.close().await.unwrap();
+        assert_eq!(received.await.unwrap(), sent.len(), "the slow reader lost the tail");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_delivery_is_its_own_error() {
+    bounded(async {
+        let grace = Duration::from_millis(100);
+        let watm = Watm::new(
+            &watm_artifacts::Guest::named("plain").unwrap().bytes(),
+            Config::default().close_grace(grace),
+        )
+        .unwrap();
+        // A peer that never reads: the worker stalls with bytes in hand.
+        let (sink, _never) = slow_sink(0, None).await;
+        let mut conn = Dialer::new(&watm).unwrap().dial(sink.to_string()).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(500), conn.write_all(&data(8 << 20, 6))).await;
+        match conn.close().await {
+            Err(Error::Cut { idle }) => assert_eq!(idle, grace),
+            other => panic!("a stalled delivery ended as {other:?}"),
+        }
+    })
+    .await;
+}
