@@ -34,6 +34,7 @@ pub struct Config {
     pub(crate) dial_filter: Option<DialFilter>,
     pub(crate) connect_timeout: Duration,
     pub(crate) memory_limit: usize,
+    pub(crate) table_elements_limit: usize,
     pub(crate) setup_timeout: Duration,
     pub(crate) close_grace: Duration,
 }
@@ -46,6 +47,7 @@ impl Default for Config {
             dial_filter: None,
             connect_timeout: Duration::from_secs(10),
             memory_limit: 16 << 20,
+            table_elements_limit: 65_536,
             setup_timeout: Duration::from_secs(5),
             close_grace: Duration::from_secs(1),
         }
@@ -60,6 +62,7 @@ impl fmt::Debug for Config {
             .field("dial_filter", &self.dial_filter.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("memory_limit", &self.memory_limit)
+            .field("table_elements_limit", &self.table_elements_limit)
             .field("setup_timeout", &self.setup_timeout)
             .field("close_grace", &self.close_grace)
             .finish()
@@ -92,9 +95,20 @@ impl Config {
         self
     }
 
-    /// Most linear memory one instance may grow to (default 16 MiB).
+    /// Most linear memory one instance may grow to (default 16 MiB). An
+    /// instance has one memory (and one table): a module that defines more,
+    /// or whose initial memory is larger, is refused at load
+    /// ([`crate::Error::OverLimit`]); a `memory.grow` past it fails (-1).
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
+        self
+    }
+
+    /// Most elements the instance's table may hold (default 65,536, about
+    /// 512 KiB). A module whose initial table is larger is refused at load
+    /// ([`crate::Error::OverLimit`]); a `table.grow` past it fails (-1).
+    pub fn table_elements_limit(mut self, elements: usize) -> Self {
+        self.table_elements_limit = elements;
         self
     }
 

@@ -23,6 +23,11 @@ pub enum Error {
     /// A valid module that is not a WATM v0 (no `_water_v0` export).
     #[error("not a WATM v0 module: it has no `_water_v0` export")]
     NotV0,
+    /// The module needs more of a resource than the host allows one
+    /// instance (memories, tables, initial memory or table size, module
+    /// size, compile resources); see [`crate::Config`].
+    #[error("module needs {requested} {what}, over the host's limit of {limit}")]
+    OverLimit { what: &'static str, requested: u64, limit: u64 },
     /// A required export is missing.
     #[error("module has no export `{name}` (expected {expected})")]
     MissingExport { name: &'static str, expected: String },
@@ -84,7 +89,7 @@ impl From<Error> for io::Error {
             Error::Guest { errno, .. } => crate::wasi::errno::to_io_kind(*errno),
             Error::Timeout { .. } | Error::Stuck(_) | Error::Cut { .. } => io::ErrorKind::TimedOut,
             Error::WorkerLost => io::ErrorKind::ConnectionAborted,
-            Error::NotWasm | Error::Invalid(_) | Error::NotV0 => io::ErrorKind::InvalidData,
+            Error::NotWasm | Error::Invalid(_) | Error::NotV0 | Error::OverLimit { .. } => io::ErrorKind::InvalidData,
             Error::RoleNotSupported { .. } => io::ErrorKind::Unsupported,
             _ => io::ErrorKind::Other,
         };

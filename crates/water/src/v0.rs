@@ -236,7 +236,13 @@ impl Session {
         let limit = config.setup_timeout;
         let ctx = Ctx {
             wasi: WasiCtx::new(label),
-            limits: StoreLimitsBuilder::new().memory_size(config.memory_limit).instances(1).build(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(config.memory_limit)
+                .memories(crate::watm::MAX_MEMORIES)
+                .table_elements(config.table_elements_limit)
+                .tables(crate::watm::MAX_TABLES)
+                .instances(1)
+                .build(),
             config,
             dial_target: None,
             dialed: false,

@@ -294,6 +294,7 @@ impl Watm {
         let engines = engines();
         let module = Module::new(&engines.on_demand, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         let exports = validate(&module)?;
+        check_resources(&module, &config)?;
         let on_demand = Linked::new(&engines.on_demand, &module)?;
         let pooled = engines.pooled.as_ref().and_then(|engine| Linked::pooled(engine, &module));
         Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config }) })
@@ -455,6 +456,30 @@ fn validate(module: &Module) -> Result<Exports, Error> {
         }
     }
     Ok(exports)
+}
+
+/// Memories and tables one instance may define (what every toolchain emits;
+/// the memory limit is per memory, so more would multiply it).
+pub(crate) const MAX_MEMORIES: usize = 1;
+pub(crate) const MAX_TABLES: usize = 1;
+
+/// Refuses, at load, a module whose every instance would be refused: more
+/// memories or tables than [`MAX_MEMORIES`]/[`MAX_TABLES`], or an initial
+/// memory or table above the configured limits.
+fn check_resources(module: &Module, config: &Config) -> Result<(), Error> {
+    let r = module.resources_required();
+    let over = |what, requested: u64, limit: usize| {
+        if requested > limit as u64 {
+            Err(Error::OverLimit { what, requested, limit: limit as u64 })
+        } else {
+            Ok(())
+        }
+    };
+    over("memories", r.num_memories.into(), MAX_MEMORIES)?;
+    over("tables", r.num_tables.into(), MAX_TABLES)?;
+    let initial_memory = r.max_initial_memory_size.unwrap_or(0).saturating_mul(64 << 10);
+    over("bytes of initial memory", initial_memory, config.memory_limit)?;
+    over("initial table elements", r.max_initial_table_size.unwrap_or(0), config.table_elements_limit)
 }
 
 /// Turns a link failure (a preview1 import with the wrong signature) into a

@@ -204,3 +204,69 @@ async fn a_cut_delivery_is_its_own_error() {
     })
     .await;
 }
+
+// Item 4: only memory size was limited. A module could grow a table without
+// bound (1.2 GiB in under a second), or multiply the memory limit with many
+// memories; and one whose initial memory was over the limit loaded, then
+// failed every connection.
+#[test]
+fn memories_and_tables_are_limited_at_load() {
+    let base = module_wat(OK, "call $host_dial", "call $host_accept", OK);
+    let two_memories = base.replace(
+        r#"(memory (export "memory") 1)"#,
+        r#"(memory (export "memory") 1) (memory $second 1)"#,
+    );
+    match Watm::new(&wat::parse_str(two_memories).unwrap(), Config::default()) {
+        Err(Error::OverLimit { what: "memories", requested: 2, limit: 1 }) => {}
+        other => panic!("two memories: {other:?}"),
+    }
+    let two_tables = base.replace(
+        r#"(memory (export "memory") 1)"#,
+        r#"(memory (export "memory") 1) (table 1 funcref) (table 1 funcref)"#,
+    );
+    assert!(matches!(
+        Watm::new(&wat::parse_str(two_tables).unwrap(), Config::default()),
+        Err(Error::OverLimit { what: "tables", .. })
+    ));
+    let big_table =
+        base.replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 1) (table 100000 funcref)"#);
+    let big_table = wat::parse_str(big_table).unwrap();
+    let err = Watm::new(&big_table, Config::default().table_elements_limit(50_000)).unwrap_err();
+    assert!(matches!(err, Error::OverLimit { what: "initial table elements", requested: 100_000, limit: 50_000 }));
+    assert!(err.to_string().contains("limit of 50000"), "{err}");
+    // Within the limit it loads.
+    Watm::new(&big_table, Config::default().table_elements_limit(100_000)).unwrap();
+    let big_memory = base.replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 512)"#);
+    match Watm::new(&wat::parse_str(big_memory).unwrap(), Config::default().memory_limit(16 << 20)) {
+        Err(Error::OverLimit { what: "bytes of initial memory", requested, limit }) => {
+            assert_eq!((requested, limit), (32 << 20, 16 << 20))
+        }
+        other => panic!("initial memory over the limit: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_cannot_grow_past_its_limit() {
+    bounded(async {
+        let echo = echo_server().await;
+        // Grows its table by a million elements; answers -nomem when refused.
+        // Its initial table is too large for a pool slot (mapped on demand,
+        // where only the store's limits stop the growth).
+        let grow = "(if (i32.eq (table.grow $t (ref.null func) (i32.const 1000000)) (i32.const -1))
+                      (then (return (i32.const -48)))) i32.const 0";
+        let wat = module_wat(grow, "call $host_dial", "call $host_accept", OK)
+            .replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 1) (table $t 30000 funcref)"#);
+        let watm = Watm::new(&wat::parse_str(wat).unwrap(), Config::default()).unwrap();
+        match Dialer::new(&watm).unwrap().dial(echo.to_string()).await {
+            Err(Error::Guest { export: "_water_init", errno: water::Errno::NOMEM, .. }) => {}
+            other => panic!("a million-element table.grow: {other:?}"),
+        }
+        let roomy = Watm::new(
+            &watm_artifacts::Guest::named("plain").unwrap().bytes(),
+            Config::default().table_elements_limit(2_000_000),
+        )
+        .unwrap();
+        Dialer::new(&roomy).unwrap().dial(echo.to_string()).await.unwrap().abort().await.unwrap();
+    })
+    .await;
+}
