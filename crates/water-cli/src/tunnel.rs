@@ -82,7 +82,11 @@ pub async fn run_client(
         let (dialer, remote) = (dialer.clone(), remote.clone());
         async move {
             // The accepted socket is the guest's plain side: no copy here.
-            let mut tunnel = dialer.dial_socket(remote.clone(), stream).await?;
+            let mut tunnel = tokio::select! {
+                t = dialer.dial_socket(remote.clone(), stream) => t?,
+                // Shutdown does not wait for a setup.
+                () = stop.cancelled() => return Ok(()),
+            };
             tokio::select! {
                 r = tunnel.wait() => Ok(r?),
                 () = stop.cancelled() => Ok(tunnel.abort().await?),

@@ -359,3 +359,49 @@ fn bench_reports_each_figure_with_its_baseline_as_json() {
     let after = field("server_rss_after_close_kib");
     assert!(after > 0 && after <= field("server_peak_rss_kib"), "{json}");
 }
+
+/// A module whose every role's setup blocks in a host call: dial reads the
+/// client's socket (a deadlock), accept and associate wait for a handshake
+/// from a peer that sends nothing.
+const STUCK_SETUP: &str = r#"(module
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (import "env" "host_accept" (func $host_accept (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $read (param $fd i32)
+    (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_read (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_water_v0"))
+  (func (export "_water_init") (result i32) i32.const 0)
+  (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+  (func (export "_water_dial") (param i32) (result i32) (call $read (local.get 0)) call $host_dial)
+  (func (export "_water_accept") (param i32) (result i32) (local $n i32)
+    (local.set $n (call $host_accept)) (call $read (local.get $n)) local.get $n)
+  (func (export "_water_associate") (result i32) (call $read (call $host_accept)) i32.const 0)
+  (func (export "_water_worker") (result i32) i32.const 0))"#;
+
+// Issue #9 item 5: a setup stuck in a host call held `water relay` past
+// SIGTERM for as long as the setup timeout (5 s).
+#[test]
+fn sigterm_while_a_setup_is_stuck_exits_promptly() {
+    let dir = temp_dir("stuck");
+    let module = dir.join("stuck.wasm");
+    std::fs::write(&module, wat::parse_str(STUCK_SETUP).unwrap()).unwrap();
+    let module = module.to_str().unwrap();
+    let echo = echo_server().to_string();
+    for (role, target) in [("client", "--remote"), ("server", "--forward"), ("relay", "--remote")] {
+        let (mut p, addr) = Proc::listening(&[role, "-t", module, "--listen", "127.0.0.1:0", target, &echo]);
+        // A peer that connects and never speaks: its setup blocks.
+        let _silent = TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = p.wait();
+        let took = start.elapsed();
+        assert!(exit.success(), "{role}: exit {exit}: {}", p.stderr_text());
+        // Well under the 5 s setup timeout (and the 1.5 s drain).
+        assert!(took < Duration::from_millis(1400), "{role} took {took:?} to exit on SIGTERM");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

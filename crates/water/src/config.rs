@@ -112,9 +112,12 @@ impl Config {
         self
     }
 
-    /// Wall-clock limit on each setup call (`_start`, `_water_init`, the role
-    /// call, `_water_cancel_with`; default 5 s). The worker has none: it lives
-    /// as long as its connection.
+    /// Wall-clock limit on each setup step (instantiation, `_start`,
+    /// `_water_init`, the role call, `_water_cancel_with`; default 5 s),
+    /// time blocked in host calls included: a guest sleeping in
+    /// `poll_oneoff`, waiting for a handshake that never comes or for a
+    /// dial, is stopped there ([`crate::Error::Timeout`]). The worker has
+    /// none: it lives as long as its connection.
     pub fn setup_timeout(mut self, timeout: Duration) -> Self {
         self.setup_timeout = timeout;
         self

@@ -210,7 +210,16 @@ async fn relay_one(
     let label = label("relay");
     let setup = Setup::Associate { accepted, target: remote };
     let links = Links { closing: cancel, cancel: CancellationToken::new() };
-    let result = match Session::start(&watm, setup, links.cancel.clone(), label.clone()).await {
+    // Shutdown does not wait for a setup (a stuck one lasts the setup
+    // timeout).
+    let started = tokio::select! {
+        r = Session::start(&watm, setup, links.cancel.clone(), label.clone()) => r,
+        () = links.closing.cancelled() => {
+            tracing::debug!(target: "water", conn = %label, %peer, "relay stopped during setup");
+            return;
+        }
+    };
+    let result = match started {
         Ok(session) => {
             let done = spawn_worker(session, links, watm.inner.config.close_grace, None);
             finished(done).await

@@ -223,8 +223,21 @@ async fn instantiate(
     Ok((store, instance, linked))
 }
 
+/// Runs one setup step under the wall-clock `limit`. Time spent blocked in
+/// a host call counts (a guest sleeping in `poll_oneoff`, or reading an fd
+/// nothing will ever write): the step is dropped at the limit, which
+/// cancels the guest's call; the store is then dropped with the session.
+async fn step<T>(
+    limit: Duration,
+    export: &'static str,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, work).await.unwrap_or(Err(Error::Timeout { export, limit }))
+}
+
 impl Session {
-    /// Instantiates `watm` and runs every setup call for `setup`'s role.
+    /// Instantiates `watm` and runs every setup call for `setup`'s role,
+    /// each step (instantiation included) under the setup time limit.
     pub(crate) async fn start(
         watm: &Watm,
         setup: Setup,
@@ -250,7 +263,7 @@ impl Session {
             dial_error: None,
             deadline: Some(Instant::now() + limit),
         };
-        let (mut store, instance, linked) = instantiate(inner, ctx, limit).await?;
+        let (mut store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
 
         let func = |store: &mut Store<Ctx>, name: &'static str| {
             let export = linked.index.get(name)?;
@@ -262,7 +275,8 @@ impl Session {
                 .typed::<(), ()>(&store)
                 .expect("validated");
             store.data_mut().deadline = Some(Instant::now() + limit);
-            match start.call_async(&mut store, ()).await {
+            let started = step(limit, abi::START_EXPORT, async { Ok(start.call_async(&mut store, ()).await) });
+            match started.await? {
                 Ok(()) => {}
                 // A WASI command's `_start` ends with proc_exit(0): that is success.
                 Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => {}
@@ -276,11 +290,14 @@ impl Session {
                -> Result<i32, Error> {
             store.data_mut().deadline = Some(Instant::now() + limit);
             let f = func(store, name).expect("validated");
-            let r = match arg {
-                Some(a) => f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await,
-                None => f.typed::<(), i32>(&*store).expect("validated").call_async(&mut *store, ()).await,
+            let run = async {
+                let r = match arg {
+                    Some(a) => f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await,
+                    None => f.typed::<(), i32>(&*store).expect("validated").call_async(&mut *store, ()).await,
+                };
+                r.map_err(|e| classify(name, e, limit))
             };
-            r.map_err(|e| classify(name, e, limit))
+            step(limit, name, run).await
         };
         let guest_err = |store: &mut Store<Ctx>, export: &'static str, errno: Errno| Error::Guest {
             export,

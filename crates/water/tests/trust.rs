@@ -270,3 +270,59 @@ async fn a_table_cannot_grow_past_its_limit() {
     })
     .await;
 }
+
+/// `poll_oneoff` with one clock subscription of an hour (subscription at
+/// 64, events at 128, nevents at 120).
+const SLEEP_AN_HOUR: &str = "(i64.store (i32.const 64) (i64.const 1))
+    (i32.store8 (i32.const 72) (i32.const 0))
+    (i32.store (i32.const 80) (i32.const 1))
+    (i64.store (i32.const 88) (i64.const 3600000000000))
+    (drop (call $poll_oneoff (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 120)))";
+
+/// A blocking `fd_read` of up to 16 bytes from `fd` (iovec at 0, buffer at
+/// 256, nread at 8).
+fn blocking_read(fd: &str) -> String {
+    format!(
+        "(i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 16))
+         (drop (call $fd_read ({fd}) (i32.const 0) (i32.const 1) (i32.const 8)))"
+    )
+}
+
+// Item 5: the setup deadline counted only time in wasm; a setup call
+// blocked in a host call was never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_time_is_wall_clock_even_inside_host_calls() {
+    let limit = Duration::from_millis(300);
+    let echo = echo_server().await;
+    let dial_with = |wat: String| async move {
+        let watm = Watm::new(&wat::parse_str(wat).unwrap(), Config::default().setup_timeout(limit)).unwrap();
+        // Far below the hour the guest asks for, well above the limit.
+        tokio::time::timeout(Duration::from_secs(20), Dialer::new(&watm).unwrap().dial(echo.to_string()))
+            .await
+            .expect("a setup blocked in a host call was not stopped")
+    };
+    let cases = [
+        // _water_init sleeps an hour in poll_oneoff.
+        ("_water_init", module_wat(&format!("{SLEEP_AN_HOUR} i32.const 0"), "call $host_dial", OK, OK)),
+        // _water_dial reads the application's end first: a deadlock, since
+        // the application cannot write before dial returns.
+        (
+            "_water_dial",
+            module_wat(OK, &format!("{} call $host_dial", blocking_read("local.get $internal")), OK, OK),
+        ),
+        // _water_cancel_with reads the cancel fd.
+        (
+            "_water_cancel_with",
+            module_wat(OK, "call $host_dial", OK, OK).replace(
+                "local.get 0 global.set $cancel i32.const 0",
+                &format!("{} i32.const 0", blocking_read("local.get 0")),
+            ),
+        ),
+    ];
+    for (export, wat) in cases {
+        match dial_with(wat).await {
+            Err(Error::Timeout { export: e, limit: l }) => assert_eq!((e, l), (export, limit)),
+            other => panic!("{export} blocked: {other:?}"),
+        }
+    }
+}
