@@ -43,6 +43,10 @@ struct TransportArgs {
     /// File whose bytes the transport gets from pull_config.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Most connections at once; past it new ones are closed at once, with
+    /// a log line (default: no limit).
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,13 +139,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Client { t, listen, remote } => {
-                tunnel::client(&t.transport, t.config.as_deref(), &listen, remote).await
+                tunnel::client(&t.transport, t.config.as_deref(), t.max_connections, &listen, remote).await
             }
             Command::Server { t, listen, forward } => {
-                tunnel::server(&t.transport, t.config.as_deref(), &listen, forward).await
+                tunnel::server(&t.transport, t.config.as_deref(), t.max_connections, &listen, forward).await
             }
             Command::Relay { t, listen, remote } => {
-                tunnel::relay(&t.transport, t.config.as_deref(), &listen, remote).await
+                tunnel::relay(&t.transport, t.config.as_deref(), t.max_connections, &listen, remote).await
             }
             Command::Check { transport, config } => check::run(&transport, config.as_deref()).await,
             Command::Demo => demo::run().await,

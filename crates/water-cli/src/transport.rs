@@ -17,7 +17,11 @@ pub fn builtins() -> Vec<&'static str> {
 
 /// Loads `name_or_path` with the given config file.
 pub fn load(name_or_path: &str, config: Option<&Path>) -> anyhow::Result<Watm> {
-    let mut cfg = Config::default();
+    load_with(name_or_path, config, Config::default())
+}
+
+/// [`load`], starting from `cfg` (the tunnels' limits).
+pub fn load_with(name_or_path: &str, config: Option<&Path>, mut cfg: Config) -> anyhow::Result<Watm> {
     if let Some(path) = config {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read config {}", path.display()))?;
         cfg = cfg.transport_config(bytes);

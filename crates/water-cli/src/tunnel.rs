@@ -65,8 +65,23 @@ async fn drain(mut tasks: JoinSet<()>) {
     }
 }
 
-pub async fn client(t: &str, config: Option<&Path>, listen: &str, remote: String) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&transport::load(t, config)?)?;
+/// The library options a tunnel's flags set.
+fn limits(max_connections: Option<usize>) -> water::Config {
+    let cfg = water::Config::default();
+    match max_connections {
+        Some(n) => cfg.max_connections(n),
+        None => cfg,
+    }
+}
+
+pub async fn client(
+    t: &str,
+    config: Option<&Path>,
+    max_connections: Option<usize>,
+    listen: &str,
+    remote: String,
+) -> anyhow::Result<()> {
+    let dialer = Dialer::new(&transport::load_with(t, config, limits(max_connections))?)?;
     let listener = bind(listen).await?;
     run_client(dialer, listener, remote, on_signal()?).await
 }
@@ -96,8 +111,14 @@ pub async fn run_client(
     .await
 }
 
-pub async fn server(t: &str, config: Option<&Path>, listen: &str, forward: String) -> anyhow::Result<()> {
-    let watm = transport::load(t, config)?;
+pub async fn server(
+    t: &str,
+    config: Option<&Path>,
+    max_connections: Option<usize>,
+    listen: &str,
+    forward: String,
+) -> anyhow::Result<()> {
+    let watm = transport::load_with(t, config, limits(max_connections))?;
     if !watm.supports(Role::Listener) {
         anyhow::bail!("{t} does not support the listener role (no _water_accept export)");
     }
@@ -144,8 +165,14 @@ pub async fn run_server(listener: Listener, forward: String, stop: CancellationT
     Ok(())
 }
 
-pub async fn relay(t: &str, config: Option<&Path>, listen: &str, remote: String) -> anyhow::Result<()> {
-    let relay = Relay::new(&transport::load(t, config)?, remote)?;
+pub async fn relay(
+    t: &str,
+    config: Option<&Path>,
+    max_connections: Option<usize>,
+    listen: &str,
+    remote: String,
+) -> anyhow::Result<()> {
+    let relay = Relay::new(&transport::load_with(t, config, limits(max_connections))?, remote)?;
     let listener = bind(listen).await?;
     let stop = on_signal()?;
     relay.serve(listener, stop.cancelled()).await.context("relay")?;

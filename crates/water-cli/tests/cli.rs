@@ -405,3 +405,39 @@ fn sigterm_while_a_setup_is_stuck_exits_promptly() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Issue #9 item 8: `--max-connections` closes connections past the cap at
+// once, with a log line, instead of accepting and starving them.
+#[test]
+fn max_connections_refuses_with_a_log_line() {
+    let echo = echo_server().to_string();
+    let (mut server, addr) = Proc::listening(&[
+        "server",
+        "-t",
+        "plain",
+        "--max-connections",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &echo,
+    ]);
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(LIMIT)).unwrap();
+    held.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let mut refused = TcpStream::connect(addr).unwrap();
+    refused.set_read_timeout(Some(LIMIT)).unwrap();
+    let _ = refused.write_all(b"ping");
+    let mut got = Vec::new();
+    let _ = refused.read_to_end(&mut got);
+    assert!(got.is_empty(), "the connection past the cap was served");
+    // The one within the cap still works.
+    held.write_all(b"pong").unwrap();
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+    let log = server.stderr_text();
+    assert!(log.contains("refused") && log.contains("max_connections"), "{log}");
+}

@@ -37,6 +37,8 @@ pub struct Config {
     pub(crate) table_elements_limit: usize,
     pub(crate) setup_timeout: Duration,
     pub(crate) close_grace: Duration,
+    pub(crate) max_pending_setups: usize,
+    pub(crate) max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -50,6 +52,8 @@ impl Default for Config {
             table_elements_limit: 65_536,
             setup_timeout: Duration::from_secs(5),
             close_grace: Duration::from_secs(1),
+            max_pending_setups: 64,
+            max_connections: None,
         }
     }
 }
@@ -65,6 +69,8 @@ impl fmt::Debug for Config {
             .field("table_elements_limit", &self.table_elements_limit)
             .field("setup_timeout", &self.setup_timeout)
             .field("close_grace", &self.close_grace)
+            .field("max_pending_setups", &self.max_pending_setups)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -132,6 +138,25 @@ impl Config {
     /// limit on how long a slow peer may take.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
+        self
+    }
+
+    /// Most setups a [`crate::Listener`] runs at once (default 64), counting
+    /// set-up connections not yet taken by `accept`. Past it, new
+    /// connections wait in the kernel's backlog.
+    pub fn max_pending_setups(mut self, setups: usize) -> Self {
+        self.max_pending_setups = setups;
+        self
+    }
+
+    /// Most connections alive at once through this module, in every role
+    /// together, from the start of setup to the end of the worker (default:
+    /// no limit). Past it a dial fails with
+    /// [`crate::Error::TooManyConnections`], and a listener or relay closes
+    /// the new connection at once, with a log line, instead of accepting it
+    /// and starving the others.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = Some(connections);
         self
     }
 }

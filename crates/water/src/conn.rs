@@ -35,11 +35,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        io: DuplexEnd,
-        links: crate::v0::Links,
-        done: Done,
-    ) -> Self {
+    pub(crate) fn new(io: DuplexEnd, links: crate::v0::Links, done: Done) -> Self {
         Connection { io, closing: links.closing, cancel: links.cancel, done: Some(done) }
     }
 

@@ -67,12 +67,18 @@ pub enum Error {
     /// progress before it had delivered everything (it neither wrote to the
     /// network nor half-closed it for `idle`): it was cancelled, and the
     /// peer may not have every byte.
-    #[error("delivery cut: the worker made no progress for {idle:?} after close and was cancelled before it finished sending")]
+    #[error(
+        "delivery cut: the worker made no progress for {idle:?} after close and was cancelled before it finished sending"
+    )]
     Cut { idle: Duration },
     /// The connection's worker task ended without a result: it panicked, or
     /// was dropped with the runtime it ran on.
     #[error("the connection's worker task vanished (panicked, or its runtime shut down)")]
     WorkerLost,
+    /// The module already carries `Config::max_connections` connections;
+    /// this one was refused before anything was set up.
+    #[error("refused: already {0} live connections (max_connections)")]
+    TooManyConnections(usize),
     /// The host ran out of a resource (memory, mappings) for this
     /// connection; others go on.
     #[error("host resources exhausted: {0}")]
@@ -89,7 +95,9 @@ impl From<Error> for io::Error {
             Error::Guest { errno, .. } => crate::wasi::errno::to_io_kind(*errno),
             Error::Timeout { .. } | Error::Stuck(_) | Error::Cut { .. } => io::ErrorKind::TimedOut,
             Error::WorkerLost => io::ErrorKind::ConnectionAborted,
-            Error::NotWasm | Error::Invalid(_) | Error::NotV0 | Error::OverLimit { .. } => io::ErrorKind::InvalidData,
+            Error::NotWasm | Error::Invalid(_) | Error::NotV0 | Error::OverLimit { .. } => {
+                io::ErrorKind::InvalidData
+            }
             Error::RoleNotSupported { .. } => io::ErrorKind::Unsupported,
             _ => io::ErrorKind::Other,
         };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -112,42 +113,115 @@ impl Drop for Tunnel {
 }
 
 /// Accepts connections through a WATM (the `_water_accept` role).
+///
+/// A background task accepts TCP connections and runs each one's setup (the
+/// guest's `_water_accept`, a handshake perhaps) as a task of its own, at
+/// most [`crate::Config::max_pending_setups`] at once, so that a slow guest
+/// or a peer that never speaks delays only its own connection. Set-up
+/// connections wait for [`Listener::accept`] in arrival order of their
+/// setup's end. Dropping the listener stops accepting and abandons the
+/// setups under way.
 #[derive(Debug)]
 pub struct Listener {
-    watm: Watm,
-    listener: TcpListener,
+    local: SocketAddr,
+    ready: tokio::sync::Mutex<mpsc::Receiver<Result<(Connection, SocketAddr), Error>>>,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 impl Listener {
     /// Binds a TCP listener at `addr` (port 0 picks a free one).
     pub async fn bind(watm: &Watm, addr: impl ToSocketAddrs) -> Result<Listener, Error> {
         watm.require(Role::Listener)?;
-        Ok(Listener { watm: watm.clone(), listener: TcpListener::bind(addr).await? })
+        Listener::from_tcp(watm, TcpListener::bind(addr).await?)
     }
 
-    /// Wraps an already bound listener.
+    /// Wraps an already bound listener. Call it inside a tokio runtime: the
+    /// accepting task is spawned on it.
     pub fn from_tcp(watm: &Watm, listener: TcpListener) -> Result<Listener, Error> {
         watm.require(Role::Listener)?;
-        Ok(Listener { watm: watm.clone(), listener })
+        let local = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let pending = watm.inner.config.max_pending_setups.max(1);
+        let (tx, rx) = mpsc::channel(pending);
+        tokio::spawn(accept_loop(watm.clone(), listener, tx, stop.clone()));
+        Ok(Listener { local, ready: tokio::sync::Mutex::new(rx), _stop: stop.drop_guard() })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        Ok(self.local)
     }
 
-    /// Accepts the next connection and runs the guest's `_water_accept` on
-    /// it (one instance per connection).
+    /// The next connection whose setup (`_water_accept`, one instance per
+    /// connection) has ended, with the peer's address.
     ///
     /// An error that belongs to one connection (the guest refused it,
     /// trapped, timed out) is returned for that connection only: the
-    /// listener stays usable, call `accept` again.
+    /// listener stays usable, call `accept` again. A connection refused
+    /// because of [`crate::Config::max_connections`] is logged, not
+    /// returned. After an error of the listening socket itself, every later
+    /// call fails.
+    ///
+    /// Cancel-safe: dropping the future (in a `select!`, a timeout) loses no
+    /// connection; the next call returns it.
     pub async fn accept(&self) -> Result<(Connection, SocketAddr), Error> {
-        let (accepted, peer) = self.listener.accept().await?;
-        let _ = accepted.set_nodelay(true);
-        let conn =
-            app_connection(&self.watm, |internal| Setup::Accept { internal, accepted }, "accept").await?;
-        Ok((conn, peer))
+        match self.ready.lock().await.recv().await {
+            Some(r) => r,
+            None => Err(Error::Io(io::Error::new(io::ErrorKind::NotConnected, "the listener has stopped"))),
+        }
+    }
+}
+
+/// The listener's background task: accepts, and starts a setup task per
+/// connection while fewer than `max_pending_setups` are under way or
+/// waiting to be taken.
+async fn accept_loop(
+    watm: Watm,
+    listener: TcpListener,
+    ready: mpsc::Sender<Result<(Connection, SocketAddr), Error>>,
+    stop: CancellationToken,
+) {
+    let setups = Arc::new(tokio::sync::Semaphore::new(watm.inner.config.max_pending_setups.max(1)));
+    loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            p = setups.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(target: "water", error = %e, "accept failed; continuing");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => {
+                let _ = ready.send(Err(Error::Io(e))).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (watm, ready, stop) = (watm.clone(), ready.clone(), stop.clone());
+        tokio::spawn(async move {
+            let setup =
+                app_connection(&watm, |internal| Setup::Accept { internal, accepted: stream }, "accept");
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                r = setup => r,
+            };
+            match result {
+                Err(e @ Error::TooManyConnections(_)) => {
+                    tracing::warn!(target: "water", %peer, "connection refused: {e}");
+                }
+                r => {
+                    let _ = ready.send(r.map(|conn| (conn, peer))).await;
+                }
+            }
+            drop(permit);
+        });
     }
 }
 

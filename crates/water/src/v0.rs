@@ -7,7 +7,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -153,6 +153,28 @@ pub(crate) struct Session {
     store: Store<Ctx>,
     worker: TypedFunc<(), i32>,
     cancel: CancellationToken,
+    _slot: Slot,
+}
+
+/// One of a module's `Config::max_connections`, held from the start of
+/// setup until the session is dropped (the worker's end).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(live: &Arc<AtomicUsize>, max: Option<usize>) -> Result<Slot, Error> {
+        let before = live.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(live.clone());
+        match max {
+            Some(max) if before >= max => Err(Error::TooManyConnections(max)),
+            _ => Ok(slot),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -245,6 +267,7 @@ impl Session {
         label: String,
     ) -> Result<Session, Error> {
         let inner = &watm.inner;
+        let slot = Slot::take(&inner.live, inner.config.max_connections)?;
         let config = inner.config.clone();
         let limit = config.setup_timeout;
         let ctx = Ctx {
@@ -263,7 +286,8 @@ impl Session {
             dial_error: None,
             deadline: Some(Instant::now() + limit),
         };
-        let (mut store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
+        let (mut store, instance, linked) =
+            step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
 
         let func = |store: &mut Store<Ctx>, name: &'static str| {
             let export = linked.index.get(name)?;
@@ -275,7 +299,8 @@ impl Session {
                 .typed::<(), ()>(&store)
                 .expect("validated");
             store.data_mut().deadline = Some(Instant::now() + limit);
-            let started = step(limit, abi::START_EXPORT, async { Ok(start.call_async(&mut store, ()).await) });
+            let started =
+                step(limit, abi::START_EXPORT, async { Ok(start.call_async(&mut store, ()).await) });
             match started.await? {
                 Ok(()) => {}
                 // A WASI command's `_start` ends with proc_exit(0): that is success.
@@ -292,7 +317,9 @@ impl Session {
             let f = func(store, name).expect("validated");
             let run = async {
                 let r = match arg {
-                    Some(a) => f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await,
+                    Some(a) => {
+                        f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await
+                    }
                     None => f.typed::<(), i32>(&*store).expect("validated").call_async(&mut *store, ()).await,
                 };
                 r.map_err(|e| classify(name, e, limit))
@@ -372,7 +399,7 @@ impl Session {
             .expect("validated")
             .typed::<(), i32>(&store)
             .expect("validated");
-        Ok(Session { store, worker, cancel })
+        Ok(Session { store, worker, cancel, _slot: slot })
     }
 
     /// Runs `_water_worker` to its end. `-canceled` after a cancellation is

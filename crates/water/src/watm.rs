@@ -208,7 +208,7 @@ impl Linked {
 
     /// The same module in the pooled engine: deserialized, not compiled
     /// again. `None` (logged) when the pool cannot hold it, say a module
-    /// with more tables than a slot has.
+    /// with a larger table than a slot has.
     fn pooled(engine: &Engine, module: &Module) -> Option<Linked> {
         let loaded = module.serialize().and_then(|bytes| {
             // SAFETY: `bytes` are what `Module::serialize` produced a moment
@@ -230,6 +230,9 @@ pub(crate) struct Inner {
     pub on_demand: Linked,
     pub exports: Exports,
     pub config: Config,
+    /// Connections alive (from setup to the worker's end), for
+    /// `Config::max_connections`.
+    pub live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A compiled, validated WATM v0 module, ready to be instantiated once per
@@ -297,7 +300,7 @@ impl Watm {
         check_resources(&module, &config)?;
         let on_demand = Linked::new(&engines.on_demand, &module)?;
         let pooled = engines.pooled.as_ref().and_then(|engine| Linked::pooled(engine, &module));
-        Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config }) })
+        Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config, live: Arc::default() }) })
     }
 
     /// Reads and loads a `.wasm` file; see [`Watm::new`].
@@ -319,9 +322,9 @@ impl Watm {
 
     /// Whether its connections take slots of the instance pool (while one
     /// is free). `false` when the pool is off (`WATER_POOL_SLOTS=0`), could
-    /// not be reserved, or cannot hold this module (more tables or memories
-    /// than a slot has): then every instance is mapped on demand, which is
-    /// slower to set up but has no other limit.
+    /// not be reserved, or cannot hold this module (a table larger than a
+    /// slot's 20,000 elements): then every instance is mapped on demand,
+    /// which is slower to set up but has no other limit.
     pub fn pooled(&self) -> bool {
         self.inner.pooled.is_some()
     }

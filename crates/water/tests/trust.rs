@@ -125,7 +125,8 @@ async fn a_vanished_worker_is_an_error_not_a_clean_end() {
         // The connection's worker runs on a runtime of its own, which then
         // shuts down, dropping the task mid-connection.
         let conn = tokio::task::spawn_blocking(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
             let conn = rt.block_on(dialer.dial(echo.to_string())).unwrap();
             rt.shutdown_timeout(Duration::from_secs(5));
             conn
@@ -149,8 +150,9 @@ impl water::Connector for SmallSendBuffer {
     fn connect<'a>(
         &'a self,
         addr: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'a>>
-    {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'a>,
+    > {
         Box::pin(async move {
             let socket = TcpSocket::new_v4()?;
             socket.set_send_buffer_size(4096)?;
@@ -212,10 +214,8 @@ async fn a_cut_delivery_is_its_own_error() {
 #[test]
 fn memories_and_tables_are_limited_at_load() {
     let base = module_wat(OK, "call $host_dial", "call $host_accept", OK);
-    let two_memories = base.replace(
-        r#"(memory (export "memory") 1)"#,
-        r#"(memory (export "memory") 1) (memory $second 1)"#,
-    );
+    let two_memories =
+        base.replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 1) (memory $second 1)"#);
     match Watm::new(&wat::parse_str(two_memories).unwrap(), Config::default()) {
         Err(Error::OverLimit { what: "memories", requested: 2, limit: 1 }) => {}
         other => panic!("two memories: {other:?}"),
@@ -228,11 +228,14 @@ fn memories_and_tables_are_limited_at_load() {
         Watm::new(&wat::parse_str(two_tables).unwrap(), Config::default()),
         Err(Error::OverLimit { what: "tables", .. })
     ));
-    let big_table =
-        base.replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 1) (table 100000 funcref)"#);
+    let big_table = base
+        .replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 1) (table 100000 funcref)"#);
     let big_table = wat::parse_str(big_table).unwrap();
     let err = Watm::new(&big_table, Config::default().table_elements_limit(50_000)).unwrap_err();
-    assert!(matches!(err, Error::OverLimit { what: "initial table elements", requested: 100_000, limit: 50_000 }));
+    assert!(matches!(
+        err,
+        Error::OverLimit { what: "initial table elements", requested: 100_000, limit: 50_000 }
+    ));
     assert!(err.to_string().contains("limit of 50000"), "{err}");
     // Within the limit it loads.
     Watm::new(&big_table, Config::default().table_elements_limit(100_000)).unwrap();
@@ -254,8 +257,10 @@ async fn a_table_cannot_grow_past_its_limit() {
         // where only the store's limits stop the growth).
         let grow = "(if (i32.eq (table.grow $t (ref.null func) (i32.const 1000000)) (i32.const -1))
                       (then (return (i32.const -48)))) i32.const 0";
-        let wat = module_wat(grow, "call $host_dial", "call $host_accept", OK)
-            .replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 1) (table $t 30000 funcref)"#);
+        let wat = module_wat(grow, "call $host_dial", "call $host_accept", OK).replace(
+            r#"(memory (export "memory") 1)"#,
+            r#"(memory (export "memory") 1) (table $t 30000 funcref)"#,
+        );
         let watm = Watm::new(&wat::parse_str(wat).unwrap(), Config::default()).unwrap();
         match Dialer::new(&watm).unwrap().dial(echo.to_string()).await {
             Err(Error::Guest { export: "_water_init", errno: water::Errno::NOMEM, .. }) => {}
@@ -325,4 +330,95 @@ async fn setup_time_is_wall_clock_even_inside_host_calls() {
             other => panic!("{export} blocked: {other:?}"),
         }
     }
+}
+
+/// A listener module whose `_water_accept` waits for a one-byte handshake
+/// from the peer before it returns.
+fn handshake_listener(config: Config) -> Watm {
+    let accept = format!(
+        "(local $net i32) (local.set $net (call $host_accept)) {} local.get $net",
+        blocking_read("local.get $net")
+    );
+    Watm::new(&module(OK, "call $host_dial", &accept, OK), config).unwrap()
+}
+
+// Item 6: `Listener::accept` ran the guest's setup inline: one peer that
+// never sent its handshake held every later connection (and `water
+// server`'s accept loop) for the setup timeout; and dropping `accept` lost
+// the connection in setup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_setup_delays_only_its_own_connection() {
+    bounded(async {
+        let watm = handshake_listener(Config::default().setup_timeout(Duration::from_secs(60)));
+        let listener = Listener::bind(&watm, "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _silent = connect(addr).await;
+        let mut prompt = connect(addr).await;
+        prompt.write_all(b"!").await.unwrap();
+        let (_conn, peer) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("a silent peer's setup blocked the next connection")
+            .unwrap();
+        assert_eq!(peer, prompt.local_addr().unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_is_cancel_safe() {
+    bounded(async {
+        let watm = handshake_listener(Config::default().setup_timeout(Duration::from_secs(60)));
+        let listener = Listener::bind(&watm, "127.0.0.1:0").await.unwrap();
+        let mut late = connect(listener.local_addr().unwrap()).await;
+        // The caller gives up while the setup waits for the handshake...
+        assert!(tokio::time::timeout(Duration::from_millis(200), listener.accept()).await.is_err());
+        // ...and the connection is not lost: the next accept returns it.
+        late.write_all(b"!").await.unwrap();
+        let (_conn, peer) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the connection set up under a dropped accept was lost")
+            .unwrap();
+        assert_eq!(peer, late.local_addr().unwrap());
+    })
+    .await;
+}
+
+// Item 8: no cap on live connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_beyond_the_cap() {
+    bounded(async {
+        let echo = echo_server().await;
+        let plain = watm_artifacts::Guest::named("plain").unwrap().bytes();
+        let watm = Watm::new(&plain, Config::default().max_connections(2)).unwrap();
+        let dialer = Dialer::new(&watm).unwrap();
+        let a = dialer.dial(echo.to_string()).await.unwrap();
+        let b = dialer.dial(echo.to_string()).await.unwrap();
+        assert!(matches!(dialer.dial(echo.to_string()).await, Err(Error::TooManyConnections(2))));
+        // A slot is free again once a connection has ended.
+        a.close().await.unwrap();
+        let c = dialer.dial(echo.to_string()).await.unwrap();
+        let sent = data(100 << 10, 8);
+        assert!(exchange(c, &sent).await.unwrap() == sent);
+        b.abort().await.unwrap();
+
+        // A listener closes the connection past its cap at once.
+        let watm = Watm::new(&plain, Config::default().max_connections(1)).unwrap();
+        let listener = Listener::bind(&watm, "127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let first = connect(addr).await;
+        let (held, _) = listener.accept().await.unwrap();
+        let mut refused = connect(addr).await;
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(10), refused.read(&mut buf))
+            .await
+            .expect("the connection past the cap was left open");
+        assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+        drop(first);
+        held.close().await.unwrap();
+        let again = connect(addr).await;
+        let (conn, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, again.local_addr().unwrap());
+        conn.abort().await.unwrap();
+    })
+    .await;
 }
