@@ -89,7 +89,10 @@ impl Config {
         self
     }
 
-    /// Refuses to dial addresses for which `filter` returns `false`.
+    /// Refuses to dial addresses for which `filter` returns `false`. With a
+    /// [`Connector`], the filter is asked about the peer address of the
+    /// socket the connector returns (which is the proxy's, when the
+    /// connector goes through one), and a refused socket is closed.
     pub fn dial_filter(mut self, filter: impl Fn(SocketAddr) -> bool + Send + Sync + 'static) -> Self {
         self.dial_filter = Some(Arc::new(filter));
         self

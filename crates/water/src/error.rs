@@ -44,9 +44,15 @@ pub enum Error {
     #[error("module does not support the {role} role (no `{export}` export)")]
     RoleNotSupported { role: &'static str, export: &'static str },
     /// A guest export returned a negated errno. `message` is the last line
-    /// the guest wrote to stderr, if any.
-    #[error("`{export}` failed: {errno}{}", message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    /// the guest wrote to stderr, if any. The codes -1..-8 are shown as
+    /// what they may also be, a private code (one older guest library used
+    /// them), with the errno of the same number.
+    #[error("`{export}` failed: {}{}", status(*errno), message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Guest { export: &'static str, errno: Errno, message: Option<String> },
+    /// A role export returned success without doing what the role needs
+    /// (a relay that neither accepted nor dialed).
+    #[error("`{export}` returned success without {missing}")]
+    Incomplete { export: &'static str, missing: &'static str },
     /// A role export returned something that is not an fd it holds.
     #[error("`{export}` returned {fd}, which is not a connection fd of the guest")]
     BogusFd { export: &'static str, fd: i32 },
@@ -86,6 +92,15 @@ pub enum Error {
     /// A host-side I/O error (connecting, accepting, reading a file).
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+/// How a guest's negative result reads: the errno, and for the small codes
+/// an older guest library used privately, that reading too.
+fn status(errno: Errno) -> String {
+    match errno.0 {
+        1..=8 => format!("-{} (a private code of the guest, or {errno})", errno.0),
+        _ => errno.to_string(),
+    }
 }
 
 impl From<Error> for io::Error {

@@ -31,8 +31,10 @@ pub struct Ctx {
     config: Config,
     /// Where `host_dial` connects (the application's address).
     dial_target: Option<String>,
-    /// Whether a `host_dial` succeeded (v0 dials once per instance).
-    dialed: bool,
+    /// The outcome of this instance's one `host_dial` (v0 dials once per
+    /// instance; a retry answers the first outcome again without a new DNS
+    /// lookup or connect).
+    dialed: Option<Result<(), Errno>>,
     /// The connection `host_accept` hands out (accepted by the host before
     /// the instance was created).
     pending_accept: Option<TcpStream>,
@@ -89,8 +91,10 @@ pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
 
 async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
     let ctx = caller.data_mut();
-    if ctx.dialed {
-        return Err(Errno::ISCONN);
+    match ctx.dialed {
+        Some(Ok(())) => return Err(Errno::ISCONN),
+        Some(Err(first)) => return Err(first),
+        None => {}
     }
     let Some(target) = ctx.dial_target.clone() else {
         return Err(Errno::NOTSUP);
@@ -100,32 +104,43 @@ async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
         Ok(stream) => {
             let _ = stream.set_nodelay(true);
             let ctx = caller.data_mut();
-            ctx.dialed = true;
+            ctx.dialed = Some(Ok(()));
             ctx.wasi.table.insert(Desc::Stream { stream: Stream::Tcp(Arc::new(stream)), nonblocking: false })
         }
         Err(e) => {
             let code = errno::from_io(&e);
             tracing::debug!(target: "water", %target, error = %e, "host_dial failed");
-            caller.data_mut().dial_error = Some(e);
+            let ctx = caller.data_mut();
+            ctx.dial_error = Some(e);
+            ctx.dialed = Some(Err(code));
             Err(code)
         }
     }
 }
 
 async fn connect(config: &Config, target: &str) -> io::Result<TcpStream> {
+    let refused = |addr| {
+        io::Error::new(io::ErrorKind::PermissionDenied, format!("dial to {addr} refused by the dial filter"))
+    };
     let attempt = async {
         if let Some(connector) = &config.connector {
-            return connector.connect(target).await;
+            let stream = connector.connect(target).await?;
+            // The filter sees where the connector's socket leads: the
+            // target itself, or the proxy the connector goes through.
+            if let Some(filter) = &config.dial_filter {
+                let peer = stream.peer_addr()?;
+                if !filter(peer) {
+                    return Err(refused(peer));
+                }
+            }
+            return Ok(stream);
         }
         let mut last = None;
         for addr in tokio::net::lookup_host(target).await? {
             if let Some(filter) = &config.dial_filter
                 && !filter(addr)
             {
-                last = Some(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("dial to {addr} refused by the dial filter"),
-                ));
+                last = Some(refused(addr));
                 continue;
             }
             match TcpStream::connect(addr).await {
@@ -281,7 +296,7 @@ impl Session {
                 .build(),
             config,
             dial_target: None,
-            dialed: false,
+            dialed: None,
             pending_accept: None,
             dial_error: None,
             deadline: Some(Instant::now() + limit),
@@ -356,7 +371,7 @@ impl Session {
                     .wasi
                     .table
                     .insert(Desc::Stream { stream, nonblocking: false })
-                    .map_err(|_| Error::Invalid("fd table full".into()))?;
+                    .map_err(|errno| Error::Guest { export: role.export(), errno, message: None })?;
                 ctx.wasi.internal_fd = Some(fd);
                 Some(fd as i32)
             }
@@ -380,7 +395,16 @@ impl Session {
                 }
                 store.data_mut().wasi.net_fd = Some(fd);
             }
-            Ok(_) => {}
+            Ok(_) => {
+                // The relay's guest must have joined the two connections.
+                let ctx = store.data_mut();
+                if ctx.pending_accept.is_some() {
+                    return Err(Error::Incomplete { export, missing: "calling host_accept" });
+                }
+                if ctx.dialed != Some(Ok(())) {
+                    return Err(Error::Incomplete { export, missing: "a successful host_dial" });
+                }
+            }
         }
 
         let cancel_fd = store
@@ -388,7 +412,7 @@ impl Session {
             .wasi
             .table
             .insert(Desc::Cancel { token: cancel.clone(), nonblocking: false })
-            .map_err(|_| Error::Invalid("fd table full".into()))?;
+            .map_err(|errno| Error::Guest { export: abi::CANCEL_WITH.name, errno, message: None })?;
         let r = call(&mut store, abi::CANCEL_WITH.name, Some(cancel_fd as i32)).await?;
         if let Err(errno) = status::decode(r) {
             return Err(guest_err(&mut store, abi::CANCEL_WITH.name, errno));
@@ -405,11 +429,13 @@ impl Session {
     /// Runs `_water_worker` to its end. `-canceled` after a cancellation is
     /// success; any other negative result is [`Error::Guest`].
     pub(crate) async fn run(&mut self) -> Result<(), Error> {
-        let r = self
-            .worker
-            .call_async(&mut self.store, ())
-            .await
-            .map_err(|e| classify(abi::WORKER.name, e, Duration::ZERO))?;
+        let r = match self.worker.call_async(&mut self.store, ()).await {
+            Ok(r) => r,
+            // The worker may end the instance with proc_exit(0), as a WASI
+            // program does: a clean end.
+            Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => return Ok(()),
+            Err(e) => return Err(classify(abi::WORKER.name, e, Duration::ZERO)),
+        };
         match status::decode(r) {
             Ok(_) => Ok(()),
             Err(Errno::CANCELED) if self.cancel.is_cancelled() => Ok(()),

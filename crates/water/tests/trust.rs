@@ -13,13 +13,23 @@ use tokio::net::TcpSocket;
 use water::{Config, Dialer, Error, Listener, Watm};
 
 /// A v0 module with every role; each argument replaces one function body.
-/// Imports `$host_dial`, `$host_accept`, `$fd_read`, `$fd_write` and
-/// `$poll_oneoff`; memory page 0 is scratch.
+/// Imports `$host_dial`, `$host_accept`, `$pull_config`, `$proc_exit`,
+/// `$random_get`, `$fd_read`, `$fd_write` and `$poll_oneoff`; memory page 0
+/// is scratch.
 fn module_wat(init: &str, dial: &str, accept: &str, worker: &str) -> String {
+    let associate = "(drop (call $host_accept)) (drop (call $host_dial)) i32.const 0";
+    roles_wat(init, dial, accept, associate, worker)
+}
+
+/// [`module_wat`] with the relay's body too.
+fn roles_wat(init: &str, dial: &str, accept: &str, associate: &str, worker: &str) -> String {
     format!(
         r#"(module
           (import "env" "host_dial" (func $host_dial (result i32)))
           (import "env" "host_accept" (func $host_accept (result i32)))
+          (import "env" "pull_config" (func $pull_config (result i32)))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+          (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
           (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
           (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
           (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
@@ -30,7 +40,7 @@ fn module_wat(init: &str, dial: &str, accept: &str, worker: &str) -> String {
           (func (export "_water_cancel_with") (param i32) (result i32) local.get 0 global.set $cancel i32.const 0)
           (func (export "_water_dial") (param $internal i32) (result i32) {dial})
           (func (export "_water_accept") (param $internal i32) (result i32) {accept})
-          (func (export "_water_associate") (result i32) i32.const 0)
+          (func (export "_water_associate") (result i32) {associate})
           (func (export "_water_worker") (result i32) {worker}))"#
     )
 }
@@ -419,6 +429,172 @@ async fn max_connections_refuses_beyond_the_cap() {
         let (conn, peer) = listener.accept().await.unwrap();
         assert_eq!(peer, again.local_addr().unwrap());
         conn.abort().await.unwrap();
+    })
+    .await;
+}
+
+// Item 11: a failed `host_dial` could be retried without limit, a DNS
+// lookup and a connect each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dial_attempt_per_instance() {
+    bounded(async {
+        let echo = echo_server().await;
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = attempts.clone();
+        let config = Config::default().dial_filter(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            false
+        });
+        let retry =
+            "(drop (call $host_dial)) (drop (call $host_dial)) (drop (call $host_dial)) call $host_dial";
+        let watm = Watm::new(&module(OK, retry, OK, OK), config).unwrap();
+        match Dialer::new(&watm).unwrap().dial(echo.to_string()).await {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied),
+            other => panic!("refused dial: {other:?}"),
+        }
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1, "a retry dialed again");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_joins_nothing_is_an_error() {
+    bounded(async {
+        let echo = echo_server().await;
+        // Returns success at once; its worker would wait for the cancel fd.
+        let worker = format!("{} i32.const 0", blocking_read("global.get $cancel"));
+        let wat = roles_wat(OK, "call $host_dial", "call $host_accept", OK, &worker);
+        let relay = water::Relay::new(
+            &Watm::new(&wat::parse_str(wat).unwrap(), Config::default()).unwrap(),
+            echo.to_string(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let serving = tokio::spawn({
+            let stop = stop.clone();
+            async move { relay.serve(listener, stop.cancelled_owned()).await }
+        });
+        let mut client = connect(addr).await;
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "a relay that neither accepted nor dialed was kept running");
+        stop.cancel();
+        serving.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+// Item 12: the dial filter was skipped when a Connector was set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dial_filter_applies_to_a_connector() {
+    bounded(async {
+        let echo = echo_server().await;
+        let plain = watm_artifacts::Guest::named("plain").unwrap().bytes();
+        let config = Config::default().connector(SmallSendBuffer).dial_filter(move |addr| addr != echo);
+        match Dialer::new(&Watm::new(&plain, config).unwrap()).unwrap().dial(echo.to_string()).await {
+            Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}"),
+            other => panic!("a filtered address reached through a connector: {other:?}"),
+        }
+        let config = Config::default().connector(SmallSendBuffer).dial_filter(move |addr| addr == echo);
+        let conn =
+            Dialer::new(&Watm::new(&plain, config).unwrap()).unwrap().dial(echo.to_string()).await.unwrap();
+        let sent = data(10 << 10, 12);
+        assert!(exchange(conn, &sent).await.unwrap() == sent);
+    })
+    .await;
+}
+
+// Item 14: a full fd table was reported as an invalid module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_fd_table_is_the_guests_mfile() {
+    bounded(async {
+        let echo = echo_server().await;
+        // Opens the config 64 times: the table is full before the role call.
+        let hoard = "(local $i i32) (loop $l (drop (call $pull_config))
+                     (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                     (br_if $l (i32.lt_u (local.get $i) (i32.const 64)))) i32.const 0";
+        let watm =
+            Watm::new(&module(hoard, "call $host_dial", OK, OK), Config::default().transport_config("k"))
+                .unwrap();
+        match Dialer::new(&watm).unwrap().dial(echo.to_string()).await {
+            Err(e @ Error::Guest { export: "_water_dial", errno: water::Errno::MFILE, .. }) => {
+                assert!(e.to_string().contains("mfile"), "{e}")
+            }
+            other => panic!("full fd table: {other:?}"),
+        }
+    })
+    .await;
+}
+
+// Item 15: proc_exit(0) from the worker is a clean end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proc_exit_zero_in_the_worker_is_a_clean_end() {
+    bounded(async {
+        let echo = echo_server().await;
+        let exits = |code: i32| format!("(call $proc_exit (i32.const {code})) i32.const 0");
+        let watm = Watm::new(&module(OK, "call $host_dial", OK, &exits(0)), Config::default()).unwrap();
+        let mut conn = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap();
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).await.unwrap();
+        conn.close().await.unwrap();
+        let watm = Watm::new(&module(OK, "call $host_dial", OK, &exits(3)), Config::default()).unwrap();
+        let conn = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap();
+        assert!(matches!(conn.close().await, Err(Error::Exit { code: 3, .. })));
+    })
+    .await;
+}
+
+// Item 16: a v0 guest's private -1 read as "2big (errno 1)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_private_codes_are_shown_as_such() {
+    bounded(async {
+        let echo = echo_server().await;
+        let watm = Watm::new(&module("i32.const -1", "call $host_dial", OK, OK), Config::default()).unwrap();
+        let err = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap_err();
+        assert!(matches!(err, Error::Guest { errno: water::Errno(1), .. }));
+        let text = err.to_string();
+        assert!(text.contains("-1 (a private code of the guest"), "{text}");
+        // A code outside that range reads as its errno alone.
+        let watm = Watm::new(&module("i32.const -28", "call $host_dial", OK, OK), Config::default()).unwrap();
+        let text = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap_err().to_string();
+        assert!(text.contains("inval (errno 28)") && !text.contains("private"), "{text}");
+    })
+    .await;
+}
+
+// Item 10: `random_get` of the whole memory ran synchronously on a runtime
+// thread (1 GiB: 2.95 s of one thread). On a one-thread runtime, another
+// task must get turns while a guest's 32 MiB request is filled.
+#[tokio::test(flavor = "current_thread")]
+async fn a_huge_random_get_lets_other_tasks_run() {
+    bounded(async {
+        let echo = echo_server().await;
+        let init = "(drop (call $random_get (i32.const 0) (i32.const 33554432))) i32.const 0";
+        let wat = module_wat(init, "call $host_dial", OK, OK)
+            .replace(r#"(memory (export "memory") 1)"#, r#"(memory (export "memory") 512)"#);
+        let watm =
+            Watm::new(&wat::parse_str(wat).unwrap(), Config::default().memory_limit(64 << 20)).unwrap();
+        let turns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = tokio::spawn({
+            let turns = turns.clone();
+            async move {
+                loop {
+                    turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let dialer = Dialer::new(&watm).unwrap();
+        let before = turns.load(std::sync::atomic::Ordering::Relaxed);
+        let conn = dialer.dial(echo.to_string()).await.unwrap();
+        let during = turns.load(std::sync::atomic::Ordering::Relaxed) - before;
+        counter.abort();
+        conn.abort().await.unwrap();
+        // 512 chunks of 64 KiB, a turn between each; without chunking only
+        // the setup's own few awaits (and an epoch tick or two) give turns.
+        assert!(during >= 256, "the other task ran {during} times during setup");
     })
     .await;
 }

@@ -175,11 +175,8 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
         })?;
         linker.func_wrap(MODULE, get, |_: Caller<'_, T>, _ptrs: i32, _buf: i32| -> i32 { 0 })?;
     }
-    linker.func_wrap(MODULE, "random_get", |mut caller: Caller<'_, T>, buf: i32, len: i32| -> i32 {
-        ret(split(&mut caller).and_then(|(mut mem, _)| {
-            let slice = mem.slice_mut(buf as u32, len as u32)?;
-            getrandom::fill(slice).map_err(|_| Errno::IO)
-        }))
+    linker.func_wrap_async(MODULE, "random_get", |mut caller: Caller<'_, T>, (buf, len): (i32, i32)| {
+        Box::new(async move { Ok(ret(random_get(&mut caller, buf as u32, len as u32).await)) })
     })?;
     linker.func_wrap(MODULE, "proc_exit", |_: Caller<'_, T>, code: i32| -> wasmtime::Result<()> {
         Err(wasmtime::Error::new(GuestExit(code)))
@@ -329,6 +326,29 @@ async fn fd_write<T: WasiView>(
             Err(e) => return Err(errno::from_io(&e)),
         }
     }
+}
+
+/// Bytes `random_get` fills before it lets other tasks run.
+const RANDOM_CHUNK: u32 = 64 << 10;
+
+/// Fills guest memory with random bytes, [`RANDOM_CHUNK`] at a time with a
+/// yield between: a request for the whole memory (up to 4 GiB, seconds of
+/// work) must not hold a runtime thread that other connections need.
+async fn random_get<T: WasiView>(caller: &mut Caller<'_, T>, buf: u32, len: u32) -> Result<(), Errno> {
+    split(caller)?.0.slice(buf, len)?;
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(RANDOM_CHUNK);
+        {
+            let (mut mem, _) = split(caller)?;
+            getrandom::fill(mem.slice_mut(buf + done, n)?).map_err(|_| Errno::IO)?;
+        }
+        done += n;
+        if done < len {
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(())
 }
 
 fn fd_fdstat_get<T: WasiView>(caller: &mut Caller<'_, T>, fd: u32, buf: u32) -> Result<(), Errno> {
