@@ -87,7 +87,18 @@ fn mib_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / 1048576.0 / d.as_secs_f64()
 }
 
+/// Most `--seconds` (a day) and `--scale` (each connection costs two fds
+/// in the server child; more than any open-file limit allows).
+const MAX_SECONDS: f64 = 86_400.0;
+const MAX_SCALE: usize = 1 << 20;
+
 pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
+    if !(o.seconds.is_finite() && o.seconds > 0.0 && o.seconds <= MAX_SECONDS) {
+        anyhow::bail!("--seconds must be a number above 0 and at most {MAX_SECONDS}, not {}", o.seconds);
+    }
+    if o.scale.is_some_and(|n| n > MAX_SCALE) || o.connections > MAX_SCALE {
+        anyhow::bail!("--scale and --connections must be at most {MAX_SCALE}");
+    }
     if let Some(n) = o.scale {
         crate::scale::prepare(n)?;
     }

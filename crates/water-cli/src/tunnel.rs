@@ -74,6 +74,13 @@ fn limits(max_connections: Option<usize>) -> water::Config {
     }
 }
 
+/// `watm` once its `_water_init` has run (with the config) in a throwaway
+/// instance: a bad config is an error at start-up, not on each connection.
+async fn checked(watm: water::Watm) -> anyhow::Result<water::Watm> {
+    watm.check_init().await.context("the transport rejects its configuration")?;
+    Ok(watm)
+}
+
 pub async fn client(
     t: &str,
     config: Option<&Path>,
@@ -81,7 +88,7 @@ pub async fn client(
     listen: &str,
     remote: String,
 ) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&transport::load_with(t, config, limits(max_connections))?)?;
+    let dialer = Dialer::new(&checked(transport::load_with(t, config, limits(max_connections))?).await?)?;
     let listener = bind(listen).await?;
     run_client(dialer, listener, remote, on_signal()?).await
 }
@@ -118,7 +125,7 @@ pub async fn server(
     listen: &str,
     forward: String,
 ) -> anyhow::Result<()> {
-    let watm = transport::load_with(t, config, limits(max_connections))?;
+    let watm = checked(transport::load_with(t, config, limits(max_connections))?).await?;
     if !watm.supports(Role::Listener) {
         anyhow::bail!("{t} does not support the listener role (no _water_accept export)");
     }
@@ -172,7 +179,8 @@ pub async fn relay(
     listen: &str,
     remote: String,
 ) -> anyhow::Result<()> {
-    let relay = Relay::new(&transport::load_with(t, config, limits(max_connections))?, remote)?;
+    let relay =
+        Relay::new(&checked(transport::load_with(t, config, limits(max_connections))?).await?, remote)?;
     let listener = bind(listen).await?;
     let stop = on_signal()?;
     relay.serve(listener, stop.cancelled()).await.context("relay")?;

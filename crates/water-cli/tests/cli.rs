@@ -303,13 +303,20 @@ fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
         (&["check", "plain", "--config", "/nonexistent/key"], "cannot read config"),
     ];
     for (args, want) in cases {
-        let (status, out, err) = run(args);
-        assert!(!status.success(), "{args:?} succeeded");
-        let errors: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(errors.len(), 1, "{args:?}: {err}");
-        assert!(errors[0].contains(want), "{args:?}: {}", errors[0]);
-        assert!(!out.contains("listening on"), "{args:?} announced a listener");
+        fails_with_one_line(args, want);
     }
+}
+
+/// Runs `water ARGS` and checks it fails with one `error:` line containing
+/// `want`, without announcing a listener or panicking.
+fn fails_with_one_line(args: &[&str], want: &str) {
+    let (status, out, err) = run(args);
+    assert!(!status.success(), "{args:?} succeeded");
+    let errors: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{args:?}: {err}");
+    assert!(errors[0].contains(want), "{args:?}: {}", errors[0]);
+    assert!(!out.contains("listening on"), "{args:?} announced a listener");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
 }
 
 #[test]
@@ -440,4 +447,31 @@ fn max_connections_refuses_with_a_log_line() {
     assert_eq!(&buf, b"pong");
     let log = server.stderr_text();
     assert!(log.contains("refused") && log.contains("max_connections"), "{log}");
+}
+
+// Issue #9 item 17: `--seconds inf` and a huge `--scale` panicked; a config
+// file was read whole whatever its size; a bad config was noticed only on
+// the first connection.
+#[test]
+fn bad_limits_and_configs_fail_at_start_up() {
+    let dir = temp_dir("limits");
+    let bad_key = dir.join("bad-key");
+    std::fs::write(&bad_key, "not hex").unwrap();
+    let big = dir.join("big");
+    std::fs::write(&big, vec![b'a'; 2 << 20]).unwrap();
+    let (bad_key, big) = (bad_key.to_str().unwrap(), big.to_str().unwrap());
+    let cases: [(&[&str], &str); 5] = [
+        (&["bench", "--seconds", "inf"], "--seconds"),
+        (&["bench", "--seconds", "NaN"], "--seconds"),
+        (&["bench", "--scale", "18446744073709551615"], "--scale"),
+        (
+            &["client", "-t", "xor", "--config", bad_key, "--listen", "127.0.0.1:0", "--remote", "127.0.0.1:1"],
+            "rejects its configuration",
+        ),
+        (&["check", "xor", "--config", big], "larger than"),
+    ];
+    for (args, want) in cases {
+        fails_with_one_line(args, want);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

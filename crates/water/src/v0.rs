@@ -272,17 +272,19 @@ async fn step<T>(
     tokio::time::timeout(limit, work).await.unwrap_or(Err(Error::Timeout { export, limit }))
 }
 
-impl Session {
-    /// Instantiates `watm` and runs every setup call for `setup`'s role,
-    /// each step (instantiation included) under the setup time limit.
-    pub(crate) async fn start(
-        watm: &Watm,
-        setup: Setup,
-        cancel: CancellationToken,
-        label: String,
-    ) -> Result<Session, Error> {
+/// An instance whose `_start` and `_water_init` have run.
+struct Initialized<'a> {
+    store: Store<Ctx>,
+    instance: wasmtime::Instance,
+    linked: &'a Linked,
+    limit: Duration,
+}
+
+impl<'a> Initialized<'a> {
+    /// Instantiates `watm` and runs `_start` (if exported) and
+    /// `_water_init`, each step under the setup time limit.
+    async fn new(watm: &'a Watm, label: String) -> Result<Initialized<'a>, Error> {
         let inner = &watm.inner;
-        let slot = Slot::take(&inner.live, inner.config.max_connections)?;
         let config = inner.config.clone();
         let limit = config.setup_timeout;
         let ctx = Ctx {
@@ -301,21 +303,14 @@ impl Session {
             dial_error: None,
             deadline: Some(Instant::now() + limit),
         };
-        let (mut store, instance, linked) =
-            step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
+        let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
+        let mut this = Initialized { store, instance, linked, limit };
 
-        let func = |store: &mut Store<Ctx>, name: &'static str| {
-            let export = linked.index.get(name)?;
-            instance.get_module_export(&mut *store, export)?.into_func()
-        };
         if inner.exports.start {
-            let start = func(&mut store, abi::START_EXPORT)
-                .expect("validated")
-                .typed::<(), ()>(&store)
-                .expect("validated");
-            store.data_mut().deadline = Some(Instant::now() + limit);
-            let started =
-                step(limit, abi::START_EXPORT, async { Ok(start.call_async(&mut store, ()).await) });
+            let start = this.func(abi::START_EXPORT).typed::<(), ()>(&this.store).expect("validated");
+            this.store.data_mut().deadline = Some(Instant::now() + limit);
+            let store = &mut this.store;
+            let started = step(limit, abi::START_EXPORT, async { Ok(start.call_async(store, ()).await) });
             match started.await? {
                 Ok(()) => {}
                 // A WASI command's `_start` ends with proc_exit(0): that is success.
@@ -324,33 +319,62 @@ impl Session {
             }
         }
 
-        let call = async |store: &mut Store<Ctx>,
-                          name: &'static str,
-                          arg: Option<i32>|
-               -> Result<i32, Error> {
-            store.data_mut().deadline = Some(Instant::now() + limit);
-            let f = func(store, name).expect("validated");
-            let run = async {
-                let r = match arg {
-                    Some(a) => {
-                        f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await
-                    }
-                    None => f.typed::<(), i32>(&*store).expect("validated").call_async(&mut *store, ()).await,
-                };
-                r.map_err(|e| classify(name, e, limit))
-            };
-            step(limit, name, run).await
-        };
-        let guest_err = |store: &mut Store<Ctx>, export: &'static str, errno: Errno| Error::Guest {
-            export,
-            errno,
-            message: store.data_mut().wasi.output.last_stderr_line(),
-        };
-
-        let r = call(&mut store, abi::INIT.name, None).await?;
+        let r = this.call(abi::INIT.name, None).await?;
         if let Err(errno) = status::decode(r) {
-            return Err(guest_err(&mut store, abi::INIT.name, errno));
+            return Err(this.guest_err(abi::INIT.name, errno));
         }
+        Ok(this)
+    }
+
+    /// A validated export.
+    fn func(&mut self, name: &'static str) -> wasmtime::Func {
+        let export = self.linked.index.get(name).expect("validated");
+        self.instance
+            .get_module_export(&mut self.store, export)
+            .and_then(|e| e.into_func())
+            .expect("validated")
+    }
+
+    /// Calls a setup export (`() -> i32` or `(i32) -> i32`) under the limit.
+    async fn call(&mut self, name: &'static str, arg: Option<i32>) -> Result<i32, Error> {
+        let limit = self.limit;
+        self.store.data_mut().deadline = Some(Instant::now() + limit);
+        let f = self.func(name);
+        let store = &mut self.store;
+        let run = async {
+            let r = match arg {
+                Some(a) => f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await,
+                None => f.typed::<(), i32>(&*store).expect("validated").call_async(&mut *store, ()).await,
+            };
+            r.map_err(|e| classify(name, e, limit))
+        };
+        step(limit, name, run).await
+    }
+
+    /// The guest's failure, with its last stderr line.
+    fn guest_err(&mut self, export: &'static str, errno: Errno) -> Error {
+        Error::Guest { export, errno, message: self.store.data_mut().wasi.output.last_stderr_line() }
+    }
+}
+
+/// Runs `_start` and `_water_init` in a fresh instance of `watm`, then
+/// drops it: what the first connection would meet, checked up front (a bad
+/// transport config, a module that traps at start).
+pub(crate) async fn dry_init(watm: &Watm) -> Result<(), Error> {
+    Initialized::new(watm, "check".into()).await.map(drop)
+}
+
+impl Session {
+    /// Instantiates `watm` and runs every setup call for `setup`'s role,
+    /// each step (instantiation included) under the setup time limit.
+    pub(crate) async fn start(
+        watm: &Watm,
+        setup: Setup,
+        cancel: CancellationToken,
+        label: String,
+    ) -> Result<Session, Error> {
+        let slot = Slot::take(&watm.inner.live, watm.inner.config.max_connections)?;
+        let mut this = Initialized::new(watm, label).await?;
 
         let role = match &setup {
             Setup::Dial { .. } => Role::Dialer,
@@ -362,7 +386,7 @@ impl Session {
             Setup::Accept { internal, accepted } => (Some(internal), Some(accepted), None),
             Setup::Associate { accepted, target } => (None, Some(accepted), Some(target)),
         };
-        let ctx = store.data_mut();
+        let ctx = this.store.data_mut();
         ctx.pending_accept = accepted;
         ctx.dial_target = target;
         let arg = match internal {
@@ -378,26 +402,26 @@ impl Session {
             None => None,
         };
         let export = role.export();
-        let r = call(&mut store, export, arg).await?;
+        let r = this.call(export, arg).await?;
         match status::decode(r) {
             Err(errno) => {
-                if let Some(e) = store.data_mut().dial_error.take() {
+                if let Some(e) = this.store.data_mut().dial_error.take() {
                     return Err(Error::Io(e));
                 }
-                return Err(guest_err(&mut store, export, errno));
+                return Err(this.guest_err(export, errno));
             }
             Ok(fd) if arg.is_some() => {
                 // The network fd the guest returned must be one it holds.
-                if !matches!(store.data_mut().wasi.table.get(fd), Ok(Desc::Stream { .. }))
+                if !matches!(this.store.data_mut().wasi.table.get(fd), Ok(Desc::Stream { .. }))
                     || Some(fd as i32) == arg
                 {
                     return Err(Error::BogusFd { export, fd: r });
                 }
-                store.data_mut().wasi.net_fd = Some(fd);
+                this.store.data_mut().wasi.net_fd = Some(fd);
             }
             Ok(_) => {
                 // The relay's guest must have joined the two connections.
-                let ctx = store.data_mut();
+                let ctx = this.store.data_mut();
                 if ctx.pending_accept.is_some() {
                     return Err(Error::Incomplete { export, missing: "calling host_accept" });
                 }
@@ -407,23 +431,21 @@ impl Session {
             }
         }
 
-        let cancel_fd = store
+        let cancel_fd = this
+            .store
             .data_mut()
             .wasi
             .table
             .insert(Desc::Cancel { token: cancel.clone(), nonblocking: false })
             .map_err(|errno| Error::Guest { export: abi::CANCEL_WITH.name, errno, message: None })?;
-        let r = call(&mut store, abi::CANCEL_WITH.name, Some(cancel_fd as i32)).await?;
+        let r = this.call(abi::CANCEL_WITH.name, Some(cancel_fd as i32)).await?;
         if let Err(errno) = status::decode(r) {
-            return Err(guest_err(&mut store, abi::CANCEL_WITH.name, errno));
+            return Err(this.guest_err(abi::CANCEL_WITH.name, errno));
         }
 
-        store.data_mut().deadline = None;
-        let worker = func(&mut store, abi::WORKER.name)
-            .expect("validated")
-            .typed::<(), i32>(&store)
-            .expect("validated");
-        Ok(Session { store, worker, cancel, _slot: slot })
+        this.store.data_mut().deadline = None;
+        let worker = this.func(abi::WORKER.name).typed::<(), i32>(&this.store).expect("validated");
+        Ok(Session { store: this.store, worker, cancel, _slot: slot })
     }
 
     /// Runs `_water_worker` to its end. `-canceled` after a cancellation is

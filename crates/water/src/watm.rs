@@ -294,6 +294,7 @@ impl Watm {
         if !bytes.starts_with(b"\0asm") {
             return Err(Error::NotWasm);
         }
+        check_compile_budget(bytes, &config)?;
         let engines = engines();
         let module = Module::new(&engines.on_demand, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         let exports = validate(&module)?;
@@ -327,6 +328,14 @@ impl Watm {
     /// which is slower to set up but has no other limit.
     pub fn pooled(&self) -> bool {
         self.inner.pooled.is_some()
+    }
+
+    /// Runs `_start` and `_water_init` once in a throwaway instance, and
+    /// reports what the first connection would meet there: a transport
+    /// config the guest rejects ([`Error::Guest`] with its stderr line), a
+    /// trap, a timeout. For start-up checks; connections need not call it.
+    pub async fn check_init(&self) -> Result<(), Error> {
+        crate::v0::dry_init(self).await
     }
 
     /// The options it was loaded with.
@@ -459,6 +468,36 @@ fn validate(module: &Module) -> Result<Exports, Error> {
         }
     }
     Ok(exports)
+}
+
+/// Refuses, before compiling, a module over the compile budget: more bytes
+/// than `Config::max_module_size` or more defined functions than
+/// `Config::max_functions`. Counting reads only section headers; a module
+/// too malformed to count is left to the compiler's own error.
+fn check_compile_budget(bytes: &[u8], config: &Config) -> Result<(), Error> {
+    let over = |what, requested: usize, limit: usize| Error::OverLimit {
+        what,
+        requested: requested as u64,
+        limit: limit as u64,
+    };
+    if bytes.len() > config.max_module_size {
+        return Err(over("bytes of module", bytes.len(), config.max_module_size));
+    }
+    let mut functions = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::CodeSectionStart { count, .. }) => {
+                functions = count as usize;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if functions > config.max_functions {
+        return Err(over("functions", functions, config.max_functions));
+    }
+    Ok(())
 }
 
 /// Memories and tables one instance may define (what every toolchain emits;

@@ -598,3 +598,55 @@ async fn a_huge_random_get_lets_other_tasks_run() {
     })
     .await;
 }
+
+// Item 13: loading had no budget (a 0.9 MB module of 100,000 functions:
+// 7.9 s and 583 MiB).
+#[test]
+fn compile_bombs_are_refused_before_compiling() {
+    let with_functions = |n: usize| {
+        let functions: String = (0..n).map(|_| "(func)").collect();
+        let wat = module_wat(OK, "call $host_dial", OK, OK).replace(
+            r#"(memory (export "memory") 1)"#,
+            &format!(r#"(memory (export "memory") 1) {functions}"#),
+        );
+        wat::parse_str(wat).unwrap()
+    };
+    // Over the default budget: refused by counting, without compiling.
+    let bomb = with_functions(30_000);
+    let started = std::time::Instant::now();
+    match Watm::new(&bomb, Config::default()) {
+        Err(Error::OverLimit { what: "functions", requested, limit: 20_000 }) => {
+            assert!(requested > 30_000, "{requested}")
+        }
+        other => panic!("30,000 functions: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The budget is the caller's to set.
+    let small = with_functions(1_500);
+    assert!(matches!(
+        Watm::new(&small, Config::default().max_functions(1_000)),
+        Err(Error::OverLimit { what: "functions", .. })
+    ));
+    Watm::new(&small, Config::default().max_functions(2_000)).unwrap();
+
+    let mut huge = b"\0asm\x01\0\0\0".to_vec();
+    huge.resize(17 << 20, 0);
+    let err = Watm::new(&huge, Config::default()).unwrap_err();
+    assert!(matches!(err, Error::OverLimit { what: "bytes of module", limit, .. } if limit == 16 << 20), "{err}");
+}
+
+// Item 17: a bad transport config was noticed only on the first
+// connection; `check_init` finds it up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_init_reports_a_rejected_config() {
+    bounded(async {
+        let xor = watm_artifacts::Guest::named("xor").unwrap().bytes();
+        let bad = Watm::new(&xor, Config::default().transport_config("not hex")).unwrap();
+        match bad.check_init().await {
+            Err(Error::Guest { export: "_water_init", message: Some(m), .. }) => assert!(!m.is_empty()),
+            other => panic!("xor with a bad key: {other:?}"),
+        }
+        guest("xor").check_init().await.unwrap();
+    })
+    .await;
+}
