@@ -465,7 +465,17 @@ fn bad_limits_and_configs_fail_at_start_up() {
         (&["bench", "--seconds", "NaN"], "--seconds"),
         (&["bench", "--scale", "18446744073709551615"], "--scale"),
         (
-            &["client", "-t", "xor", "--config", bad_key, "--listen", "127.0.0.1:0", "--remote", "127.0.0.1:1"],
+            &[
+                "client",
+                "-t",
+                "xor",
+                "--config",
+                bad_key,
+                "--listen",
+                "127.0.0.1:0",
+                "--remote",
+                "127.0.0.1:1",
+            ],
             "rejects its configuration",
         ),
         (&["check", "xor", "--config", big], "larger than"),

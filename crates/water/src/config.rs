@@ -41,6 +41,8 @@ pub struct Config {
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_module_size: usize,
     pub(crate) max_functions: usize,
+    pub(crate) spin_limit: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -58,6 +60,8 @@ impl Default for Config {
             max_connections: None,
             max_module_size: 16 << 20,
             max_functions: 20_000,
+            spin_limit: Duration::from_secs(1),
+            idle_timeout: None,
         }
     }
 }
@@ -77,6 +81,8 @@ impl fmt::Debug for Config {
             .field("max_connections", &self.max_connections)
             .field("max_module_size", &self.max_module_size)
             .field("max_functions", &self.max_functions)
+            .field("spin_limit", &self.spin_limit)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -191,5 +197,24 @@ impl Config {
     /// module from somewhere and want to stop reading at it.
     pub fn module_size_limit(&self) -> u64 {
         self.max_module_size as u64
+    }
+
+    /// Longest the worker may run in wasm without calling the host (default
+    /// 1 s). A transport calls the host every few milliseconds (to read, to
+    /// write, to poll); a worker that does not is spinning, holding a
+    /// runtime thread's share and its sockets: it is stopped
+    /// ([`crate::Error::Spinning`]). Counted in epoch ticks (10 ms). Setup
+    /// calls are bounded by [`Config::setup_timeout`] instead.
+    pub fn spin_limit(mut self, limit: Duration) -> Self {
+        self.spin_limit = limit;
+        self
+    }
+
+    /// Cancels a connection through which no byte has moved (read or
+    /// written by the guest, either side) for `timeout`
+    /// ([`crate::Error::Idle`]; default: none).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
     }
 }

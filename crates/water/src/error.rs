@@ -62,6 +62,14 @@ pub enum Error {
     /// The guest ran past its time limit in a setup call.
     #[error("guest ran past its {limit:?} limit in `{export}`")]
     Timeout { export: &'static str, limit: Duration },
+    /// The worker ran `limit` in wasm without calling the host (a spin); it
+    /// was stopped so that it holds no thread and no sockets.
+    #[error("`{export}` ran {limit:?} without calling the host; stopped as spinning")]
+    Spinning { export: &'static str, limit: Duration },
+    /// No byte moved through the connection for `Config::idle_timeout`; it
+    /// was cancelled.
+    #[error("no byte moved for {0:?}; the idle connection was closed")]
+    Idle(Duration),
     /// The guest called `proc_exit`.
     #[error("guest exited with code {code} in `{export}`")]
     Exit { export: &'static str, code: i32 },
@@ -108,7 +116,9 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::Io(inner) => inner.kind(),
             Error::Guest { errno, .. } => crate::wasi::errno::to_io_kind(*errno),
-            Error::Timeout { .. } | Error::Stuck(_) | Error::Cut { .. } => io::ErrorKind::TimedOut,
+            Error::Timeout { .. } | Error::Stuck(_) | Error::Cut { .. } | Error::Idle(_) => {
+                io::ErrorKind::TimedOut
+            }
             Error::WorkerLost => io::ErrorKind::ConnectionAborted,
             Error::NotWasm | Error::Invalid(_) | Error::NotV0 | Error::OverLimit { .. } => {
                 io::ErrorKind::InvalidData

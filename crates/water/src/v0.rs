@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::wasi::p1::GuestExit;
 use crate::wasi::table::{Desc, Stream};
 use crate::wasi::{Activity, WasiCtx, WasiView, errno};
-use crate::watm::{Inner, Linked};
+use crate::watm::{EPOCH_TICK, Inner, Linked};
 use crate::watm::{Role, Watm};
 
 /// Store data of one instance.
@@ -43,6 +43,11 @@ pub struct Ctx {
     dial_error: Option<io::Error>,
     /// Deadline of the current setup call; `None` while the worker runs.
     deadline: Option<Instant>,
+    /// Epoch ticks the worker has run in wasm since it last called the host.
+    busy_ticks: u32,
+    /// Calls from the guest into the host so far, and at the last tick.
+    host_calls: u64,
+    seen_calls: u64,
 }
 
 impl WasiView for Ctx {
@@ -208,6 +213,19 @@ fn instantiate_error(e: wasmtime::Error, limit: Duration) -> Error {
     Error::Exhausted(format!("instantiating the module: {e:#}"))
 }
 
+/// Why the host stopped a worker in the epoch callback: it ran
+/// `Config::spin_limit` in wasm without calling the host.
+#[derive(Debug)]
+struct Spun;
+
+impl std::fmt::Display for Spun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the guest ran too long without calling the host")
+    }
+}
+
+impl std::error::Error for Spun {}
+
 fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error {
     if let Some(exit) = e.downcast_ref::<GuestExit>() {
         return Error::Exit { export, code: exit.0 };
@@ -226,11 +244,34 @@ fn new_store(engine: &wasmtime::Engine, ctx: Ctx) -> Result<Store<Ctx>, Error> {
     let mut store = Store::try_new(engine, ctx)
         .map_err(|e| Error::Exhausted(format!("creating the instance's store: {e:#}")))?;
     store.limiter(|ctx| &mut ctx.limits);
-    store.epoch_deadline_callback(|ctx| {
-        Ok(match ctx.data().deadline {
-            Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
-            _ => UpdateDeadline::Yield(1),
-        })
+    // Counts the guest's calls into the host (host functions and libcalls;
+    // the epoch callback itself runs inside one).
+    store.call_hook(|mut ctx, hook| {
+        if matches!(hook, wasmtime::CallHook::CallingHost) {
+            let data = ctx.data_mut();
+            data.host_calls = data.host_calls.wrapping_add(1);
+        }
+        Ok(())
+    });
+    store.epoch_deadline_callback(|mut ctx| {
+        let data = ctx.data_mut();
+        match data.deadline {
+            Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
+            Some(_) => Ok(UpdateDeadline::Yield(1)),
+            // The worker: called once per tick while it runs in wasm
+            // without calling the host.
+            None => {
+                // Busy since the last tick if the only call into the host
+                // since then is this callback's own.
+                let busy = data.host_calls == data.seen_calls.wrapping_add(1);
+                data.seen_calls = data.host_calls;
+                data.busy_ticks = if busy { data.busy_ticks.saturating_add(1) } else { 1 };
+                if EPOCH_TICK.saturating_mul(data.busy_ticks) > data.config.spin_limit {
+                    return Err(wasmtime::Error::new(Spun));
+                }
+                Ok(UpdateDeadline::Yield(1))
+            }
+        }
     });
     store.set_epoch_deadline(1);
     Ok(store)
@@ -302,6 +343,9 @@ impl<'a> Initialized<'a> {
             pending_accept: None,
             dial_error: None,
             deadline: Some(Instant::now() + limit),
+            busy_ticks: 0,
+            host_calls: 0,
+            seen_calls: 0,
         };
         let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
         let mut this = Initialized { store, instance, linked, limit };
@@ -456,6 +500,10 @@ impl Session {
             // The worker may end the instance with proc_exit(0), as a WASI
             // program does: a clean end.
             Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => return Ok(()),
+            Err(e) if e.downcast_ref::<Spun>().is_some() => {
+                let limit = self.store.data().config.spin_limit;
+                return Err(Error::Spinning { export: abi::WORKER.name, limit });
+            }
             Err(e) => return Err(classify(abi::WORKER.name, e, Duration::ZERO)),
         };
         match status::decode(r) {
@@ -537,6 +585,21 @@ async fn until_idle(activity: &Activity, idle: Duration) {
     }
 }
 
+/// Resolves once no byte has moved through the guest's streams, either
+/// way, for `limit` (never, without one).
+async fn until_silent(activity: &Activity, limit: Option<Duration>) {
+    let Some(limit) = limit else { return std::future::pending().await };
+    let mut last = activity.moved();
+    loop {
+        tokio::time::sleep(limit).await;
+        let now = activity.moved();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// Runs a session's worker as its own task. After `links.closing`, the
 /// worker may go on while it makes progress (writes to the network); once
 /// it has made none for `grace`, it is cancelled, and if it had not
@@ -553,9 +616,11 @@ pub(crate) fn spawn_worker(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let report = Report { tx: Some(tx), app_link };
     let activity = session.store.data().wasi.activity.clone();
+    let idle_timeout = session.store.data().config.idle_timeout;
     tokio::spawn(async move {
         let Links { closing, cancel } = links;
         let cut = AtomicBool::new(false);
+        let idle = AtomicBool::new(false);
         let result = {
             let work = session.run();
             tokio::pin!(work);
@@ -566,6 +631,10 @@ pub(crate) fn spawn_worker(
                         cut.store(!activity.delivered(), Ordering::Relaxed);
                         cancel.cancel();
                     }
+                    () = until_silent(&activity, idle_timeout) => {
+                        idle.store(true, Ordering::Relaxed);
+                        cancel.cancel();
+                    }
                 }
                 tokio::time::sleep(grace).await;
             };
@@ -574,9 +643,10 @@ pub(crate) fn spawn_worker(
                 () = deadline => Err(Error::Stuck(grace)),
             }
         };
-        let result = match result {
-            Ok(()) if cut.load(Ordering::Relaxed) => Err(Error::Cut { idle: grace }),
-            other => other,
+        let result = match (result, idle_timeout) {
+            (Ok(()), Some(limit)) if idle.load(Ordering::Relaxed) => Err(Error::Idle(limit)),
+            (Ok(()), _) if cut.load(Ordering::Relaxed) => Err(Error::Cut { idle: grace }),
+            (other, _) => other,
         };
         // Frees the instance and closes every fd it held, now.
         drop(session);

@@ -632,7 +632,10 @@ fn compile_bombs_are_refused_before_compiling() {
     let mut huge = b"\0asm\x01\0\0\0".to_vec();
     huge.resize(17 << 20, 0);
     let err = Watm::new(&huge, Config::default()).unwrap_err();
-    assert!(matches!(err, Error::OverLimit { what: "bytes of module", limit, .. } if limit == 16 << 20), "{err}");
+    assert!(
+        matches!(err, Error::OverLimit { what: "bytes of module", limit, .. } if limit == 16 << 20),
+        "{err}"
+    );
 }
 
 // Item 17: a bad transport config was noticed only on the first
@@ -647,6 +650,68 @@ async fn check_init_reports_a_rejected_config() {
             other => panic!("xor with a bad key: {other:?}"),
         }
         guest("xor").check_init().await.unwrap();
+    })
+    .await;
+}
+
+// Item 7: a worker that spins without calling the host kept its thread
+// share and its sockets until its owner happened to cancel it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_worker_is_stopped_with_a_clear_error() {
+    bounded(async {
+        let echo = echo_server().await;
+        let spin = Duration::from_millis(300);
+        let watm = Watm::new(
+            &module(OK, "call $host_dial", OK, "(loop br 0) i32.const 0"),
+            Config::default().spin_limit(spin),
+        )
+        .unwrap();
+        let mut conn = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap();
+        // Nobody cancels it: the host stops it by itself.
+        let mut buf = [0u8; 8];
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+        match conn.close().await {
+            Err(Error::Spinning { export: "_water_worker", limit }) => assert_eq!(limit, spin),
+            other => panic!("a spinning worker: {other:?}"),
+        }
+        // A worker busy with real work, calling the host between chunks,
+        // is not spinning.
+        let xor = Watm::new(
+            &watm_artifacts::Guest::named("xor").unwrap().bytes(),
+            Config::default().transport_config(XOR_KEY).spin_limit(Duration::from_millis(50)),
+        )
+        .unwrap();
+        let conn = Dialer::new(&xor).unwrap().dial(echo.to_string()).await.unwrap();
+        let sent = data(8 << 20, 13);
+        assert!(exchange(conn, &sent).await.unwrap() == sent);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    bounded(async {
+        let echo = echo_server().await;
+        let idle = Duration::from_millis(300);
+        let watm = Watm::new(
+            &watm_artifacts::Guest::named("plain").unwrap().bytes(),
+            Config::default().idle_timeout(idle),
+        )
+        .unwrap();
+        let mut conn = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap();
+        // Traffic for longer than the timeout keeps it open...
+        for _ in 0..6 {
+            conn.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            conn.read_exact(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // ...silence closes it.
+        let mut buf = [0u8; 4];
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+        assert!(matches!(conn.close().await, Err(Error::Idle(limit)) if limit == idle));
     })
     .await;
 }

@@ -57,6 +57,8 @@ pub struct WasiCtx {
 pub struct Activity {
     /// Bytes the guest wrote to streams other than the application's end.
     sent: AtomicU64,
+    /// Bytes the guest read or wrote on any stream.
+    moved: AtomicU64,
     /// The guest half-closed (or closed) its network fd: everything it had
     /// to deliver is out.
     delivered: AtomicBool,
@@ -65,6 +67,10 @@ pub struct Activity {
 impl Activity {
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
     }
 
     pub fn delivered(&self) -> bool {
@@ -85,8 +91,14 @@ impl WasiCtx {
         }
     }
 
+    /// Counts `n` bytes the guest read from a stream.
+    pub fn note_read(&self, n: usize) {
+        self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// Counts `n` bytes the guest wrote to `fd`.
     pub fn note_write(&self, fd: u32, n: usize) {
+        self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
         if Some(fd) != self.internal_fd {
             self.activity.sent.fetch_add(n as u64, Ordering::Relaxed);
         }

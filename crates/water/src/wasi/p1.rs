@@ -273,7 +273,10 @@ async fn fd_read<T: WasiView>(
             Desc::Stream { stream, nonblocking } => (stream.clone(), *nonblocking),
         };
         match stream.try_read(mem.slice_mut(ptr, len)?) {
-            Ok(k) => return mem.write_u32(nread, k as u32),
+            Ok(k) => {
+                wasi.note_read(k);
+                return mem.write_u32(nread, k as u32);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if nonblocking {
                     return Err(Errno::AGAIN);
