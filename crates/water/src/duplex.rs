@@ -260,6 +260,12 @@ impl DuplexEnd {
         }
     }
 
+    /// Whether the other end will write no more (it shut down, was
+    /// released, or is gone).
+    pub fn peer_write_closed(&self) -> bool {
+        self.rx().write_closed
+    }
+
     /// Half-close: the other end reads EOF after the buffered bytes.
     pub fn shutdown_write(&self) {
         let mut tx = self.tx();

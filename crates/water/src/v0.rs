@@ -492,6 +492,17 @@ impl Session {
         Ok(Session { store: this.store, worker, cancel, _slot: slot })
     }
 
+    /// The streams bytes reach the guest through: the application's end
+    /// and the network (empty for a relay, whose two are not told apart).
+    fn inbound(&self) -> Vec<Stream> {
+        let wasi = &self.store.data().wasi;
+        [wasi.internal_fd, wasi.net_fd]
+            .iter()
+            .flatten()
+            .filter_map(|&fd| wasi.table.stream(fd).ok().cloned())
+            .collect()
+    }
+
     /// Runs `_water_worker` to its end. `-canceled` after a cancellation is
     /// success; any other negative result is [`Error::Guest`].
     pub(crate) async fn run(&mut self) -> Result<(), Error> {
@@ -571,39 +582,51 @@ impl Drop for Report {
     }
 }
 
-/// Resolves once the guest has gone `idle` without writing a byte toward
-/// the network (checked every `idle`, so after between one and two `idle`).
-async fn until_idle(activity: &Activity, idle: Duration) {
-    let mut last = activity.sent();
+/// Resolves once `count` has not changed for `every` (checked every
+/// `every`, so after between one and two of them).
+async fn until_still(count: impl Fn() -> u64, every: Duration) {
+    let mut last = count();
     loop {
-        tokio::time::sleep(idle).await;
-        let now = activity.sent();
+        tokio::time::sleep(every).await;
+        let now = count();
         if now == last {
             return;
         }
         last = now;
+    }
+}
+
+/// Resolves once every stream in `inbound` has hung up (checked every
+/// `every`; never, for none): nothing more can reach the guest, so it is
+/// left to finish as if its owner had closed.
+async fn both_hung_up(inbound: &[Stream], every: Duration) {
+    if inbound.is_empty() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        if inbound.iter().all(Stream::hung_up) {
+            return;
+        }
     }
 }
 
 /// Resolves once no byte has moved through the guest's streams, either
 /// way, for `limit` (never, without one).
 async fn until_silent(activity: &Activity, limit: Option<Duration>) {
-    let Some(limit) = limit else { return std::future::pending().await };
-    let mut last = activity.moved();
-    loop {
-        tokio::time::sleep(limit).await;
-        let now = activity.moved();
-        if now == last {
-            return;
-        }
-        last = now;
+    match limit {
+        Some(limit) => until_still(|| activity.moved(), limit).await,
+        None => std::future::pending().await,
     }
 }
 
 /// Runs a session's worker as its own task. After `links.closing`, the
 /// worker may go on while it makes progress (writes to the network); once
 /// it has made none for `grace`, it is cancelled, and if it had not
-/// half-closed the network by then, its end is [`Error::Cut`]. Once
+/// half-closed the network by then, its end is [`Error::Cut`]. The same
+/// once both the application's side and the network have hung up (nothing
+/// more can reach the guest), with any byte it moves as progress: a guest
+/// that ignores both EOFs does not hold its sockets for ever. Once
 /// cancelled, it has `grace` to return before it is dropped
 /// ([`Error::Stuck`]). On failure the application's side of `app_link` (if
 /// any) reads the error instead of EOF.
@@ -617,8 +640,19 @@ pub(crate) fn spawn_worker(
     let report = Report { tx: Some(tx), app_link };
     let activity = session.store.data().wasi.activity.clone();
     let idle_timeout = session.store.data().config.idle_timeout;
+    let inbound = session.inbound();
     tokio::spawn(async move {
         let Links { closing, cancel } = links;
+        // After the owner left, the worker may go on while it writes to the
+        // network; once both its inbound sides hung up, while it moves any
+        // bytes (it may still be delivering to a slow application).
+        let linger = async {
+            let progress: fn(&Activity) -> u64 = tokio::select! {
+                () = closing.cancelled() => Activity::sent,
+                () = both_hung_up(&inbound, grace) => Activity::moved,
+            };
+            until_still(|| progress(&activity), grace).await
+        };
         let cut = AtomicBool::new(false);
         let idle = AtomicBool::new(false);
         let result = {
@@ -627,7 +661,7 @@ pub(crate) fn spawn_worker(
             let deadline = async {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = async { closing.cancelled().await; until_idle(&activity, grace).await } => {
+                    () = linger => {
                         cut.store(!activity.delivered(), Ordering::Relaxed);
                         cancel.cancel();
                     }

@@ -715,3 +715,41 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     })
     .await;
 }
+
+/// A peer that accepts and closes at once.
+async fn closer() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    addr
+}
+
+// Item 7: a worker that ignored EOF kept its sockets after both sides had
+// gone (CLOSE-WAIT, held for minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_ignoring_both_eofs_is_reclaimed() {
+    bounded(async {
+        let remote = closer().await;
+        // Waits for the cancel fd, whatever happens on its streams.
+        let deaf = format!("{} i32.const 0", blocking_read("global.get $cancel"));
+        let watm = Watm::new(
+            &module(OK, "call $host_dial", OK, &deaf),
+            Config::default().close_grace(Duration::from_millis(100)),
+        )
+        .unwrap();
+        let mut conn = Dialer::new(&watm).unwrap().dial(remote.to_string()).await.unwrap();
+        // The application half-closes and waits for a reply that cannot come.
+        conn.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
+            .await
+            .expect("a worker ignoring both EOFs held the connection");
+        assert!(read.is_err(), "{read:?}");
+        assert!(matches!(conn.close().await, Err(Error::Cut { .. })));
+    })
+    .await;
+}

@@ -110,6 +110,16 @@ impl Stream {
         }
     }
 
+    /// Whether the other side will send nothing more (a TCP peer's FIN,
+    /// from tokio's cached readiness; the application's end of a duplex
+    /// shut down or gone). No syscall.
+    pub fn hung_up(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => read_closed(s),
+            Stream::Duplex(d) => d.peer_write_closed(),
+        }
+    }
+
     /// `sock_shutdown`: `read`/`write` as preview1's `sdflags` say.
     pub fn shutdown(&self, read: bool, write: bool) -> io::Result<()> {
         match self {
