@@ -119,6 +119,10 @@ enum Command {
         /// child (plain or xor), reporting its peak RSS and fds.
         #[arg(long)]
         scale: Option<usize>,
+        /// Also measure the transport's throughput and 64-byte round trip
+        /// (p99) beside this many spinning guests, against the same alone.
+        #[arg(long)]
+        fairness: Option<usize>,
     },
 }
 
@@ -150,7 +154,7 @@ fn main() -> ExitCode {
             Command::Check { transport, config } => check::run(&transport, config.as_deref()).await,
             Command::Demo => demo::run().await,
             Command::Echo { listen } => tunnel::echo(&listen).await,
-            Command::Bench { transport, config, connections, seconds, json, scale } => {
+            Command::Bench { transport, config, connections, seconds, json, scale, fairness } => {
                 bench::run(bench::Options {
                     transport: &transport,
                     config: config.as_deref(),
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
                     seconds,
                     json,
                     scale,
+                    fairness,
                 })
                 .await
             }

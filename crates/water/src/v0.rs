@@ -43,11 +43,15 @@ pub struct Ctx {
     dial_error: Option<io::Error>,
     /// Deadline of the current setup call; `None` while the worker runs.
     deadline: Option<Instant>,
-    /// Epoch ticks the worker has run in wasm since it last called the host.
-    busy_ticks: u32,
+    /// Since when the worker has run in wasm without calling the host.
+    spinning_since: Option<Instant>,
     /// Calls from the guest into the host so far, and at the last tick.
     host_calls: u64,
     seen_calls: u64,
+    /// Ticks the worker has run without waiting, and `wasi.waits` at the
+    /// last tick.
+    run_ticks: u32,
+    seen_waits: u64,
 }
 
 impl WasiView for Ctx {
@@ -237,6 +241,40 @@ fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error 
     }
 }
 
+/// Ticks a worker may run without waiting for anything before it is
+/// throttled.
+const THROTTLE_AFTER: u32 = 5;
+
+/// Longest pause, in ticks, of a throttled worker between two ticks of
+/// running: a worker that never waits gets about a tenth of a thread.
+const MAX_PAUSE: u32 = 9;
+
+/// The worker's epoch tick: stops it once it has run `spin_limit` without
+/// calling the host (`Spun`), and throttles it once it has run
+/// [`THROTTLE_AFTER`] ticks without waiting for I/O, a timer or a cancel:
+/// it then sleeps between ticks, longer the longer it keeps busy (up to
+/// [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
+/// that have I/O to do. A worker that waits even once starts afresh.
+fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
+    let now = Instant::now();
+    // Only this callback's own call into the host since the last tick.
+    let called = data.host_calls != data.seen_calls.wrapping_add(1);
+    data.seen_calls = data.host_calls;
+    if called {
+        data.spinning_since = None;
+    } else if now.duration_since(*data.spinning_since.get_or_insert(now)) > data.config.spin_limit {
+        return Err(wasmtime::Error::new(Spun));
+    }
+    let waited = data.wasi.waits != data.seen_waits;
+    data.seen_waits = data.wasi.waits;
+    data.run_ticks = if waited { 1 } else { data.run_ticks.saturating_add(1) };
+    if data.run_ticks <= THROTTLE_AFTER {
+        return Ok(UpdateDeadline::Yield(1));
+    }
+    let pause = (data.run_ticks - THROTTLE_AFTER).min(MAX_PAUSE);
+    Ok(UpdateDeadline::YieldCustom(u64::from(pause) + 1, Box::pin(tokio::time::sleep(EPOCH_TICK * pause))))
+}
+
 /// A store for `ctx` in `engine`, with the limits and the epoch deadline.
 fn new_store(engine: &wasmtime::Engine, ctx: Ctx) -> Result<Store<Ctx>, Error> {
     // try_new: out of memory is this connection's error, not a panic that
@@ -258,19 +296,8 @@ fn new_store(engine: &wasmtime::Engine, ctx: Ctx) -> Result<Store<Ctx>, Error> {
         match data.deadline {
             Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
             Some(_) => Ok(UpdateDeadline::Yield(1)),
-            // The worker: called once per tick while it runs in wasm
-            // without calling the host.
-            None => {
-                // Busy since the last tick if the only call into the host
-                // since then is this callback's own.
-                let busy = data.host_calls == data.seen_calls.wrapping_add(1);
-                data.seen_calls = data.host_calls;
-                data.busy_ticks = if busy { data.busy_ticks.saturating_add(1) } else { 1 };
-                if EPOCH_TICK.saturating_mul(data.busy_ticks) > data.config.spin_limit {
-                    return Err(wasmtime::Error::new(Spun));
-                }
-                Ok(UpdateDeadline::Yield(1))
-            }
+            // The worker: called once per tick while it runs in wasm.
+            None => worker_tick(data),
         }
     });
     store.set_epoch_deadline(1);
@@ -343,9 +370,11 @@ impl<'a> Initialized<'a> {
             pending_accept: None,
             dial_error: None,
             deadline: Some(Instant::now() + limit),
-            busy_ticks: 0,
+            spinning_since: None,
             host_calls: 0,
             seen_calls: 0,
+            run_ticks: 0,
+            seen_waits: 0,
         };
         let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
         let mut this = Initialized { store, instance, linked, limit };

@@ -47,6 +47,23 @@ pub struct WasiCtx {
     pub net_fd: Option<u32>,
     /// What the guest has done, readable while it runs.
     pub activity: Arc<Activity>,
+    /// Times a host call of the guest had to wait (for I/O, a timer, a
+    /// cancel): a worker that never waits is a busy one.
+    pub waits: u64,
+}
+
+/// Awaits `f`; also says whether it had to wait (was pending at least
+/// once) rather than being ready at once.
+pub async fn watched<F: std::future::Future>(f: F) -> (F::Output, bool) {
+    let mut f = std::pin::pin!(f);
+    let mut waited = false;
+    let out = std::future::poll_fn(|cx| {
+        let p = f.as_mut().poll(cx);
+        waited |= p.is_pending();
+        p
+    })
+    .await;
+    (out, waited)
 }
 
 /// What a running guest has done, shared with the task that owns it, which
@@ -88,6 +105,7 @@ impl WasiCtx {
             internal_fd: None,
             net_fd: None,
             activity: Arc::default(),
+            waits: 0,
         }
     }
 

@@ -267,7 +267,8 @@ async fn fd_read<T: WasiView>(
                     return Err(Errno::AGAIN);
                 }
                 let token = token.clone();
-                token.cancelled().await;
+                let ((), waited) = super::watched(token.cancelled()).await;
+                caller.data_mut().wasi().waits += u64::from(waited);
                 continue;
             }
             Desc::Stream { stream, nonblocking } => (stream.clone(), *nonblocking),
@@ -281,7 +282,9 @@ async fn fd_read<T: WasiView>(
                 if nonblocking {
                     return Err(Errno::AGAIN);
                 }
-                stream.readable().await.map_err(|e| errno::from_io(&e))?;
+                let (ready, waited) = super::watched(stream.readable()).await;
+                caller.data_mut().wasi().waits += u64::from(waited);
+                ready.map_err(|e| errno::from_io(&e))?;
             }
             Err(e) => return Err(errno::from_io(&e)),
         }
@@ -324,7 +327,9 @@ async fn fd_write<T: WasiView>(
                 if nonblocking {
                     return Err(Errno::AGAIN);
                 }
-                stream.writable().await.map_err(|e| errno::from_io(&e))?;
+                let (ready, waited) = super::watched(stream.writable()).await;
+                caller.data_mut().wasi().waits += u64::from(waited);
+                ready.map_err(|e| errno::from_io(&e))?;
             }
             Err(e) => return Err(errno::from_io(&e)),
         }

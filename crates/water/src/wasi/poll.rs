@@ -112,7 +112,7 @@ pub async fn poll_oneoff<T: WasiView>(
     let due_at_start = earliest.is_some_and(|d| d <= Instant::now());
     let mut sleep = earliest.filter(|_| !due_at_start).map(|d| Box::pin(tokio::time::sleep_until(d.into())));
     let mut subs = subs;
-    let events = std::future::poll_fn(|cx| {
+    let (events, waited) = super::watched(std::future::poll_fn(|cx| {
         let mut events = Vec::new();
         for sub in subs.iter_mut() {
             let (userdata, tag) = (sub.userdata, sub.tag);
@@ -186,10 +186,11 @@ pub async fn poll_oneoff<T: WasiView>(
             cx.waker().wake_by_ref();
         }
         Poll::Pending
-    })
+    }))
     .await;
 
-    let (mut mem, _) = split(caller)?;
+    let (mut mem, wasi) = split(caller)?;
+    wasi.waits += u64::from(waited);
     for (i, e) in events.iter().enumerate() {
         let mut raw = [0u8; EVENT_SIZE as usize];
         raw[0..8].copy_from_slice(&e.userdata.to_le_bytes());
