@@ -266,6 +266,11 @@ impl DuplexEnd {
         self.rx().write_closed
     }
 
+    /// Bytes this end wrote that the other end has not read yet.
+    pub fn unread_by_peer(&self) -> usize {
+        self.tx().buf.len()
+    }
+
     /// Half-close: the other end reads EOF after the buffered bytes.
     pub fn shutdown_write(&self) {
         let mut tx = self.tx();
@@ -296,13 +301,13 @@ impl DuplexEnd {
     }
 
     /// Ends this end's writing with an error the other end reads after the
-    /// buffered bytes (instead of EOF), unless it already shut down cleanly.
+    /// buffered bytes, instead of EOF, even if it had shut down cleanly: a
+    /// connection that failed (cut, cancelled, trapped) must not read as a
+    /// complete stream.
     pub fn fail(&self, kind: io::ErrorKind, message: String) {
         let mut tx = self.tx();
-        if !tx.write_closed {
-            tx.error = Some((kind, message));
-            tx.write_closed = true;
-        }
+        tx.error = Some((kind, message));
+        tx.write_closed = true;
         tx.wake_reader();
     }
 }

@@ -77,12 +77,13 @@ pub enum Error {
     /// it was dropped.
     #[error("worker did not stop within {0:?} of being cancelled; it was dropped")]
     Stuck(Duration),
-    /// The application closed the connection, but the guest stopped making
-    /// progress before it had delivered everything (it neither wrote to the
-    /// network nor half-closed it for `idle`): it was cancelled, and the
-    /// peer may not have every byte.
+    /// The connection was ending (the application closed it, or both sides
+    /// had hung up), but the guest stopped making progress before it had
+    /// delivered everything (for `idle`, it neither moved bytes nor, after a
+    /// close, half-closed the network): it was cancelled, and the peer or
+    /// the application may miss bytes.
     #[error(
-        "delivery cut: the worker made no progress for {idle:?} after close and was cancelled before it finished sending"
+        "delivery cut: the worker made no progress for {idle:?} while the connection was ending, and was cancelled before it finished sending"
     )]
     Cut { idle: Duration },
     /// The connection's worker task ended without a result: it panicked, or

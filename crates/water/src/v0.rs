@@ -7,7 +7,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -675,12 +675,30 @@ pub(crate) fn spawn_worker(
         // After the owner left, the worker may go on while it writes to the
         // network; once both its inbound sides hung up, while it moves any
         // bytes (it may still be delivering to a slow application).
+        // Resolves to whether cancelling now cuts a delivery: after the
+        // owner left, unless the guest had half-closed the network; after
+        // both sides hung up, always (the application is still there, and
+        // a guest done with both directions would have returned).
         let linger = async {
-            let progress: fn(&Activity) -> u64 = tokio::select! {
-                () = closing.cancelled() => Activity::sent,
-                () = both_hung_up(&inbound, grace) => Activity::moved,
-            };
-            until_still(|| progress(&activity), grace).await
+            tokio::select! {
+                () = closing.cancelled() => {
+                    until_still(|| activity.sent(), grace).await;
+                    !activity.delivered()
+                }
+                () = both_hung_up(&inbound, grace) => {
+                    // Bytes a slow reader has yet to take are progress to
+                    // come, not a stall.
+                    let waiting = AtomicU64::new(0);
+                    let progress = || {
+                        if inbound.iter().any(Stream::unsent) {
+                            waiting.fetch_add(1, Ordering::Relaxed);
+                        }
+                        activity.moved() + waiting.load(Ordering::Relaxed)
+                    };
+                    until_still(progress, grace).await;
+                    true
+                }
+            }
         };
         let cut = AtomicBool::new(false);
         let idle = AtomicBool::new(false);
@@ -690,8 +708,8 @@ pub(crate) fn spawn_worker(
             let deadline = async {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = linger => {
-                        cut.store(!activity.delivered(), Ordering::Relaxed);
+                    cuts = linger => {
+                        cut.store(cuts, Ordering::Relaxed);
                         cancel.cancel();
                     }
                     () = until_silent(&activity, idle_timeout) => {

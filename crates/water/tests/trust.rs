@@ -753,3 +753,40 @@ async fn a_worker_ignoring_both_eofs_is_reclaimed() {
     })
     .await;
 }
+
+// ...but a slow application is not a stalled guest: with both sides hung
+// up, bytes it has yet to read keep the worker alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_application_after_both_eofs_gets_every_byte() {
+    bounded(async {
+        // Reads the request to EOF, answers and closes. The answer is more
+        // than the duplex holds (256 KiB), so that the guest waits for the
+        // application, and little enough for the rest to fit in the kernel's
+        // buffers, so that the remote's FIN arrives (both sides hung up).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = listener.local_addr().unwrap();
+        let reply = data(300 << 10, 14);
+        let sent = reply.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            s.read_to_end(&mut request).await.unwrap();
+            s.write_all(&sent).await.unwrap();
+        });
+        let watm = Watm::new(
+            &watm_artifacts::Guest::named("plain").unwrap().bytes(),
+            Config::default().close_grace(Duration::from_millis(100)),
+        )
+        .unwrap();
+        let mut conn = Dialer::new(&watm).unwrap().dial(remote.to_string()).await.unwrap();
+        conn.write_all(b"request").await.unwrap();
+        conn.shutdown().await.unwrap();
+        // Ten close graces before the application reads.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        assert!(got == reply, "{} of {} bytes", got.len(), reply.len());
+        conn.close().await.unwrap();
+    })
+    .await;
+}
