@@ -52,6 +52,7 @@ pub struct Ctx {
     /// last tick.
     run_ticks: u32,
     seen_waits: u64,
+    seen_moved: u64,
 }
 
 impl WasiView for Ctx {
@@ -246,15 +247,16 @@ fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error 
 const THROTTLE_AFTER: u32 = 5;
 
 /// Longest pause, in ticks, of a throttled worker between two ticks of
-/// running: a worker that never waits gets about a tenth of a thread.
-const MAX_PAUSE: u32 = 9;
+/// running: a worker that never waits gets about a twentieth of a thread.
+const MAX_PAUSE: u32 = 19;
 
 /// The worker's epoch tick: stops it once it has run `spin_limit` without
 /// calling the host (`Spun`), and throttles it once it has run
-/// [`THROTTLE_AFTER`] ticks without waiting for I/O, a timer or a cancel:
-/// it then sleeps between ticks, longer the longer it keeps busy (up to
-/// [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
-/// that have I/O to do. A worker that waits even once starts afresh.
+/// [`THROTTLE_AFTER`] ticks without waiting for I/O, a timer or a cancel,
+/// and without moving a byte:
+/// it then sleeps between ticks, twice as long each time it keeps busy (up
+/// to [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
+/// that have I/O to do. A worker that waits or moves a byte starts afresh.
 fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
     let now = Instant::now();
     // Only this callback's own call into the host since the last tick.
@@ -265,14 +267,21 @@ fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
     } else if now.duration_since(*data.spinning_since.get_or_insert(now)) > data.config.spin_limit {
         return Err(wasmtime::Error::new(Spun));
     }
-    let waited = data.wasi.waits != data.seen_waits;
+    // Waiting, or moving bytes (a healthy connection under load may never
+    // have to wait), is not hogging.
+    let moved = data.wasi.activity.moved();
+    let not_hogging = data.wasi.waits != data.seen_waits || moved != data.seen_moved;
     data.seen_waits = data.wasi.waits;
-    data.run_ticks = if waited { 1 } else { data.run_ticks.saturating_add(1) };
+    data.seen_moved = moved;
+    data.run_ticks = if not_hogging { 1 } else { data.run_ticks.saturating_add(1) };
     if data.run_ticks <= THROTTLE_AFTER {
         return Ok(UpdateDeadline::Yield(1));
     }
-    let pause = (data.run_ticks - THROTTLE_AFTER).min(MAX_PAUSE);
-    Ok(UpdateDeadline::YieldCustom(u64::from(pause) + 1, Box::pin(tokio::time::sleep(EPOCH_TICK * pause))))
+    // Doubling: a worker that keeps busy is at the longest pause within a
+    // few of them.
+    let pause = 1u32.checked_shl(data.run_ticks - THROTTLE_AFTER - 1).unwrap_or(u32::MAX).min(MAX_PAUSE);
+    // The new deadline counts from the end of the pause: one tick of work.
+    Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(EPOCH_TICK * pause))))
 }
 
 /// A store for `ctx` in `engine`, with the limits and the epoch deadline.
@@ -375,6 +384,7 @@ impl<'a> Initialized<'a> {
             seen_calls: 0,
             run_ticks: 0,
             seen_waits: 0,
+            seen_moved: 0,
         };
         let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
         let mut this = Initialized { store, instance, linked, limit };
