@@ -347,8 +347,20 @@ fn an_unreachable_remote_fails_that_connection_not_the_tunnel() {
 
 #[test]
 fn bench_reports_each_figure_with_its_baseline_as_json() {
-    let (status, out, err) =
-        run(&["bench", "-t", "xor", "--seconds", "1", "--connections", "4", "--json", "--scale", "50"]);
+    let (status, out, err) = run(&[
+        "bench",
+        "-t",
+        "xor",
+        "--seconds",
+        "1",
+        "--connections",
+        "4",
+        "--json",
+        "--scale",
+        "50",
+        "--fairness",
+        "2",
+    ]);
     assert!(status.success(), "{err}");
     let json = out.trim();
     assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
@@ -357,6 +369,8 @@ fn bench_reports_each_figure_with_its_baseline_as_json() {
         "tunnel throughput",
         "round trip, 64 B (median)",
         "setup to first byte (median)",
+        "throughput beside spinners",
+        "round trip 64 B p99, spinners",
     ] {
         assert!(json.contains(&format!(r#""name":"{name}""#)), "{name} missing: {json}");
     }
