@@ -199,11 +199,12 @@ impl Config {
         self.max_module_size as u64
     }
 
-    /// Longest the worker may run in wasm without calling the host (default
-    /// 1 s). A transport calls the host every few milliseconds (to read, to
-    /// write, to poll); a worker that does not is spinning, holding a
-    /// runtime thread's share and its sockets: it is stopped
-    /// ([`crate::Error::Spinning`]). Counted in epoch ticks (10 ms). Setup
+    /// Longest the worker may run without waiting for anything (I/O, a
+    /// timer, its cancel fd) and without moving a byte (default 1 s), host
+    /// calls or not: a transport with nothing to do waits in `poll_oneoff`.
+    /// Past it the worker is stopped ([`crate::Error::Spinning`]). Before
+    /// that, from 50 ms on, such a worker is throttled (it sleeps between
+    /// epoch ticks) so that it does not starve other connections. Setup
     /// calls are bounded by [`Config::setup_timeout`] instead.
     pub fn spin_limit(mut self, limit: Duration) -> Self {
         self.spin_limit = limit;

@@ -43,11 +43,8 @@ pub struct Ctx {
     dial_error: Option<io::Error>,
     /// Deadline of the current setup call; `None` while the worker runs.
     deadline: Option<Instant>,
-    /// Since when the worker has run in wasm without calling the host.
+    /// Since when the worker has run without waiting or moving a byte.
     spinning_since: Option<Instant>,
-    /// Calls from the guest into the host so far, and at the last tick.
-    host_calls: u64,
-    seen_calls: u64,
     /// Ticks the worker has run without waiting, and `wasi.waits` at the
     /// last tick.
     run_ticks: u32,
@@ -219,13 +216,13 @@ fn instantiate_error(e: wasmtime::Error, limit: Duration) -> Error {
 }
 
 /// Why the host stopped a worker in the epoch callback: it ran
-/// `Config::spin_limit` in wasm without calling the host.
+/// `Config::spin_limit` without waiting or moving a byte.
 #[derive(Debug)]
 struct Spun;
 
 impl std::fmt::Display for Spun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the guest ran too long without calling the host")
+        f.write_str("the guest ran too long without waiting or moving a byte")
     }
 }
 
@@ -250,30 +247,30 @@ const THROTTLE_AFTER: u32 = 5;
 /// running: a worker that never waits gets about a twentieth of a thread.
 const MAX_PAUSE: u32 = 19;
 
-/// The worker's epoch tick: stops it once it has run `spin_limit` without
-/// calling the host (`Spun`), and throttles it once it has run
-/// [`THROTTLE_AFTER`] ticks without waiting for I/O, a timer or a cancel,
-/// and without moving a byte:
-/// it then sleeps between ticks, twice as long each time it keeps busy (up
+/// The worker's epoch tick. A worker that runs without waiting for I/O, a
+/// timer or a cancel, and without moving a byte, is hogging: after
+/// [`THROTTLE_AFTER`] ticks of it, it is throttled, and after
+/// `Config::spin_limit` stopped (`Spun`), host calls or not. Throttled,
+/// it sleeps between ticks, twice as long each time it keeps busy (up
 /// to [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
 /// that have I/O to do. A worker that waits or moves a byte starts afresh.
 fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
     let now = Instant::now();
-    // Only this callback's own call into the host since the last tick.
-    let called = data.host_calls != data.seen_calls.wrapping_add(1);
-    data.seen_calls = data.host_calls;
-    if called {
-        data.spinning_since = None;
-    } else if now.duration_since(*data.spinning_since.get_or_insert(now)) > data.config.spin_limit {
-        return Err(wasmtime::Error::new(Spun));
-    }
     // Waiting, or moving bytes (a healthy connection under load may never
     // have to wait), is not hogging.
     let moved = data.wasi.activity.moved();
     let not_hogging = data.wasi.waits != data.seen_waits || moved != data.seen_moved;
     data.seen_waits = data.wasi.waits;
     data.seen_moved = moved;
-    data.run_ticks = if not_hogging { 1 } else { data.run_ticks.saturating_add(1) };
+    if not_hogging {
+        data.run_ticks = 1;
+        data.spinning_since = None;
+        return Ok(UpdateDeadline::Yield(1));
+    }
+    data.run_ticks = data.run_ticks.saturating_add(1);
+    if now.duration_since(*data.spinning_since.get_or_insert(now)) > data.config.spin_limit {
+        return Err(wasmtime::Error::new(Spun));
+    }
     if data.run_ticks <= THROTTLE_AFTER {
         return Ok(UpdateDeadline::Yield(1));
     }
@@ -291,15 +288,6 @@ fn new_store(engine: &wasmtime::Engine, ctx: Ctx) -> Result<Store<Ctx>, Error> {
     let mut store = Store::try_new(engine, ctx)
         .map_err(|e| Error::Exhausted(format!("creating the instance's store: {e:#}")))?;
     store.limiter(|ctx| &mut ctx.limits);
-    // Counts the guest's calls into the host (host functions and libcalls;
-    // the epoch callback itself runs inside one).
-    store.call_hook(|mut ctx, hook| {
-        if matches!(hook, wasmtime::CallHook::CallingHost) {
-            let data = ctx.data_mut();
-            data.host_calls = data.host_calls.wrapping_add(1);
-        }
-        Ok(())
-    });
     store.epoch_deadline_callback(|mut ctx| {
         let data = ctx.data_mut();
         match data.deadline {
@@ -380,8 +368,6 @@ impl<'a> Initialized<'a> {
             dial_error: None,
             deadline: Some(Instant::now() + limit),
             spinning_since: None,
-            host_calls: 0,
-            seen_calls: 0,
             run_ticks: 0,
             seen_waits: 0,
             seen_moved: 0,

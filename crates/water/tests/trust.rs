@@ -675,8 +675,18 @@ async fn a_spinning_worker_is_stopped_with_a_clear_error() {
             Err(Error::Spinning { export: "_water_worker", limit }) => assert_eq!(limit, spin),
             other => panic!("a spinning worker: {other:?}"),
         }
-        // A worker busy with real work, calling the host between chunks,
-        // is not spinning.
+        // Calling the host in the loop does not hide a spin.
+        let busy_calls = "(loop (drop (call $random_get (i32.const 0) (i32.const 1))) (br 0)) i32.const 0";
+        let watm =
+            Watm::new(&module(OK, "call $host_dial", OK, busy_calls), Config::default().spin_limit(spin)).unwrap();
+        let conn = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match tokio::time::timeout(Duration::from_secs(10), conn.close()).await {
+            Ok(Err(Error::Spinning { .. })) => {}
+            other => panic!("a worker spinning on host calls: {other:?}"),
+        }
+        // A worker busy with real work, moving bytes between chunks, is
+        // not spinning.
         let xor = Watm::new(
             &watm_artifacts::Guest::named("xor").unwrap().bytes(),
             Config::default().transport_config(XOR_KEY).spin_limit(Duration::from_millis(50)),
