@@ -159,7 +159,8 @@ impl Listener {
     /// trapped, timed out) is returned for that connection only: the
     /// listener stays usable, call `accept` again. A connection refused
     /// because of [`crate::Config::max_connections`] is logged, not
-    /// returned. After an error of the listening socket itself, every later
+    /// returned, and so is one the guest ended cleanly (`proc_exit(0)`)
+    /// during its setup. After an error of the listening socket itself, every later
     /// call fails.
     ///
     /// Cancel-safe: dropping the future (in a `select!`, a timeout) loses no
@@ -215,6 +216,11 @@ async fn accept_loop(
             match result {
                 Err(e @ Error::TooManyConnections(_)) => {
                     tracing::warn!(target: "water", %peer, "connection refused: {e}");
+                }
+                // The guest ended the connection during its setup, cleanly
+                // (a refusal of its own): nothing to hand over, no error.
+                Err(Error::Exit { code: 0, export }) => {
+                    tracing::debug!(target: "water", %peer, "the guest ended the connection in `{export}`");
                 }
                 r => {
                     let _ = ready.send(r.map(|conn| (conn, peer))).await;
@@ -301,7 +307,10 @@ async fn relay_one(
         Err(e) => Err(e),
     };
     match result {
-        Ok(()) => tracing::debug!(target: "water", conn = %label, %peer, "relay connection ended"),
+        // proc_exit(0) in a setup call is a clean end too.
+        Ok(()) | Err(Error::Exit { code: 0, .. }) => {
+            tracing::debug!(target: "water", conn = %label, %peer, "relay connection ended")
+        }
         Err(e) => {
             tracing::warn!(target: "water", conn = %label, %peer, error = %e, "relay connection failed")
         }

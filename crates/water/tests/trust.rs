@@ -678,7 +678,8 @@ async fn a_spinning_worker_is_stopped_with_a_clear_error() {
         // Calling the host in the loop does not hide a spin.
         let busy_calls = "(loop (drop (call $random_get (i32.const 0) (i32.const 1))) (br 0)) i32.const 0";
         let watm =
-            Watm::new(&module(OK, "call $host_dial", OK, busy_calls), Config::default().spin_limit(spin)).unwrap();
+            Watm::new(&module(OK, "call $host_dial", OK, busy_calls), Config::default().spin_limit(spin))
+                .unwrap();
         let conn = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         match tokio::time::timeout(Duration::from_secs(10), conn.close()).await {
@@ -797,6 +798,26 @@ async fn a_slow_application_after_both_eofs_gets_every_byte() {
         conn.read_to_end(&mut got).await.unwrap();
         assert!(got == reply, "{} of {} bytes", got.len(), reply.len());
         conn.close().await.unwrap();
+    })
+    .await;
+}
+
+// ...and in a listener's setup, a clean end of that connection, not an
+// error handed to the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proc_exit_zero_in_accept_is_no_error() {
+    bounded(async {
+        let exits = "(call $proc_exit (i32.const 0)) i32.const 0";
+        let watm = Watm::new(&module(OK, "call $host_dial", exits, OK), Config::default()).unwrap();
+        let listener = Listener::bind(&watm, "127.0.0.1:0").await.unwrap();
+        let mut client = connect(listener.local_addr().unwrap()).await;
+        // The client's connection is closed...
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("the connection the guest ended was left open");
+        // ...and accept has nothing to report.
+        assert!(tokio::time::timeout(Duration::from_millis(300), listener.accept()).await.is_err());
     })
     .await;
 }
