@@ -50,6 +50,8 @@ pub struct Options<'a> {
     pub seconds: f64,
     pub json: bool,
     pub scale: Option<usize>,
+    /// Spinning guests for the fairness figures (none: no such figures).
+    pub fairness: Option<usize>,
 }
 
 fn progress(what: &str) {
@@ -87,7 +89,18 @@ fn mib_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / 1048576.0 / d.as_secs_f64()
 }
 
+/// Most `--seconds` (a day) and `--scale` (each connection costs two fds
+/// in the server child; more than any open-file limit allows).
+const MAX_SECONDS: f64 = 86_400.0;
+const MAX_SCALE: usize = 1 << 20;
+
 pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
+    if !(o.seconds.is_finite() && o.seconds > 0.0 && o.seconds <= MAX_SECONDS) {
+        anyhow::bail!("--seconds must be a number above 0 and at most {MAX_SECONDS}, not {}", o.seconds);
+    }
+    if o.scale.is_some_and(|n| n > MAX_SCALE) || o.connections > MAX_SCALE {
+        anyhow::bail!("--scale and --connections must be at most {MAX_SCALE}");
+    }
     if let Some(n) = o.scale {
         crate::scale::prepare(n)?;
     }
@@ -210,6 +223,11 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     });
     stop.cancel();
 
+    if let Some(n) = o.fairness {
+        progress(&format!("throughput and 64-byte round trips alone, then beside {n} spinning guests"));
+        figures.extend(fairness(n, &water, echo, slice).await.context("fairness")?);
+    }
+
     let scale = match o.scale {
         Some(n) => Some(crate::scale::run(o.transport, o.config, n).await?),
         None => None,
@@ -221,6 +239,85 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
         print_table(&o, &figures, scale.as_ref());
     }
     Ok(())
+}
+
+/// A guest whose worker never waits and never ends: it loops on
+/// `clock_time_get`, one host call a turn. Loaded with the spin limit out
+/// of the way, it is the worst neighbour a healthy connection can have for
+/// as long as it lasts.
+const SPINNER: &str = r#"(module
+  (import "env" "host_dial" (func $dial (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_water_v0"))
+  (func (export "_water_init") (result i32) i32.const 0)
+  (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+  (func (export "_water_dial") (param i32) (result i32) call $dial)
+  (func (export "_water_worker") (result i32)
+    (loop (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 0))) (br 0))
+    i32.const 0))"#;
+
+/// The healthy connection's throughput and 64-byte round trip (p99), alone
+/// and then beside `n` spinning guests in the same process: what a
+/// hostile neighbour costs it.
+async fn fairness(
+    n: usize,
+    water: &Via,
+    echo: std::net::SocketAddr,
+    slice: Duration,
+) -> anyhow::Result<Vec<Figure>> {
+    let measure = async || -> anyhow::Result<(f64, f64)> {
+        let start = Instant::now();
+        let mut bulk = Vec::new();
+        while bulk.len() < 3 || start.elapsed() < slice {
+            bulk.push(echo_bulk(water.connect(echo).await?, BULK).await?);
+        }
+        let mut conn = water.connect(echo).await?;
+        let rtt = ping_pong(&mut conn, 64, 1000).await?;
+        Ok((mib_s(2 * BULK, median(bulk)), p99(rtt).as_secs_f64() * 1e6))
+    };
+    let (bulk_alone, rtt_alone) = measure().await?;
+    let spinner = water::Watm::new(
+        &wat::parse_str(SPINNER)?,
+        // Throttled, not stopped: what they cost while they last.
+        water::Config::default()
+            .close_grace(Duration::from_millis(100))
+            .spin_limit(Duration::from_secs(3600)),
+    )?;
+    let dialer = Dialer::new(&spinner)?;
+    let mut spinning = Vec::with_capacity(n);
+    for _ in 0..n {
+        spinning.push(dialer.dial(echo.to_string()).await?);
+    }
+    let beside = measure().await;
+    for c in spinning {
+        let _ = c.abort().await;
+    }
+    let (bulk_beside, rtt_beside) = beside?;
+    Ok(vec![
+        Figure {
+            name: "throughput beside spinners",
+            unit: "MiB/s",
+            water: bulk_beside,
+            baseline_name: "alone",
+            baseline: bulk_alone,
+            better: Better::Higher,
+        },
+        Figure {
+            name: "round trip 64 B p99, spinners",
+            unit: "µs",
+            water: rtt_beside,
+            baseline_name: "alone",
+            baseline: rtt_alone,
+            better: Better::Lower,
+        },
+    ])
+}
+
+/// The 99th percentile of some durations (`ZERO` for none).
+fn p99(mut d: Vec<Duration>) -> Duration {
+    d.sort();
+    d.get((d.len() * 99 / 100).min(d.len().saturating_sub(1))).copied().unwrap_or_default()
 }
 
 fn print_table(o: &Options<'_>, figures: &[Figure], scale: Option<&crate::scale::Report>) {

@@ -49,6 +49,10 @@ struct TransportArgs {
     /// File whose bytes the transport gets from pull_config.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Most connections at once; past it new ones are closed at once, with
+    /// a log line (default: no limit).
+    #[arg(long)]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +155,10 @@ enum Command {
         /// child (plain or xor), reporting its peak RSS and fds.
         #[arg(long)]
         scale: Option<usize>,
+        /// Also measure the transport's throughput and 64-byte round trip
+        /// (p99) beside this many spinning guests, against the same alone.
+        #[arg(long)]
+        fairness: Option<usize>,
     },
 }
 
@@ -177,23 +185,23 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Client { t, listen, remote, socks5: false } => {
                 let remote = remote.expect("clap requires --remote without --socks5");
-                tunnel::client(&t.transport, t.config.as_deref(), &listen, remote).await
+                tunnel::client(&t.transport, t.config.as_deref(), t.max_connections, &listen, remote).await
             }
             Command::Client { t, listen, remote, socks5: true } => {
                 let mode = remote.map_or(socks::Mode::Bridge, socks::Mode::Proxy);
-                tunnel::socks_client(&t.transport, t.config.as_deref(), &listen, mode).await
+                tunnel::socks_client(&t.transport, t.config.as_deref(), t.max_connections, &listen, mode).await
             }
             Command::Server { t, listen, forward } => {
-                tunnel::server(&t.transport, t.config.as_deref(), &listen, forward).await
+                tunnel::server(&t.transport, t.config.as_deref(), t.max_connections, &listen, forward).await
             }
             Command::Relay { t, listen, remote } => {
-                tunnel::relay(&t.transport, t.config.as_deref(), &listen, remote).await
+                tunnel::relay(&t.transport, t.config.as_deref(), t.max_connections, &listen, remote).await
             }
             Command::Check { transport, config } => check::run(&transport, config.as_deref()).await,
             Command::Demo => demo::run().await,
             Command::Pt { .. } => unreachable!("dispatched before the runtime"),
             Command::Echo { listen } => tunnel::echo(&listen).await,
-            Command::Bench { transport, config, connections, seconds, json, scale } => {
+            Command::Bench { transport, config, connections, seconds, json, scale, fairness } => {
                 bench::run(bench::Options {
                     transport: &transport,
                     config: config.as_deref(),
@@ -201,6 +209,7 @@ fn main() -> ExitCode {
                     seconds,
                     json,
                     scale,
+                    fairness,
                 })
                 .await
             }

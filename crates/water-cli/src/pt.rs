@@ -321,9 +321,11 @@ impl Pt {
                     watm.supports(Role::Listener),
                     "the module has no listener role (_water_accept)"
                 );
-                let listener =
-                    Listener::bind(&watm, bind.as_str()).await.with_context(|| format!("bind {bind}"))?;
-                listener.check_args(&args)?;
+                // The options are checked before binding: a bad combination
+                // is an SMETHOD-ERROR, not a port that fails every client.
+                let listener = Listener::bind_with_args(&watm, bind.as_str(), args.clone())
+                    .await
+                    .with_context(|| format!("bind {bind}"))?;
                 Ok(listener)
             };
             match started.await {
@@ -332,7 +334,7 @@ impl Pt {
                     say(format_args!("SMETHOD {name} {addr}{}", smethod_args(&args)));
                     tracing::info!(transport = %name, %addr, "server transport listening");
                     let (name, upstream) = (name.clone(), upstream.clone());
-                    self.tasks.spawn(self.clone_handles().serve_transport(name, listener, args, upstream));
+                    self.tasks.spawn(self.clone_handles().serve_transport(name, listener, upstream));
                 }
                 Err(e) => say(format_args!("SMETHOD-ERROR {name} {}", one_line(&format!("{e:#}")))),
             }
@@ -358,14 +360,13 @@ impl Pt {
         self,
         name: String,
         listener: Listener,
-        args: TransportArgs,
         upstream: Upstream,
     ) {
         let name = Arc::<str>::from(name);
         loop {
             let accepted = tokio::select! {
                 () = self.accepting.cancelled() => return,
-                a = listener.accept_with_args(&args) => a,
+                a = listener.accept() => a,
             };
             match accepted {
                 Ok((conn, peer)) => {

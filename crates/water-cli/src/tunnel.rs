@@ -65,8 +65,30 @@ async fn drain(mut tasks: JoinSet<()>) {
     }
 }
 
-pub async fn client(t: &str, config: Option<&Path>, listen: &str, remote: String) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&transport::load(t, config)?)?;
+/// The library options a tunnel's flags set.
+fn limits(max_connections: Option<usize>) -> water::Config {
+    let cfg = water::Config::default();
+    match max_connections {
+        Some(n) => cfg.max_connections(n),
+        None => cfg,
+    }
+}
+
+/// `watm` once its `_water_init` has run (with the config) in a throwaway
+/// instance: a bad config is an error at start-up, not on each connection.
+async fn checked(watm: water::Watm) -> anyhow::Result<water::Watm> {
+    watm.check_init().await.context("the transport rejects its configuration")?;
+    Ok(watm)
+}
+
+pub async fn client(
+    t: &str,
+    config: Option<&Path>,
+    max_connections: Option<usize>,
+    listen: &str,
+    remote: String,
+) -> anyhow::Result<()> {
+    let dialer = Dialer::new(&checked(transport::load_with(t, config, limits(max_connections))?).await?)?;
     let listener = bind(listen).await?;
     run_client(dialer, listener, remote, on_signal()?).await
 }
@@ -82,7 +104,11 @@ pub async fn run_client(
         let (dialer, remote) = (dialer.clone(), remote.clone());
         async move {
             // The accepted socket is the guest's plain side: no copy here.
-            let mut tunnel = dialer.dial_socket(remote.clone(), stream).await?;
+            let mut tunnel = tokio::select! {
+                t = dialer.dial_socket(remote.clone(), stream) => t?,
+                // Shutdown does not wait for a setup.
+                () = stop.cancelled() => return Ok(()),
+            };
             tokio::select! {
                 r = tunnel.wait() => Ok(r?),
                 () = stop.cancelled() => Ok(tunnel.abort().await?),
@@ -96,16 +122,23 @@ pub async fn run_client(
 pub async fn socks_client(
     t: &str,
     config: Option<&Path>,
+    max_connections: Option<usize>,
     listen: &str,
     mode: socks::Mode,
 ) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&transport::load(t, config)?)?;
+    let dialer = Dialer::new(&checked(transport::load_with(t, config, limits(max_connections))?).await?)?;
     let listener = bind(listen).await?;
     socks::serve(dialer, listener, mode, on_signal()?).await
 }
 
-pub async fn server(t: &str, config: Option<&Path>, listen: &str, forward: String) -> anyhow::Result<()> {
-    let watm = transport::load(t, config)?;
+pub async fn server(
+    t: &str,
+    config: Option<&Path>,
+    max_connections: Option<usize>,
+    listen: &str,
+    forward: String,
+) -> anyhow::Result<()> {
+    let watm = checked(transport::load_with(t, config, limits(max_connections))?).await?;
     if !watm.supports(Role::Listener) {
         anyhow::bail!("{t} does not support the listener role (no _water_accept export)");
     }
@@ -152,8 +185,15 @@ pub async fn run_server(listener: Listener, forward: String, stop: CancellationT
     Ok(())
 }
 
-pub async fn relay(t: &str, config: Option<&Path>, listen: &str, remote: String) -> anyhow::Result<()> {
-    let relay = Relay::new(&transport::load(t, config)?, remote)?;
+pub async fn relay(
+    t: &str,
+    config: Option<&Path>,
+    max_connections: Option<usize>,
+    listen: &str,
+    remote: String,
+) -> anyhow::Result<()> {
+    let relay =
+        Relay::new(&checked(transport::load_with(t, config, limits(max_connections))?).await?, remote)?;
     let listener = bind(listen).await?;
     let stop = on_signal()?;
     relay.serve(listener, stop.cancelled()).await.context("relay")?;

@@ -113,7 +113,11 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 
 /// A thread-per-connection echo service.
 fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    echo_on(TcpListener::bind("127.0.0.1:0").unwrap())
+}
+
+/// The echo service on `listener`.
+fn echo_on(listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for mut s in listener.incoming().flatten() {
@@ -396,13 +400,20 @@ fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
         (&["check", "plain", "--config", "/nonexistent/key"], "cannot read config"),
     ];
     for (args, want) in cases {
-        let (status, out, err) = run(args);
-        assert!(!status.success(), "{args:?} succeeded");
-        let errors: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(errors.len(), 1, "{args:?}: {err}");
-        assert!(errors[0].contains(want), "{args:?}: {}", errors[0]);
-        assert!(!out.contains("listening on"), "{args:?} announced a listener");
+        fails_with_one_line(args, want);
     }
+}
+
+/// Runs `water ARGS` and checks it fails with one `error:` line containing
+/// `want`, without announcing a listener or panicking.
+fn fails_with_one_line(args: &[&str], want: &str) {
+    let (status, out, err) = run(args);
+    assert!(!status.success(), "{args:?} succeeded");
+    let errors: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{args:?}: {err}");
+    assert!(errors[0].contains(want), "{args:?}: {}", errors[0]);
+    assert!(!out.contains("listening on"), "{args:?} announced a listener");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
 }
 
 #[test]
@@ -420,14 +431,29 @@ fn an_unreachable_remote_fails_that_connection_not_the_tunnel() {
         let _ = s.read_to_end(&mut got);
         assert!(got.is_empty());
     }
-    // ...and is still there for the next.
-    TcpStream::connect(addr).expect("tunnel still accepting");
+    // ...and still serves the next one in full once the remote is up (a
+    // bare connect would succeed from the kernel's backlog even with the
+    // tunnel's accept loop dead). The port was free a moment ago.
+    echo_on(TcpListener::bind(&closed).expect("rebind the remote's port"));
+    assert_eq!(exchange(addr, b"still serving"), b"still serving");
 }
 
 #[test]
 fn bench_reports_each_figure_with_its_baseline_as_json() {
-    let (status, out, err) =
-        run(&["bench", "-t", "xor", "--seconds", "1", "--connections", "4", "--json", "--scale", "50"]);
+    let (status, out, err) = run(&[
+        "bench",
+        "-t",
+        "xor",
+        "--seconds",
+        "1",
+        "--connections",
+        "4",
+        "--json",
+        "--scale",
+        "50",
+        "--fairness",
+        "2",
+    ]);
     assert!(status.success(), "{err}");
     let json = out.trim();
     assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
@@ -436,6 +462,8 @@ fn bench_reports_each_figure_with_its_baseline_as_json() {
         "tunnel throughput",
         "round trip, 64 B (median)",
         "setup to first byte (median)",
+        "throughput beside spinners",
+        "round trip 64 B p99, spinners",
     ] {
         assert!(json.contains(&format!(r#""name":"{name}""#)), "{name} missing: {json}");
     }
@@ -451,4 +479,123 @@ fn bench_reports_each_figure_with_its_baseline_as_json() {
     assert!(field("server_fds_held") >= field("server_fds_before") + 100, "{json}");
     let after = field("server_rss_after_close_kib");
     assert!(after > 0 && after <= field("server_peak_rss_kib"), "{json}");
+}
+
+/// A module whose every role's setup blocks in a host call: dial reads the
+/// client's socket (a deadlock), accept and associate wait for a handshake
+/// from a peer that sends nothing.
+const STUCK_SETUP: &str = r#"(module
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (import "env" "host_accept" (func $host_accept (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func $read (param $fd i32)
+    (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_read (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_water_v0"))
+  (func (export "_water_init") (result i32) i32.const 0)
+  (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+  (func (export "_water_dial") (param i32) (result i32) (call $read (local.get 0)) call $host_dial)
+  (func (export "_water_accept") (param i32) (result i32) (local $n i32)
+    (local.set $n (call $host_accept)) (call $read (local.get $n)) local.get $n)
+  (func (export "_water_associate") (result i32) (call $read (call $host_accept)) i32.const 0)
+  (func (export "_water_worker") (result i32) i32.const 0))"#;
+
+// Issue #9 item 5: a setup stuck in a host call held `water relay` past
+// SIGTERM for as long as the setup timeout (5 s).
+#[test]
+fn sigterm_while_a_setup_is_stuck_exits_promptly() {
+    let dir = temp_dir("stuck");
+    let module = dir.join("stuck.wasm");
+    std::fs::write(&module, wat::parse_str(STUCK_SETUP).unwrap()).unwrap();
+    let module = module.to_str().unwrap();
+    let echo = echo_server().to_string();
+    for (role, target) in [("client", "--remote"), ("server", "--forward"), ("relay", "--remote")] {
+        let (mut p, addr) = Proc::listening(&[role, "-t", module, "--listen", "127.0.0.1:0", target, &echo]);
+        // A peer that connects and never speaks: its setup blocks.
+        let _silent = TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let start = Instant::now();
+        let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = p.wait();
+        let took = start.elapsed();
+        assert!(exit.success(), "{role}: exit {exit}: {}", p.stderr_text());
+        // Well under the 5 s setup timeout (and the 1.5 s drain).
+        assert!(took < Duration::from_millis(1400), "{role} took {took:?} to exit on SIGTERM");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Issue #9 item 8: `--max-connections` closes connections past the cap at
+// once, with a log line, instead of accepting and starving them.
+#[test]
+fn max_connections_refuses_with_a_log_line() {
+    let echo = echo_server().to_string();
+    let (mut server, addr) = Proc::listening(&[
+        "server",
+        "-t",
+        "plain",
+        "--max-connections",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &echo,
+    ]);
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(LIMIT)).unwrap();
+    held.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let mut refused = TcpStream::connect(addr).unwrap();
+    refused.set_read_timeout(Some(LIMIT)).unwrap();
+    let _ = refused.write_all(b"ping");
+    let mut got = Vec::new();
+    let _ = refused.read_to_end(&mut got);
+    assert!(got.is_empty(), "the connection past the cap was served");
+    // The one within the cap still works.
+    held.write_all(b"pong").unwrap();
+    held.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+    let log = server.stderr_text();
+    assert!(log.contains("refused") && log.contains("max_connections"), "{log}");
+}
+
+// Issue #9 item 17: `--seconds inf` and a huge `--scale` panicked; a config
+// file was read whole whatever its size; a bad config was noticed only on
+// the first connection.
+#[test]
+fn bad_limits_and_configs_fail_at_start_up() {
+    let dir = temp_dir("limits");
+    let bad_key = dir.join("bad-key");
+    std::fs::write(&bad_key, "not hex").unwrap();
+    let big = dir.join("big");
+    std::fs::write(&big, vec![b'a'; 2 << 20]).unwrap();
+    let (bad_key, big) = (bad_key.to_str().unwrap(), big.to_str().unwrap());
+    let cases: [(&[&str], &str); 5] = [
+        (&["bench", "--seconds", "inf"], "--seconds"),
+        (&["bench", "--seconds", "NaN"], "--seconds"),
+        (&["bench", "--scale", "18446744073709551615"], "--scale"),
+        (
+            &[
+                "client",
+                "-t",
+                "xor",
+                "--config",
+                bad_key,
+                "--listen",
+                "127.0.0.1:0",
+                "--remote",
+                "127.0.0.1:1",
+            ],
+            "rejects its configuration",
+        ),
+        (&["check", "xor", "--config", big], "larger than"),
+    ];
+    for (args, want) in cases {
+        fails_with_one_line(args, want);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

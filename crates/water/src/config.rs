@@ -34,9 +34,16 @@ pub struct Config {
     pub(crate) dial_filter: Option<DialFilter>,
     pub(crate) connect_timeout: Duration,
     pub(crate) memory_limit: usize,
+    pub(crate) table_elements_limit: usize,
     pub(crate) setup_timeout: Duration,
     pub(crate) close_grace: Duration,
     pub(crate) coarse_poll: bool,
+    pub(crate) max_pending_setups: usize,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_module_size: usize,
+    pub(crate) max_functions: usize,
+    pub(crate) spin_limit: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -47,9 +54,16 @@ impl Default for Config {
             dial_filter: None,
             connect_timeout: Duration::from_secs(10),
             memory_limit: 16 << 20,
+            table_elements_limit: 65_536,
             setup_timeout: Duration::from_secs(5),
             close_grace: Duration::from_secs(1),
             coarse_poll: false,
+            max_pending_setups: 64,
+            max_connections: None,
+            max_module_size: 16 << 20,
+            max_functions: 20_000,
+            spin_limit: Duration::from_secs(1),
+            idle_timeout: None,
         }
     }
 }
@@ -62,9 +76,16 @@ impl fmt::Debug for Config {
             .field("dial_filter", &self.dial_filter.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("memory_limit", &self.memory_limit)
+            .field("table_elements_limit", &self.table_elements_limit)
             .field("setup_timeout", &self.setup_timeout)
             .field("close_grace", &self.close_grace)
             .field("coarse_poll", &self.coarse_poll)
+            .field("max_pending_setups", &self.max_pending_setups)
+            .field("max_connections", &self.max_connections)
+            .field("max_module_size", &self.max_module_size)
+            .field("max_functions", &self.max_functions)
+            .field("spin_limit", &self.spin_limit)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -83,7 +104,10 @@ impl Config {
         self
     }
 
-    /// Refuses to dial addresses for which `filter` returns `false`.
+    /// Refuses to dial addresses for which `filter` returns `false`. With a
+    /// [`Connector`], the filter is asked about the peer address of the
+    /// socket the connector returns (which is the proxy's, when the
+    /// connector goes through one), and a refused socket is closed.
     pub fn dial_filter(mut self, filter: impl Fn(SocketAddr) -> bool + Send + Sync + 'static) -> Self {
         self.dial_filter = Some(Arc::new(filter));
         self
@@ -95,24 +119,106 @@ impl Config {
         self
     }
 
-    /// Most linear memory one instance may grow to (default 16 MiB).
+    /// Most linear memory one instance may grow to (default 16 MiB). An
+    /// instance has one memory (and one table): a module that defines more,
+    /// or whose initial memory is larger, is refused at load
+    /// ([`crate::Error::OverLimit`]); a `memory.grow` past it fails (-1).
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
         self
     }
 
-    /// Wall-clock limit on each setup call (`_start`, `_water_init`, the role
-    /// call, `_water_cancel_with`; default 5 s). The worker has none: it lives
-    /// as long as its connection.
+    /// Most elements the instance's table may hold (default 65,536, about
+    /// 512 KiB). A module whose initial table is larger is refused at load
+    /// ([`crate::Error::OverLimit`]); a `table.grow` past it fails (-1).
+    pub fn table_elements_limit(mut self, elements: usize) -> Self {
+        self.table_elements_limit = elements;
+        self
+    }
+
+    /// Wall-clock limit on each setup step (instantiation, `_start`,
+    /// `_water_init`, the role call, `_water_cancel_with`; default 5 s),
+    /// time blocked in host calls included: a guest sleeping in
+    /// `poll_oneoff`, waiting for a handshake that never comes or for a
+    /// dial, is stopped there ([`crate::Error::Timeout`]). The worker has
+    /// none: it lives as long as its connection.
     pub fn setup_timeout(mut self, timeout: Duration) -> Self {
         self.setup_timeout = timeout;
         self
     }
 
-    /// How long a cancelled worker may take to return before it is dropped
-    /// (default 1 s).
+    /// After the application closes a connection, the worker goes on while it
+    /// makes progress (writes to the network); once it has written nothing
+    /// for `grace`, it is cancelled (and if it had not half-closed the
+    /// network by then, the close reports [`crate::Error::Cut`]). A cancelled
+    /// worker then has `grace` to return before it is dropped
+    /// ([`crate::Error::Stuck`]). Default 1 s: an inactivity limit, not a
+    /// limit on how long a slow peer may take.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
+        self
+    }
+
+    /// Most setups a [`crate::Listener`] runs at once (default 64), counting
+    /// set-up connections not yet taken by `accept`. Past it, new
+    /// connections wait in the kernel's backlog.
+    pub fn max_pending_setups(mut self, setups: usize) -> Self {
+        self.max_pending_setups = setups;
+        self
+    }
+
+    /// Most connections alive at once through this module, in every role
+    /// together, from the start of setup to the end of the worker (default:
+    /// no limit). Past it a dial fails with
+    /// [`crate::Error::TooManyConnections`], and a listener or relay closes
+    /// the new connection at once, with a log line, instead of accepting it
+    /// and starving the others.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = Some(connections);
+        self
+    }
+
+    /// Largest module [`crate::Watm::new`] accepts, in bytes (default
+    /// 16 MiB; the reference guests are under 48 KiB, a TinyGo or Rust-std
+    /// guest a few MiB). Larger is [`crate::Error::OverLimit`], before any
+    /// parsing.
+    pub fn max_module_size(mut self, bytes: usize) -> Self {
+        self.max_module_size = bytes;
+        self
+    }
+
+    /// Most functions a module may define (default 20,000): the compile
+    /// budget. Compilation time and memory grow with the function count (a
+    /// 0.9 MB module of 100,000 empty functions took 7.9 s and 583 MiB), so
+    /// the count is checked before compiling: [`crate::Error::OverLimit`].
+    pub fn max_functions(mut self, functions: usize) -> Self {
+        self.max_functions = functions;
+        self
+    }
+
+    /// The [`Config::max_module_size`] in force, for callers that read a
+    /// module from somewhere and want to stop reading at it.
+    pub fn module_size_limit(&self) -> u64 {
+        self.max_module_size as u64
+    }
+
+    /// Longest the worker may run without waiting for anything (I/O, a
+    /// timer, its cancel fd) and without moving a byte (default 1 s), host
+    /// calls or not: a transport with nothing to do waits in `poll_oneoff`.
+    /// Past it the worker is stopped ([`crate::Error::Spinning`]). Before
+    /// that, from 50 ms on, such a worker is throttled (it sleeps between
+    /// epoch ticks) so that it does not starve other connections. Setup
+    /// calls are bounded by [`Config::setup_timeout`] instead.
+    pub fn spin_limit(mut self, limit: Duration) -> Self {
+        self.spin_limit = limit;
+        self
+    }
+
+    /// Cancels a connection through which no byte has moved (read or
+    /// written by the guest, either side) for `timeout`
+    /// ([`crate::Error::Idle`]; default: none).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
         self
     }
 

@@ -5,11 +5,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::duplex::DuplexEnd;
 use crate::error::Error;
+use crate::v0::{Done, finished};
 
 /// One connection through a WATM: plain bytes in and out, transformed on
 /// the wire by the guest.
@@ -20,9 +20,10 @@ use crate::error::Error;
 ///
 /// Closing is graceful, like a socket's: dropping it, or
 /// [`Connection::close`], ends the application's side (the guest reads EOF
-/// and still delivers every byte written before), and the worker gets the
-/// configured close grace to finish; then it is cancelled, and after another
-/// grace dropped. [`Connection::abort`] cancels at once.
+/// and still delivers every byte written before), and the worker may finish
+/// for as long as it makes progress; once it has written nothing to the
+/// network for the configured close grace, it is cancelled, and after
+/// another grace dropped. [`Connection::abort`] cancels at once.
 #[derive(Debug)]
 pub struct Connection {
     io: DuplexEnd,
@@ -30,22 +31,21 @@ pub struct Connection {
     closing: CancellationToken,
     /// Cancel the worker now.
     cancel: CancellationToken,
-    done: Option<oneshot::Receiver<Result<(), Error>>>,
+    done: Option<Done>,
 }
 
 impl Connection {
-    pub(crate) fn new(
-        io: DuplexEnd,
-        links: crate::v0::Links,
-        done: oneshot::Receiver<Result<(), Error>>,
-    ) -> Self {
+    pub(crate) fn new(io: DuplexEnd, links: crate::v0::Links, done: Done) -> Self {
         Connection { io, closing: links.closing, cancel: links.cancel, done: Some(done) }
     }
 
     /// Ends the connection gracefully (see the type's docs), waits for the
-    /// worker — at most twice the close grace — and reports how it ended:
-    /// `Ok` for a clean end or a cancellation, the guest's error otherwise.
-    /// The instance and all its fds are freed when it returns.
+    /// worker — as long as it makes progress, then at most twice the close
+    /// grace — and reports how it ended: `Ok` for a clean end (or a
+    /// cancellation after the guest had half-closed the network),
+    /// [`Error::Cut`] when the guest stalled before delivering everything,
+    /// [`Error::WorkerLost`] when its task vanished, the guest's error
+    /// otherwise. The instance and all its fds are freed when it returns.
     pub async fn close(mut self) -> Result<(), Error> {
         self.leave();
         self.wait().await
@@ -66,7 +66,7 @@ impl Connection {
 
     async fn wait(&mut self) -> Result<(), Error> {
         match self.done.take() {
-            Some(done) => done.await.unwrap_or(Ok(())),
+            Some(done) => finished(done).await,
             None => Ok(()),
         }
     }

@@ -65,6 +65,11 @@ impl Ring {
 
     /// Appends as much of `src` as fits in [`CAPACITY`]; returns how much.
     fn push(&mut self, src: &[u8]) -> usize {
+        // Nothing to store; a ring that never held data has no storage yet,
+        // and the arithmetic below is modulo its size.
+        if src.is_empty() {
+            return 0;
+        }
         self.reserve(self.len + src.len());
         let cap = self.data.len();
         let n = src.len().min(cap - self.len);
@@ -284,6 +289,17 @@ impl DuplexEnd {
         }
     }
 
+    /// Whether the other end will write no more (it shut down, was
+    /// released, or is gone).
+    pub fn peer_write_closed(&self) -> bool {
+        self.rx().write_closed
+    }
+
+    /// Bytes this end wrote that the other end has not read yet.
+    pub fn unread_by_peer(&self) -> usize {
+        self.tx().buf.len()
+    }
+
     /// Half-close: the other end reads EOF after the buffered bytes.
     pub fn shutdown_write(&self) {
         let mut tx = self.tx();
@@ -314,13 +330,13 @@ impl DuplexEnd {
     }
 
     /// Ends this end's writing with an error the other end reads after the
-    /// buffered bytes (instead of EOF), unless it already shut down cleanly.
+    /// buffered bytes, instead of EOF, even if it had shut down cleanly: a
+    /// connection that failed (cut, cancelled, trapped) must not read as a
+    /// complete stream.
     pub fn fail(&self, kind: io::ErrorKind, message: String) {
         let mut tx = self.tx();
-        if !tx.write_closed {
-            tx.error = Some((kind, message));
-            tx.write_closed = true;
-        }
+        tx.error = Some((kind, message));
+        tx.write_closed = true;
         tx.wake_reader();
     }
 }
@@ -435,6 +451,18 @@ mod tests {
             }
         }
         assert_eq!(expect, next);
+    }
+
+    #[test]
+    fn an_empty_write_stores_nothing_and_does_not_panic() {
+        let (a, b) = pair();
+        // A ring that never held data (no storage yet), then one that did.
+        assert_eq!(a.try_write(&[]).unwrap(), 0);
+        a.try_write(b"x").unwrap();
+        assert_eq!(a.try_write(&[]).unwrap(), 0);
+        let mut buf = [0u8; 4];
+        assert_eq!(b.try_read(&mut buf).unwrap(), 1);
+        assert_eq!(b.try_read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub enum Error {
     /// A valid module that is not a WATM v0 (no `_water_v0` export).
     #[error("not a WATM v0 module: it has no `_water_v0` export")]
     NotV0,
+    /// The module needs more of a resource than the host allows one
+    /// instance (memories, tables, initial memory or table size, module
+    /// size, compile resources); see [`crate::Config`].
+    #[error("module needs {requested} {what}, over the host's limit of {limit}")]
+    OverLimit { what: &'static str, requested: u64, limit: u64 },
     /// A required export is missing.
     #[error("module has no export `{name}` (expected {expected})")]
     MissingExport { name: &'static str, expected: String },
@@ -39,9 +44,15 @@ pub enum Error {
     #[error("module does not support the {role} role (no `{export}` export)")]
     RoleNotSupported { role: &'static str, export: &'static str },
     /// A guest export returned a negated errno. `message` is the last line
-    /// the guest wrote to stderr, if any.
-    #[error("`{export}` failed: {errno}{}", message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    /// the guest wrote to stderr, if any. The codes -1..-8 are shown as
+    /// what they may also be, a private code (one older guest library used
+    /// them), with the errno of the same number.
+    #[error("`{export}` failed: {}{}", status(*errno), message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Guest { export: &'static str, errno: Errno, message: Option<String> },
+    /// A role export returned success without doing what the role needs
+    /// (a relay that neither accepted nor dialed).
+    #[error("`{export}` returned success without {missing}")]
+    Incomplete { export: &'static str, missing: &'static str },
     /// A role export returned something that is not an fd it holds.
     #[error("`{export}` returned {fd}, which is not a connection fd of the guest")]
     BogusFd { export: &'static str, fd: i32 },
@@ -51,6 +62,15 @@ pub enum Error {
     /// The guest ran past its time limit in a setup call.
     #[error("guest ran past its {limit:?} limit in `{export}`")]
     Timeout { export: &'static str, limit: Duration },
+    /// The worker ran for `limit` without waiting for anything and without
+    /// moving a byte (a spin, host calls or not); it was stopped so that it
+    /// holds no thread and no sockets.
+    #[error("`{export}` ran {limit:?} without waiting or moving a byte; stopped as spinning")]
+    Spinning { export: &'static str, limit: Duration },
+    /// No byte moved through the connection for `Config::idle_timeout`; it
+    /// was cancelled.
+    #[error("no byte moved for {0:?}; the idle connection was closed")]
+    Idle(Duration),
     /// The guest called `proc_exit`.
     #[error("guest exited with code {code} in `{export}`")]
     Exit { export: &'static str, code: i32 },
@@ -58,6 +78,23 @@ pub enum Error {
     /// it was dropped.
     #[error("worker did not stop within {0:?} of being cancelled; it was dropped")]
     Stuck(Duration),
+    /// The connection was ending (the application closed it, or both sides
+    /// had hung up), but the guest stopped making progress before it had
+    /// delivered everything (for `idle`, it neither moved bytes nor, after a
+    /// close, half-closed the network): it was cancelled, and the peer or
+    /// the application may miss bytes.
+    #[error(
+        "delivery cut: the worker made no progress for {idle:?} while the connection was ending, and was cancelled before it finished sending"
+    )]
+    Cut { idle: Duration },
+    /// The connection's worker task ended without a result: it panicked, or
+    /// was dropped with the runtime it ran on.
+    #[error("the connection's worker task vanished (panicked, or its runtime shut down)")]
+    WorkerLost,
+    /// The module already carries `Config::max_connections` connections;
+    /// this one was refused before anything was set up.
+    #[error("refused: already {0} live connections (max_connections)")]
+    TooManyConnections(usize),
     /// The host ran out of a resource (memory, mappings) for this
     /// connection; others go on.
     #[error("host resources exhausted: {0}")]
@@ -72,13 +109,27 @@ pub enum Error {
     Io(#[from] io::Error),
 }
 
+/// How a guest's negative result reads: the errno, and for the small codes
+/// an older guest library used privately, that reading too.
+fn status(errno: Errno) -> String {
+    match errno.0 {
+        1..=8 => format!("-{} (a private code of the guest, or {errno})", errno.0),
+        _ => errno.to_string(),
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match &e {
             Error::Io(inner) => inner.kind(),
             Error::Guest { errno, .. } => crate::wasi::errno::to_io_kind(*errno),
-            Error::Timeout { .. } | Error::Stuck(_) => io::ErrorKind::TimedOut,
-            Error::NotWasm | Error::Invalid(_) | Error::NotV0 => io::ErrorKind::InvalidData,
+            Error::Timeout { .. } | Error::Stuck(_) | Error::Cut { .. } | Error::Idle(_) => {
+                io::ErrorKind::TimedOut
+            }
+            Error::WorkerLost => io::ErrorKind::ConnectionAborted,
+            Error::NotWasm | Error::Invalid(_) | Error::NotV0 | Error::OverLimit { .. } => {
+                io::ErrorKind::InvalidData
+            }
             Error::RoleNotSupported { .. } => io::ErrorKind::Unsupported,
             Error::ConfigNotKeyValue(_) => io::ErrorKind::InvalidInput,
             _ => io::ErrorKind::Other,

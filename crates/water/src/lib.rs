@@ -16,10 +16,13 @@
 //! ```
 //!
 //! A module is compiled once ([`Watm`]) and instantiated per connection.
-//! Guests are untrusted: every pointer they pass is bounds-checked, their
-//! memory is capped, their setup calls have a time limit, and a guest that
-//! loops yields its thread every few milliseconds. A failing guest is an
-//! error for its own connection only.
+//! Guests are untrusted: every pointer they pass is bounds-checked, a
+//! module is refused at load past the size, compile, memory and table
+//! budgets, an instance's memory and table are capped, every setup step
+//! has a wall-clock limit, a worker that spins is stopped and one that
+//! never waits is throttled, and a connection that stalls after its ends
+//! hung up is reclaimed; see [`Config`] for each limit. A failing guest is
+//! an error for its own connection only, and never reads as a clean end.
 //!
 //! Layout:
 //! - [`watm`](Watm): loading and validation against the ABI.

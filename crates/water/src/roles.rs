@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +15,7 @@ use crate::config::TransportArgs;
 use crate::conn::Connection;
 use crate::duplex;
 use crate::error::Error;
-use crate::v0::{Links, Session, Setup, spawn_worker};
+use crate::v0::{Done, Links, Session, Setup, finished, spawn_worker};
 use crate::wasi::table::Stream;
 use crate::watm::{Role, Watm};
 
@@ -34,9 +35,8 @@ async fn app_connection(
     watm: &Watm,
     make: impl FnOnce(Stream) -> Setup,
     role: &str,
-    args: &TransportArgs,
+    pulled: Option<Arc<[u8]>>,
 ) -> Result<Connection, Error> {
-    let pulled = pulled_config(watm, args)?;
     let (app, guest) = duplex::pair();
     let guest = Arc::new(guest);
     let links = Links::default();
@@ -81,8 +81,9 @@ impl Dialer {
         addr: impl Into<String>,
         args: &TransportArgs,
     ) -> Result<Connection, Error> {
+        let pulled = pulled_config(&self.watm, args)?;
         let target = addr.into();
-        app_connection(&self.watm, |internal| Setup::Dial { internal, target }, "dial", args).await
+        app_connection(&self.watm, |internal| Setup::Dial { internal, target }, "dial", pulled).await
     }
 
     /// Connects to `addr` through the transport with `app` as the plain side:
@@ -118,7 +119,7 @@ impl Dialer {
 #[derive(Debug)]
 pub struct Tunnel {
     links: Links,
-    done: Option<tokio::sync::oneshot::Receiver<Result<(), Error>>>,
+    done: Option<Done>,
 }
 
 impl Tunnel {
@@ -126,7 +127,7 @@ impl Tunnel {
     /// reports how the worker ended. A second call returns `Ok` at once.
     pub async fn wait(&mut self) -> Result<(), Error> {
         match self.done.take() {
-            Some(done) => done.await.unwrap_or(Ok(())),
+            Some(done) => finished(done).await,
             None => Ok(()),
         }
     }
@@ -147,59 +148,150 @@ impl Drop for Tunnel {
 }
 
 /// Accepts connections through a WATM (the `_water_accept` role).
+///
+/// A background task accepts TCP connections and runs each one's setup (the
+/// guest's `_water_accept`, a handshake perhaps) as a task of its own, at
+/// most [`crate::Config::max_pending_setups`] at once, so that a slow guest
+/// or a peer that never speaks delays only its own connection. Set-up
+/// connections wait for [`Listener::accept`] in arrival order of their
+/// setup's end. Dropping the listener stops accepting and abandons the
+/// setups under way.
 #[derive(Debug)]
 pub struct Listener {
-    watm: Watm,
-    listener: TcpListener,
+    local: SocketAddr,
+    ready: tokio::sync::Mutex<mpsc::Receiver<Result<(Connection, SocketAddr), Error>>>,
+    _stop: tokio_util::sync::DropGuard,
 }
 
 impl Listener {
     /// Binds a TCP listener at `addr` (port 0 picks a free one).
     pub async fn bind(watm: &Watm, addr: impl ToSocketAddrs) -> Result<Listener, Error> {
-        watm.require(Role::Listener)?;
-        Ok(Listener { watm: watm.clone(), listener: TcpListener::bind(addr).await? })
+        Listener::bind_with_args(watm, addr, TransportArgs::new()).await
     }
 
-    /// Wraps an already bound listener.
+    /// [`bind`](Self::bind), giving every accepted connection's guest these
+    /// arguments after the module's config, as in
+    /// [`Dialer::dial_with_args`] (a Tor bridge passes its
+    /// `TOR_PT_SERVER_TRANSPORT_OPTIONS` this way). Connections are set up
+    /// before [`accept`](Self::accept) is called, so the arguments belong to
+    /// the listener.
+    ///
+    /// Errors: as `bind`, plus [`Error::ConfigNotKeyValue`], checked here.
+    pub async fn bind_with_args(
+        watm: &Watm,
+        addr: impl ToSocketAddrs,
+        args: TransportArgs,
+    ) -> Result<Listener, Error> {
+        watm.require(Role::Listener)?;
+        pulled_config(watm, &args)?;
+        Listener::from_tcp_with_args(watm, TcpListener::bind(addr).await?, args)
+    }
+
+    /// Wraps an already bound listener. Call it inside a tokio runtime: the
+    /// accepting task is spawned on it.
     pub fn from_tcp(watm: &Watm, listener: TcpListener) -> Result<Listener, Error> {
-        watm.require(Role::Listener)?;
-        Ok(Listener { watm: watm.clone(), listener })
+        Listener::from_tcp_with_args(watm, listener, TransportArgs::new())
     }
 
-    /// Whether `args` can be given to this listener's connections
-    /// ([`Error::ConfigNotKeyValue`] if not), without waiting for one.
-    pub fn check_args(&self, args: &TransportArgs) -> Result<(), Error> {
-        pulled_config(&self.watm, args).map(drop)
+    /// [`from_tcp`](Self::from_tcp) with arguments for every connection, as
+    /// in [`bind_with_args`](Self::bind_with_args).
+    pub fn from_tcp_with_args(watm: &Watm, listener: TcpListener, args: TransportArgs) -> Result<Listener, Error> {
+        watm.require(Role::Listener)?;
+        let pulled = pulled_config(watm, &args)?;
+        let local = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let pending = watm.inner.config.max_pending_setups.max(1);
+        let (tx, rx) = mpsc::channel(pending);
+        tokio::spawn(accept_loop(watm.clone(), listener, tx, stop.clone(), pulled));
+        Ok(Listener { local, ready: tokio::sync::Mutex::new(rx), _stop: stop.drop_guard() })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        Ok(self.local)
     }
 
-    /// Accepts the next connection and runs the guest's `_water_accept` on
-    /// it (one instance per connection).
+    /// The next connection whose setup (`_water_accept`, one instance per
+    /// connection) has ended, with the peer's address.
     ///
     /// An error that belongs to one connection (the guest refused it,
     /// trapped, timed out) is returned for that connection only: the
-    /// listener stays usable, call `accept` again.
-    pub async fn accept(&self) -> Result<(Connection, SocketAddr), Error> {
-        self.accept_with_args(&TransportArgs::new()).await
-    }
-
-    /// [`accept`](Self::accept) with arguments for the next connection's
-    /// guest, as in [`Dialer::dial_with_args`] (a Tor bridge passes its
-    /// `TOR_PT_SERVER_TRANSPORT_OPTIONS` this way).
+    /// listener stays usable, call `accept` again. A connection refused
+    /// because of [`crate::Config::max_connections`] is logged, not
+    /// returned, and so is one the guest ended cleanly (`proc_exit(0)`)
+    /// during its setup. After an error of the listening socket itself, every later
+    /// call fails.
     ///
-    /// Errors: as `accept`, plus [`Error::ConfigNotKeyValue`] (checked
-    /// before waiting for a connection).
-    pub async fn accept_with_args(&self, args: &TransportArgs) -> Result<(Connection, SocketAddr), Error> {
-        self.check_args(args)?;
-        let (accepted, peer) = self.listener.accept().await?;
-        let _ = accepted.set_nodelay(true);
-        let setup = |internal| Setup::Accept { internal, accepted };
-        let conn = app_connection(&self.watm, setup, "accept", args).await?;
-        Ok((conn, peer))
+    /// Cancel-safe: dropping the future (in a `select!`, a timeout) loses no
+    /// connection; the next call returns it.
+    pub async fn accept(&self) -> Result<(Connection, SocketAddr), Error> {
+        match self.ready.lock().await.recv().await {
+            Some(r) => r,
+            None => Err(Error::Io(io::Error::new(io::ErrorKind::NotConnected, "the listener has stopped"))),
+        }
+    }
+}
+
+/// The listener's background task: accepts, and starts a setup task per
+/// connection while fewer than `max_pending_setups` are under way or
+/// waiting to be taken.
+async fn accept_loop(
+    watm: Watm,
+    listener: TcpListener,
+    ready: mpsc::Sender<Result<(Connection, SocketAddr), Error>>,
+    stop: CancellationToken,
+    pulled: Option<Arc<[u8]>>,
+) {
+    let setups = Arc::new(tokio::sync::Semaphore::new(watm.inner.config.max_pending_setups.max(1)));
+    loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            p = setups.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(target: "water", error = %e, "accept failed; continuing");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => {
+                let _ = ready.send(Err(Error::Io(e))).await;
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (watm, ready, stop, pulled) = (watm.clone(), ready.clone(), stop.clone(), pulled.clone());
+        tokio::spawn(async move {
+            let setup = app_connection(
+                &watm,
+                |internal| Setup::Accept { internal, accepted: stream },
+                "accept",
+                pulled,
+            );
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                r = setup => r,
+            };
+            match result {
+                Err(e @ Error::TooManyConnections(_)) => {
+                    tracing::warn!(target: "water", %peer, "connection refused: {e}");
+                }
+                // The guest ended the connection during its setup, cleanly
+                // (a refusal of its own): nothing to hand over, no error.
+                Err(Error::Exit { code: 0, export }) => {
+                    tracing::debug!(target: "water", %peer, "the guest ended the connection in `{export}`");
+                }
+                r => {
+                    let _ = ready.send(r.map(|conn| (conn, peer))).await;
+                }
+            }
+            drop(permit);
+        });
     }
 }
 
@@ -275,15 +367,27 @@ async fn relay_one(
     let label = label("relay");
     let setup = Setup::Associate { accepted, target: remote };
     let links = Links { closing: cancel, cancel: CancellationToken::new() };
-    let result = match Session::start(&watm, setup, links.cancel.clone(), label.clone(), pulled).await {
+    // Shutdown does not wait for a setup (a stuck one lasts the setup
+    // timeout).
+    let started = tokio::select! {
+        r = Session::start(&watm, setup, links.cancel.clone(), label.clone(), pulled) => r,
+        () = links.closing.cancelled() => {
+            tracing::debug!(target: "water", conn = %label, %peer, "relay stopped during setup");
+            return;
+        }
+    };
+    let result = match started {
         Ok(session) => {
             let done = spawn_worker(session, links, watm.inner.config.close_grace, None);
-            done.await.unwrap_or(Ok(()))
+            finished(done).await
         }
         Err(e) => Err(e),
     };
     match result {
-        Ok(()) => tracing::debug!(target: "water", conn = %label, %peer, "relay connection ended"),
+        // proc_exit(0) in a setup call is a clean end too.
+        Ok(()) | Err(Error::Exit { code: 0, .. }) => {
+            tracing::debug!(target: "water", conn = %label, %peer, "relay connection ended")
+        }
         Err(e) => {
             tracing::warn!(target: "water", conn = %label, %peer, error = %e, "relay connection failed")
         }

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -21,8 +22,8 @@ use crate::duplex::DuplexEnd;
 use crate::error::Error;
 use crate::wasi::p1::GuestExit;
 use crate::wasi::table::{Desc, Stream};
-use crate::wasi::{WasiCtx, WasiView, errno};
-use crate::watm::{Inner, Linked};
+use crate::wasi::{Activity, WasiCtx, WasiView, errno};
+use crate::watm::{EPOCH_TICK, Inner, Linked};
 use crate::watm::{Role, Watm};
 
 /// Store data of one instance.
@@ -32,8 +33,10 @@ pub struct Ctx {
     config: Config,
     /// Where `host_dial` connects (the application's address).
     dial_target: Option<String>,
-    /// Whether a `host_dial` succeeded (v0 dials once per instance).
-    dialed: bool,
+    /// The outcome of this instance's one `host_dial` (v0 dials once per
+    /// instance; a retry answers the first outcome again without a new DNS
+    /// lookup or connect).
+    dialed: Option<Result<(), Errno>>,
     /// The connection `host_accept` hands out (accepted by the host before
     /// the instance was created).
     pending_accept: Option<TcpStream>,
@@ -42,6 +45,13 @@ pub struct Ctx {
     dial_error: Option<io::Error>,
     /// Deadline of the current setup call; `None` while the worker runs.
     deadline: Option<Instant>,
+    /// Since when the worker has run without waiting or moving a byte.
+    spinning_since: Option<Instant>,
+    /// Ticks the worker has run without waiting, and `wasi.waits` at the
+    /// last tick.
+    run_ticks: u32,
+    seen_waits: u64,
+    seen_moved: u64,
 }
 
 impl WasiView for Ctx {
@@ -90,8 +100,10 @@ pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
 
 async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
     let ctx = caller.data_mut();
-    if ctx.dialed {
-        return Err(Errno::ISCONN);
+    match ctx.dialed {
+        Some(Ok(())) => return Err(Errno::ISCONN),
+        Some(Err(first)) => return Err(first),
+        None => {}
     }
     let Some(target) = ctx.dial_target.clone() else {
         return Err(Errno::NOTSUP);
@@ -101,32 +113,43 @@ async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
         Ok(stream) => {
             let _ = stream.set_nodelay(true);
             let ctx = caller.data_mut();
-            ctx.dialed = true;
+            ctx.dialed = Some(Ok(()));
             ctx.wasi.table.insert(Desc::Stream { stream: Stream::Tcp(Arc::new(stream)), nonblocking: false })
         }
         Err(e) => {
             let code = errno::from_io(&e);
             tracing::debug!(target: "water", %target, error = %e, "host_dial failed");
-            caller.data_mut().dial_error = Some(e);
+            let ctx = caller.data_mut();
+            ctx.dial_error = Some(e);
+            ctx.dialed = Some(Err(code));
             Err(code)
         }
     }
 }
 
 async fn connect(config: &Config, target: &str) -> io::Result<TcpStream> {
+    let refused = |addr| {
+        io::Error::new(io::ErrorKind::PermissionDenied, format!("dial to {addr} refused by the dial filter"))
+    };
     let attempt = async {
         if let Some(connector) = &config.connector {
-            return connector.connect(target).await;
+            let stream = connector.connect(target).await?;
+            // The filter sees where the connector's socket leads: the
+            // target itself, or the proxy the connector goes through.
+            if let Some(filter) = &config.dial_filter {
+                let peer = stream.peer_addr()?;
+                if !filter(peer) {
+                    return Err(refused(peer));
+                }
+            }
+            return Ok(stream);
         }
         let mut last = None;
         for addr in tokio::net::lookup_host(target).await? {
             if let Some(filter) = &config.dial_filter
                 && !filter(addr)
             {
-                last = Some(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("dial to {addr} refused by the dial filter"),
-                ));
+                last = Some(refused(addr));
                 continue;
             }
             match TcpStream::connect(addr).await {
@@ -154,6 +177,28 @@ pub(crate) struct Session {
     store: Store<Ctx>,
     worker: TypedFunc<(), i32>,
     cancel: CancellationToken,
+    _slot: Slot,
+}
+
+/// One of a module's `Config::max_connections`, held from the start of
+/// setup until the session is dropped (the worker's end).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(live: &Arc<AtomicUsize>, max: Option<usize>) -> Result<Slot, Error> {
+        let before = live.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(live.clone());
+        match max {
+            Some(max) if before >= max => Err(Error::TooManyConnections(max)),
+            _ => Ok(slot),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -172,6 +217,19 @@ fn instantiate_error(e: wasmtime::Error, limit: Duration) -> Error {
     Error::Exhausted(format!("instantiating the module: {e:#}"))
 }
 
+/// Why the host stopped a worker in the epoch callback: it ran
+/// `Config::spin_limit` without waiting or moving a byte.
+#[derive(Debug)]
+struct Spun;
+
+impl std::fmt::Display for Spun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the guest ran too long without waiting or moving a byte")
+    }
+}
+
+impl std::error::Error for Spun {}
+
 fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error {
     if let Some(exit) = e.downcast_ref::<GuestExit>() {
         return Error::Exit { export, code: exit.0 };
@@ -183,6 +241,48 @@ fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error 
     }
 }
 
+/// Ticks a worker may run without waiting for anything before it is
+/// throttled.
+const THROTTLE_AFTER: u32 = 5;
+
+/// Longest pause, in ticks, of a throttled worker between two ticks of
+/// running: a worker that never waits gets about a twentieth of a thread.
+const MAX_PAUSE: u32 = 19;
+
+/// The worker's epoch tick. A worker that runs without waiting for I/O, a
+/// timer or a cancel, and without moving a byte, is hogging: after
+/// [`THROTTLE_AFTER`] ticks of it, it is throttled, and after
+/// `Config::spin_limit` stopped (`Spun`), host calls or not. Throttled,
+/// it sleeps between ticks, twice as long each time it keeps busy (up
+/// to [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
+/// that have I/O to do. A worker that waits or moves a byte starts afresh.
+fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
+    let now = Instant::now();
+    // Waiting, or moving bytes (a healthy connection under load may never
+    // have to wait), is not hogging.
+    let moved = data.wasi.activity.moved();
+    let not_hogging = data.wasi.waits != data.seen_waits || moved != data.seen_moved;
+    data.seen_waits = data.wasi.waits;
+    data.seen_moved = moved;
+    if not_hogging {
+        data.run_ticks = 1;
+        data.spinning_since = None;
+        return Ok(UpdateDeadline::Yield(1));
+    }
+    data.run_ticks = data.run_ticks.saturating_add(1);
+    if now.duration_since(*data.spinning_since.get_or_insert(now)) > data.config.spin_limit {
+        return Err(wasmtime::Error::new(Spun));
+    }
+    if data.run_ticks <= THROTTLE_AFTER {
+        return Ok(UpdateDeadline::Yield(1));
+    }
+    // Doubling: a worker that keeps busy is at the longest pause within a
+    // few of them.
+    let pause = 1u32.checked_shl(data.run_ticks - THROTTLE_AFTER - 1).unwrap_or(u32::MAX).min(MAX_PAUSE);
+    // The new deadline counts from the end of the pause: one tick of work.
+    Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(EPOCH_TICK * pause))))
+}
+
 /// A store for `ctx` in `engine`, with the limits and the epoch deadline.
 fn new_store(engine: &wasmtime::Engine, ctx: Ctx) -> Result<Store<Ctx>, Error> {
     // try_new: out of memory is this connection's error, not a panic that
@@ -190,11 +290,14 @@ fn new_store(engine: &wasmtime::Engine, ctx: Ctx) -> Result<Store<Ctx>, Error> {
     let mut store = Store::try_new(engine, ctx)
         .map_err(|e| Error::Exhausted(format!("creating the instance's store: {e:#}")))?;
     store.limiter(|ctx| &mut ctx.limits);
-    store.epoch_deadline_callback(|ctx| {
-        Ok(match ctx.data().deadline {
-            Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
-            _ => UpdateDeadline::Yield(1),
-        })
+    store.epoch_deadline_callback(|mut ctx| {
+        let data = ctx.data_mut();
+        match data.deadline {
+            Some(deadline) if Instant::now() >= deadline => Ok(UpdateDeadline::Interrupt),
+            Some(_) => Ok(UpdateDeadline::Yield(1)),
+            // The worker: called once per tick while it runs in wasm.
+            None => worker_tick(data),
+        }
     });
     store.set_epoch_deadline(1);
     Ok(store)
@@ -224,8 +327,134 @@ async fn instantiate(
     Ok((store, instance, linked))
 }
 
+/// Runs one setup step under the wall-clock `limit`. Time spent blocked in
+/// a host call counts (a guest sleeping in `poll_oneoff`, or reading an fd
+/// nothing will ever write): the step is dropped at the limit, which
+/// cancels the guest's call; the store is then dropped with the session.
+async fn step<T>(
+    limit: Duration,
+    export: &'static str,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, work).await.unwrap_or(Err(Error::Timeout { export, limit }))
+}
+
+/// An instance whose `_start` and `_water_init` have run.
+struct Initialized<'a> {
+    store: Store<Ctx>,
+    instance: wasmtime::Instance,
+    linked: &'a Linked,
+    limit: Duration,
+}
+
+impl<'a> Initialized<'a> {
+    /// Instantiates `watm` and runs `_initialize` and `_start` (each if
+    /// exported) and `_water_init`, each step under the setup time limit.
+    /// `pulled_config`, when given, replaces the module's config as what
+    /// `pull_config` reads (the connection's arguments merged after it, see
+    /// `TransportArgs::merged_config`).
+    async fn new(
+        watm: &'a Watm,
+        label: String,
+        pulled_config: Option<Arc<[u8]>>,
+    ) -> Result<Initialized<'a>, Error> {
+        let inner = &watm.inner;
+        let mut config = inner.config.clone();
+        if pulled_config.is_some() {
+            config.transport_config = pulled_config;
+        }
+        let limit = config.setup_timeout;
+        let ctx = Ctx {
+            wasi: WasiCtx::new(label).coarse_poll(config.coarse_poll),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(config.memory_limit)
+                .memories(crate::watm::MAX_MEMORIES)
+                .table_elements(config.table_elements_limit)
+                .tables(crate::watm::MAX_TABLES)
+                .instances(1)
+                .build(),
+            config,
+            dial_target: None,
+            dialed: None,
+            pending_accept: None,
+            dial_error: None,
+            deadline: Some(Instant::now() + limit),
+            spinning_since: None,
+            run_ticks: 0,
+            seen_waits: 0,
+            seen_moved: 0,
+        };
+        let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
+        let mut this = Initialized { store, instance, linked, limit };
+
+        // A reactor's `_initialize`, then a command's `_start`, each once,
+        // before any v0 export.
+        for (present, name) in
+            [(inner.exports.initialize, abi::INITIALIZE_EXPORT), (inner.exports.start, abi::START_EXPORT)]
+        {
+            if !present {
+                continue;
+            }
+            let entry = this.func(name).typed::<(), ()>(&this.store).expect("validated");
+            this.store.data_mut().deadline = Some(Instant::now() + limit);
+            let store = &mut this.store;
+            let started = step(limit, name, async { Ok(entry.call_async(store, ()).await) });
+            match started.await? {
+                Ok(()) => {}
+                // A WASI command's `_start` ends with proc_exit(0): that is success.
+                Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => {}
+                Err(e) => return Err(classify(name, e, limit)),
+            }
+        }
+
+        let r = this.call(abi::INIT.name, None).await?;
+        if let Err(errno) = status::decode(r) {
+            return Err(this.guest_err(abi::INIT.name, errno));
+        }
+        Ok(this)
+    }
+
+    /// A validated export.
+    fn func(&mut self, name: &'static str) -> wasmtime::Func {
+        let export = self.linked.index.get(name).expect("validated");
+        self.instance
+            .get_module_export(&mut self.store, export)
+            .and_then(|e| e.into_func())
+            .expect("validated")
+    }
+
+    /// Calls a setup export (`() -> i32` or `(i32) -> i32`) under the limit.
+    async fn call(&mut self, name: &'static str, arg: Option<i32>) -> Result<i32, Error> {
+        let limit = self.limit;
+        self.store.data_mut().deadline = Some(Instant::now() + limit);
+        let f = self.func(name);
+        let store = &mut self.store;
+        let run = async {
+            let r = match arg {
+                Some(a) => f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await,
+                None => f.typed::<(), i32>(&*store).expect("validated").call_async(&mut *store, ()).await,
+            };
+            r.map_err(|e| classify(name, e, limit))
+        };
+        step(limit, name, run).await
+    }
+
+    /// The guest's failure, with its last stderr line.
+    fn guest_err(&mut self, export: &'static str, errno: Errno) -> Error {
+        Error::Guest { export, errno, message: self.store.data_mut().wasi.output.last_stderr_line() }
+    }
+}
+
+/// Runs `_start` and `_water_init` in a fresh instance of `watm`, then
+/// drops it: what the first connection would meet, checked up front (a bad
+/// transport config, a module that traps at start).
+pub(crate) async fn dry_init(watm: &Watm) -> Result<(), Error> {
+    Initialized::new(watm, "check".into(), None).await.map(drop)
+}
+
 impl Session {
-    /// Instantiates `watm` and runs every setup call for `setup`'s role;
+    /// Instantiates `watm` and runs every setup call for `setup`'s role,
+    /// each step (instantiation included) under the setup time limit.
     /// `pulled_config`, when given, replaces the module's config as what
     /// `pull_config` reads.
     pub(crate) async fn start(
@@ -235,70 +464,8 @@ impl Session {
         label: String,
         pulled_config: Option<Arc<[u8]>>,
     ) -> Result<Session, Error> {
-        let inner = &watm.inner;
-        let mut config = inner.config.clone();
-        // The connection's arguments merged after the module's config
-        // (`TransportArgs::merged_config`): what `pull_config` hands out.
-        if pulled_config.is_some() {
-            config.transport_config = pulled_config;
-        }
-        let limit = config.setup_timeout;
-        let ctx = Ctx {
-            wasi: WasiCtx::new(label).coarse_poll(config.coarse_poll),
-            limits: StoreLimitsBuilder::new().memory_size(config.memory_limit).instances(1).build(),
-            config,
-            dial_target: None,
-            dialed: false,
-            pending_accept: None,
-            dial_error: None,
-            deadline: Some(Instant::now() + limit),
-        };
-        let (mut store, instance, linked) = instantiate(inner, ctx, limit).await?;
-
-        let func = |store: &mut Store<Ctx>, name: &'static str| {
-            let export = linked.index.get(name)?;
-            instance.get_module_export(&mut *store, export)?.into_func()
-        };
-        // A reactor's `_initialize`, then a command's `_start`, each once,
-        // before any v0 export.
-        for (present, name) in
-            [(inner.exports.initialize, abi::INITIALIZE_EXPORT), (inner.exports.start, abi::START_EXPORT)]
-        {
-            if !present {
-                continue;
-            }
-            let entry = func(&mut store, name).expect("validated").typed::<(), ()>(&store).expect("validated");
-            store.data_mut().deadline = Some(Instant::now() + limit);
-            match entry.call_async(&mut store, ()).await {
-                Ok(()) => {}
-                // A WASI command's `_start` ends with proc_exit(0): that is success.
-                Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => {}
-                Err(e) => return Err(classify(name, e, limit)),
-            }
-        }
-
-        let call = async |store: &mut Store<Ctx>,
-                          name: &'static str,
-                          arg: Option<i32>|
-               -> Result<i32, Error> {
-            store.data_mut().deadline = Some(Instant::now() + limit);
-            let f = func(store, name).expect("validated");
-            let r = match arg {
-                Some(a) => f.typed::<i32, i32>(&*store).expect("validated").call_async(&mut *store, a).await,
-                None => f.typed::<(), i32>(&*store).expect("validated").call_async(&mut *store, ()).await,
-            };
-            r.map_err(|e| classify(name, e, limit))
-        };
-        let guest_err = |store: &mut Store<Ctx>, export: &'static str, errno: Errno| Error::Guest {
-            export,
-            errno,
-            message: store.data_mut().wasi.output.last_stderr_line(),
-        };
-
-        let r = call(&mut store, abi::INIT.name, None).await?;
-        if let Err(errno) = status::decode(r) {
-            return Err(guest_err(&mut store, abi::INIT.name, errno));
-        }
+        let slot = Slot::take(&watm.inner.live, watm.inner.config.max_connections)?;
+        let mut this = Initialized::new(watm, label, pulled_config).await?;
 
         let role = match &setup {
             Setup::Dial { .. } => Role::Dialer,
@@ -310,65 +477,93 @@ impl Session {
             Setup::Accept { internal, accepted } => (Some(internal), Some(accepted), None),
             Setup::Associate { accepted, target } => (None, Some(accepted), Some(target)),
         };
-        let ctx = store.data_mut();
+        let ctx = this.store.data_mut();
         ctx.pending_accept = accepted;
         ctx.dial_target = target;
         let arg = match internal {
-            Some(stream) => Some(
-                ctx.wasi
+            Some(stream) => {
+                let fd = ctx
+                    .wasi
                     .table
                     .insert(Desc::Stream { stream, nonblocking: false })
-                    .map_err(|_| Error::Invalid("fd table full".into()))? as i32,
-            ),
+                    .map_err(|errno| Error::Guest { export: role.export(), errno, message: None })?;
+                ctx.wasi.internal_fd = Some(fd);
+                Some(fd as i32)
+            }
             None => None,
         };
         let export = role.export();
-        let r = call(&mut store, export, arg).await?;
+        let r = this.call(export, arg).await?;
         match status::decode(r) {
             Err(errno) => {
-                if let Some(e) = store.data_mut().dial_error.take() {
+                if let Some(e) = this.store.data_mut().dial_error.take() {
                     return Err(Error::Io(e));
                 }
-                return Err(guest_err(&mut store, export, errno));
+                return Err(this.guest_err(export, errno));
             }
             Ok(fd) if arg.is_some() => {
                 // The network fd the guest returned must be one it holds.
-                if !matches!(store.data_mut().wasi.table.get(fd), Ok(Desc::Stream { .. }))
+                if !matches!(this.store.data_mut().wasi.table.get(fd), Ok(Desc::Stream { .. }))
                     || Some(fd as i32) == arg
                 {
                     return Err(Error::BogusFd { export, fd: r });
                 }
+                this.store.data_mut().wasi.net_fd = Some(fd);
             }
-            Ok(_) => {}
+            Ok(_) => {
+                // The relay's guest must have joined the two connections.
+                let ctx = this.store.data_mut();
+                if ctx.pending_accept.is_some() {
+                    return Err(Error::Incomplete { export, missing: "calling host_accept" });
+                }
+                if ctx.dialed != Some(Ok(())) {
+                    return Err(Error::Incomplete { export, missing: "a successful host_dial" });
+                }
+            }
         }
 
-        let cancel_fd = store
+        let cancel_fd = this
+            .store
             .data_mut()
             .wasi
             .table
             .insert(Desc::Cancel { token: cancel.clone(), nonblocking: false })
-            .map_err(|_| Error::Invalid("fd table full".into()))?;
-        let r = call(&mut store, abi::CANCEL_WITH.name, Some(cancel_fd as i32)).await?;
+            .map_err(|errno| Error::Guest { export: abi::CANCEL_WITH.name, errno, message: None })?;
+        let r = this.call(abi::CANCEL_WITH.name, Some(cancel_fd as i32)).await?;
         if let Err(errno) = status::decode(r) {
-            return Err(guest_err(&mut store, abi::CANCEL_WITH.name, errno));
+            return Err(this.guest_err(abi::CANCEL_WITH.name, errno));
         }
 
-        store.data_mut().deadline = None;
-        let worker = func(&mut store, abi::WORKER.name)
-            .expect("validated")
-            .typed::<(), i32>(&store)
-            .expect("validated");
-        Ok(Session { store, worker, cancel })
+        this.store.data_mut().deadline = None;
+        let worker = this.func(abi::WORKER.name).typed::<(), i32>(&this.store).expect("validated");
+        Ok(Session { store: this.store, worker, cancel, _slot: slot })
+    }
+
+    /// The streams bytes reach the guest through: the application's end
+    /// and the network (empty for a relay, whose two are not told apart).
+    fn inbound(&self) -> Vec<Stream> {
+        let wasi = &self.store.data().wasi;
+        [wasi.internal_fd, wasi.net_fd]
+            .iter()
+            .flatten()
+            .filter_map(|&fd| wasi.table.stream(fd).ok().cloned())
+            .collect()
     }
 
     /// Runs `_water_worker` to its end. `-canceled` after a cancellation is
     /// success; any other negative result is [`Error::Guest`].
     pub(crate) async fn run(&mut self) -> Result<(), Error> {
-        let r = self
-            .worker
-            .call_async(&mut self.store, ())
-            .await
-            .map_err(|e| classify(abi::WORKER.name, e, Duration::ZERO))?;
+        let r = match self.worker.call_async(&mut self.store, ()).await {
+            Ok(r) => r,
+            // The worker may end the instance with proc_exit(0), as a WASI
+            // program does: a clean end.
+            Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => return Ok(()),
+            Err(e) if e.downcast_ref::<Spun>().is_some() => {
+                let limit = self.store.data().config.spin_limit;
+                return Err(Error::Spinning { export: abi::WORKER.name, limit });
+            }
+            Err(e) => return Err(classify(abi::WORKER.name, e, Duration::ZERO)),
+        };
         match status::decode(r) {
             Ok(_) => Ok(()),
             Err(Errno::CANCELED) if self.cancel.is_cancelled() => Ok(()),
@@ -384,33 +579,161 @@ impl Session {
 /// The signals between a connection's owner and its worker task.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Links {
-    /// The owner left: the worker has a grace period to finish, then is
-    /// cancelled.
+    /// The owner left: the worker may finish while it makes progress, then
+    /// is cancelled.
     pub closing: CancellationToken,
     /// Cancel now: the guest's cancel fd becomes readable.
     pub cancel: CancellationToken,
 }
 
+/// How a worker task ended, as its owner receives it.
+pub(crate) type Done = tokio::sync::oneshot::Receiver<Result<(), Error>>;
+
+/// Waits for the worker behind `done`. A task that vanished without a
+/// result (it panicked, or its runtime was shut down) is an error, never a
+/// clean end.
+pub(crate) async fn finished(done: Done) -> Result<(), Error> {
+    done.await.unwrap_or(Err(Error::WorkerLost))
+}
+
+/// Reports the worker's end, whatever it is: if the task is dropped or
+/// unwinds before [`Report::send`], the application reads an error instead
+/// of a clean EOF, and its owner gets [`Error::WorkerLost`].
+struct Report {
+    tx: Option<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+    app_link: Option<Arc<DuplexEnd>>,
+}
+
+impl Report {
+    fn send(mut self, result: Result<(), Error>) {
+        if let (Err(e), Some(link)) = (&result, &self.app_link) {
+            link.fail(io::ErrorKind::ConnectionAborted, e.to_string());
+        }
+        // The application's end first, so that a reader woken by the
+        // result finds the error in place.
+        drop(self.app_link.take());
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            if let Some(link) = &self.app_link {
+                link.fail(io::ErrorKind::ConnectionAborted, Error::WorkerLost.to_string());
+            }
+            let _ = tx.send(Err(Error::WorkerLost));
+        }
+    }
+}
+
+/// Resolves once `count` has not changed for `every` (checked every
+/// `every`, so after between one and two of them).
+async fn until_still(count: impl Fn() -> u64, every: Duration) {
+    let mut last = count();
+    loop {
+        tokio::time::sleep(every).await;
+        let now = count();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Resolves once every stream in `inbound` has hung up (checked every
+/// `every`; never, for none): nothing more can reach the guest, so it is
+/// left to finish as if its owner had closed.
+async fn both_hung_up(inbound: &[Stream], every: Duration) {
+    if inbound.is_empty() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(every).await;
+        if inbound.iter().all(Stream::hung_up) {
+            return;
+        }
+    }
+}
+
+/// Resolves once no byte has moved through the guest's streams, either
+/// way, for `limit` (never, without one).
+async fn until_silent(activity: &Activity, limit: Option<Duration>) {
+    match limit {
+        Some(limit) => until_still(|| activity.moved(), limit).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs a session's worker as its own task. After `links.closing`, the
-/// worker has `grace` to finish before it is cancelled; once cancelled, it
-/// has `grace` to return before it is dropped. On failure the application's
-/// side of `app_link` (if any) reads the error instead of EOF.
+/// worker may go on while it makes progress (writes to the network); once
+/// it has made none for `grace`, it is cancelled, and if it had not
+/// half-closed the network by then, its end is [`Error::Cut`]. The same
+/// once both the application's side and the network have hung up (nothing
+/// more can reach the guest), with any byte it moves as progress: a guest
+/// that ignores both EOFs does not hold its sockets for ever. Once
+/// cancelled, it has `grace` to return before it is dropped
+/// ([`Error::Stuck`]). On failure the application's side of `app_link` (if
+/// any) reads the error instead of EOF.
 pub(crate) fn spawn_worker(
     mut session: Session,
     links: Links,
     grace: Duration,
     app_link: Option<Arc<DuplexEnd>>,
-) -> tokio::sync::oneshot::Receiver<Result<(), Error>> {
+) -> Done {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    let report = Report { tx: Some(tx), app_link };
+    let activity = session.store.data().wasi.activity.clone();
+    let idle_timeout = session.store.data().config.idle_timeout;
+    let inbound = session.inbound();
     tokio::spawn(async move {
         let Links { closing, cancel } = links;
+        // After the owner left, the worker may go on while it writes to the
+        // network; once both its inbound sides hung up, while it moves any
+        // bytes (it may still be delivering to a slow application).
+        // Resolves to whether cancelling now cuts a delivery: after the
+        // owner left, unless the guest had half-closed the network; after
+        // both sides hung up, always (the application is still there, and
+        // a guest done with both directions would have returned).
+        let linger = async {
+            tokio::select! {
+                () = closing.cancelled() => {
+                    until_still(|| activity.sent(), grace).await;
+                    !activity.delivered()
+                }
+                () = both_hung_up(&inbound, grace) => {
+                    // Bytes a slow reader has yet to take are progress to
+                    // come, not a stall.
+                    let waiting = AtomicU64::new(0);
+                    let progress = || {
+                        if inbound.iter().any(Stream::unsent) {
+                            waiting.fetch_add(1, Ordering::Relaxed);
+                        }
+                        activity.moved() + waiting.load(Ordering::Relaxed)
+                    };
+                    until_still(progress, grace).await;
+                    true
+                }
+            }
+        };
+        let cut = AtomicBool::new(false);
+        let idle = AtomicBool::new(false);
         let result = {
             let work = session.run();
             tokio::pin!(work);
             let deadline = async {
                 tokio::select! {
                     () = cancel.cancelled() => {}
-                    () = async { closing.cancelled().await; tokio::time::sleep(grace).await } => cancel.cancel(),
+                    cuts = linger => {
+                        cut.store(cuts, Ordering::Relaxed);
+                        cancel.cancel();
+                    }
+                    () = until_silent(&activity, idle_timeout) => {
+                        idle.store(true, Ordering::Relaxed);
+                        cancel.cancel();
+                    }
                 }
                 tokio::time::sleep(grace).await;
             };
@@ -419,13 +742,14 @@ pub(crate) fn spawn_worker(
                 () = deadline => Err(Error::Stuck(grace)),
             }
         };
-        if let (Err(e), Some(link)) = (&result, &app_link) {
-            link.fail(io::ErrorKind::ConnectionAborted, e.to_string());
-        }
+        let result = match (result, idle_timeout) {
+            (Ok(()), Some(limit)) if idle.load(Ordering::Relaxed) => Err(Error::Idle(limit)),
+            (Ok(()), _) if cut.load(Ordering::Relaxed) => Err(Error::Cut { idle: grace }),
+            (other, _) => other,
+        };
         // Frees the instance and closes every fd it held, now.
         drop(session);
-        drop(app_link);
-        let _ = tx.send(result);
+        report.send(result);
     });
     rx
 }

@@ -211,7 +211,7 @@ impl Linked {
 
     /// The same module in the pooled engine: deserialized, not compiled
     /// again. `None` (logged) when the pool cannot hold it, say a module
-    /// with more tables than a slot has.
+    /// with a larger table than a slot has.
     fn pooled(engine: &Engine, module: &Module) -> Option<Linked> {
         let loaded = module.serialize().and_then(|bytes| {
             // SAFETY: `bytes` are what `Module::serialize` produced a moment
@@ -233,6 +233,9 @@ pub(crate) struct Inner {
     pub on_demand: Linked,
     pub exports: Exports,
     pub config: Config,
+    /// Connections alive (from setup to the worker's end), for
+    /// `Config::max_connections`.
+    pub live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A compiled, validated WATM v0 module, ready to be instantiated once per
@@ -294,12 +297,14 @@ impl Watm {
         if !bytes.starts_with(b"\0asm") {
             return Err(Error::NotWasm);
         }
+        check_compile_budget(bytes, &config)?;
         let engines = engines();
         let module = Module::new(&engines.on_demand, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         let exports = validate(&module)?;
+        check_resources(&module, &config)?;
         let on_demand = Linked::new(&engines.on_demand, &module)?;
         let pooled = engines.pooled.as_ref().and_then(|engine| Linked::pooled(engine, &module));
-        Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config }) })
+        Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config, live: Arc::default() }) })
     }
 
     /// Reads and loads a `.wasm` file; see [`Watm::new`].
@@ -321,11 +326,19 @@ impl Watm {
 
     /// Whether its connections take slots of the instance pool (while one
     /// is free). `false` when the pool is off (`WATER_POOL_SLOTS=0`), could
-    /// not be reserved, or cannot hold this module (more tables or memories
-    /// than a slot has): then every instance is mapped on demand, which is
-    /// slower to set up but has no other limit.
+    /// not be reserved, or cannot hold this module (a table larger than a
+    /// slot's 20,000 elements): then every instance is mapped on demand,
+    /// which is slower to set up but has no other limit.
     pub fn pooled(&self) -> bool {
         self.inner.pooled.is_some()
+    }
+
+    /// Runs `_start` and `_water_init` once in a throwaway instance, and
+    /// reports what the first connection would meet there: a transport
+    /// config the guest rejects ([`Error::Guest`] with its stderr line), a
+    /// trap, a timeout. For start-up checks; connections need not call it.
+    pub async fn check_init(&self) -> Result<(), Error> {
+        crate::v0::dry_init(self).await
     }
 
     /// The options it was loaded with.
@@ -461,6 +474,60 @@ fn validate(module: &Module) -> Result<Exports, Error> {
         }
     }
     Ok(exports)
+}
+
+/// Refuses, before compiling, a module over the compile budget: more bytes
+/// than `Config::max_module_size` or more defined functions than
+/// `Config::max_functions`. Counting reads only section headers; a module
+/// too malformed to count is left to the compiler's own error.
+fn check_compile_budget(bytes: &[u8], config: &Config) -> Result<(), Error> {
+    let over = |what, requested: usize, limit: usize| Error::OverLimit {
+        what,
+        requested: requested as u64,
+        limit: limit as u64,
+    };
+    if bytes.len() > config.max_module_size {
+        return Err(over("bytes of module", bytes.len(), config.max_module_size));
+    }
+    let mut functions = 0;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::CodeSectionStart { count, .. }) => {
+                functions = count as usize;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if functions > config.max_functions {
+        return Err(over("functions", functions, config.max_functions));
+    }
+    Ok(())
+}
+
+/// Memories and tables one instance may define (what every toolchain emits;
+/// the memory limit is per memory, so more would multiply it).
+pub(crate) const MAX_MEMORIES: usize = 1;
+pub(crate) const MAX_TABLES: usize = 1;
+
+/// Refuses, at load, a module whose every instance would be refused: more
+/// memories or tables than [`MAX_MEMORIES`]/[`MAX_TABLES`], or an initial
+/// memory or table above the configured limits.
+fn check_resources(module: &Module, config: &Config) -> Result<(), Error> {
+    let r = module.resources_required();
+    let over = |what, requested: u64, limit: usize| {
+        if requested > limit as u64 {
+            Err(Error::OverLimit { what, requested, limit: limit as u64 })
+        } else {
+            Ok(())
+        }
+    };
+    over("memories", r.num_memories.into(), MAX_MEMORIES)?;
+    over("tables", r.num_tables.into(), MAX_TABLES)?;
+    let initial_memory = r.max_initial_memory_size.unwrap_or(0).saturating_mul(64 << 10);
+    over("bytes of initial memory", initial_memory, config.memory_limit)?;
+    over("initial table elements", r.max_initial_table_size.unwrap_or(0), config.table_elements_limit)
 }
 
 /// Turns a link failure (a preview1 import with the wrong signature) into a

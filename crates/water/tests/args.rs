@@ -99,9 +99,9 @@ async fn a_legacy_config_with_arguments_is_a_typed_error_and_no_connection() {
         assert!(nothing.is_err(), "the failed dial still connected");
         // Without arguments the legacy config still works as before.
         assert_eq!(dialed_config(&watm, &TransportArgs::new()).await.unwrap(), b"c0ffee42\n");
-        // The listener refuses before waiting for a connection.
-        let listener = Listener::bind(&watm, "127.0.0.1:0").await.unwrap();
-        assert!(matches!(listener.accept_with_args(&args).await, Err(Error::ConfigNotKeyValue(_))));
+        // The listener refuses before it binds.
+        let bound = Listener::bind_with_args(&watm, "127.0.0.1:0", args.clone()).await;
+        assert!(matches!(bound, Err(Error::ConfigNotKeyValue(_))), "{bound:?}");
         assert!(matches!(Relay::new(&watm, addr).unwrap().with_args(args), Err(Error::ConfigNotKeyValue(_))));
     })
     .await;
@@ -113,7 +113,7 @@ async fn listener_and_relay_guests_get_their_arguments() {
         let watm = config_echo(Some("k=module"));
         let args = TransportArgs::new().arg("k", "conn");
 
-        let listener = Listener::bind(&watm, "127.0.0.1:0").await.unwrap();
+        let listener = Listener::bind_with_args(&watm, "127.0.0.1:0", args.clone()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
@@ -121,7 +121,7 @@ async fn listener_and_relay_guests_get_their_arguments() {
             s.read_to_end(&mut got).await.unwrap();
             got
         });
-        let (conn, _) = listener.accept_with_args(&args).await.unwrap();
+        let (conn, _) = listener.accept().await.unwrap();
         assert_eq!(client.await.unwrap(), b"k=module\nk=conn");
         conn.close().await.unwrap();
 

@@ -46,7 +46,11 @@ async fn a_worker_that_loops_is_dropped_and_stalls_no_one() {
                (func (export "_water_worker") (result i32) (loop br 0) i32.const 0))"#,
         )
         .unwrap();
-        let watm = Watm::new(&looping, Config::default().close_grace(Duration::from_millis(100))).unwrap();
+        // No spin limit within the test: the cancel-then-drop path is what
+        // is tested here (trust.rs tests the spin limit).
+        let config =
+            Config::default().close_grace(Duration::from_millis(100)).spin_limit(Duration::from_secs(3600));
+        let watm = Watm::new(&looping, config).unwrap();
         // More spinning guests than runtime threads.
         let mut spinning = Vec::new();
         for _ in 0..4 {

@@ -1,7 +1,8 @@
 //! The instance pool: with room for two instances, six connections at once
 //! all work (two in pool slots, four mapped on demand), round after round,
 //! so slots are reused and must come back pristine; and a module the pool
-//! cannot hold (two tables) is mapped on demand and still serves.
+//! cannot hold (a table larger than a slot's) is mapped on demand and still
+//! serves.
 //!
 //! Its own test binary: the pool is sized from `WATER_POOL_SLOTS` once per
 //! process, before the first module is loaded.
@@ -14,14 +15,14 @@ use water::{Config, Dialer, Watm};
 
 const SLOTS: &str = "2";
 
-/// A minimal v0 dialer with two tables (a pool slot holds one); its worker
-/// writes "ok" to the application and returns.
-const TWO_TABLES: &str = r#"(module
+/// A minimal v0 dialer with a table of 30,000 elements (a pool slot holds
+/// 20,000; the host's limit is 65,536); its worker writes "ok" to the
+/// application and returns.
+const BIG_TABLE: &str = r#"(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "env" "host_dial" (func $host_dial (result i32)))
   (memory (export "memory") 1)
-  (table 1 funcref)
-  (table 1 funcref)
+  (table 30000 funcref)
   (global (export "_water_v0") i32 (i32.const 0))
   (global $internal (mut i32) (i32.const -1))
   (data (i32.const 100) "ok")
@@ -79,8 +80,8 @@ fn six_connections_through_two_slots_and_an_unpoolable_module() {
             }
         }
 
-        let watm = Watm::new(&wat::parse_str(TWO_TABLES).unwrap(), Config::default()).unwrap();
-        assert!(!watm.pooled(), "a module with two tables cannot fit a slot");
+        let watm = Watm::new(&wat::parse_str(BIG_TABLE).unwrap(), Config::default()).unwrap();
+        assert!(!watm.pooled(), "a module with a 30,000-element table cannot fit a slot");
         let mut conn = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap();
         let mut got = Vec::new();
         conn.read_to_end(&mut got).await.unwrap();

@@ -24,6 +24,8 @@ pub mod poll;
 pub mod sock;
 pub mod table;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use wasmtime::Memory;
@@ -44,6 +46,58 @@ pub struct WasiCtx {
     /// is, as wasi-common-based hosts do (a test switch, see
     /// `Config::coarse_poll`).
     pub coarse_poll: bool,
+    /// The application's end (`internal_fd`), once handed to the role call.
+    pub internal_fd: Option<u32>,
+    /// The network fd the role call returned.
+    pub net_fd: Option<u32>,
+    /// What the guest has done, readable while it runs.
+    pub activity: Arc<Activity>,
+    /// Times a host call of the guest had to wait (for I/O, a timer, a
+    /// cancel): a worker that never waits is a busy one.
+    pub waits: u64,
+}
+
+/// Awaits `f`; also says whether it had to wait (was pending at least
+/// once) rather than being ready at once.
+pub async fn watched<F: std::future::Future>(f: F) -> (F::Output, bool) {
+    let mut f = std::pin::pin!(f);
+    let mut waited = false;
+    let out = std::future::poll_fn(|cx| {
+        let p = f.as_mut().poll(cx);
+        waited |= p.is_pending();
+        p
+    })
+    .await;
+    (out, waited)
+}
+
+/// What a running guest has done, shared with the task that owns it, which
+/// cannot look inside the store while the worker runs: after the
+/// application closed, the worker is left to finish while it makes progress
+/// (see `v0::spawn_worker`).
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Bytes the guest wrote to streams other than the application's end.
+    sent: AtomicU64,
+    /// Bytes the guest read or wrote on any stream.
+    moved: AtomicU64,
+    /// The guest half-closed (or closed) its network fd: everything it had
+    /// to deliver is out.
+    delivered: AtomicBool,
+}
+
+impl Activity {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn moved(&self) -> u64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
+    pub fn delivered(&self) -> bool {
+        self.delivered.load(Ordering::Relaxed)
+    }
 }
 
 impl WasiCtx {
@@ -60,6 +114,30 @@ impl WasiCtx {
             output: output::OutputLog::new(label),
             clock_base: Instant::now(),
             coarse_poll: false,
+            internal_fd: None,
+            net_fd: None,
+            activity: Arc::default(),
+            waits: 0,
+        }
+    }
+
+    /// Counts `n` bytes the guest read from a stream.
+    pub fn note_read(&self, n: usize) {
+        self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes the guest wrote to `fd`.
+    pub fn note_write(&self, fd: u32, n: usize) {
+        self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
+        if Some(fd) != self.internal_fd {
+            self.activity.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes that the guest ended its writing to `fd` (shutdown or close).
+    pub fn note_write_end(&self, fd: u32) {
+        if Some(fd) == self.net_fd {
+            self.activity.delivered.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -99,7 +99,12 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
         },
     )?;
     linker.func_wrap(MODULE, "fd_close", |mut caller: Caller<'_, T>, fd: i32| -> i32 {
-        ret(caller.data_mut().wasi().table.remove(fd as u32).map(drop))
+        let wasi = caller.data_mut().wasi();
+        let closed = wasi.table.remove(fd as u32).map(drop);
+        if closed.is_ok() {
+            wasi.note_write_end(fd as u32);
+        }
+        ret(closed)
     })?;
     linker.func_wrap(MODULE, "fd_fdstat_get", |mut caller: Caller<'_, T>, fd: i32, buf: i32| -> i32 {
         ret(fd_fdstat_get(&mut caller, fd as u32, buf as u32))
@@ -170,11 +175,8 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
         })?;
         linker.func_wrap(MODULE, get, |_: Caller<'_, T>, _ptrs: i32, _buf: i32| -> i32 { 0 })?;
     }
-    linker.func_wrap(MODULE, "random_get", |mut caller: Caller<'_, T>, buf: i32, len: i32| -> i32 {
-        ret(split(&mut caller).and_then(|(mut mem, _)| {
-            let slice = mem.slice_mut(buf as u32, len as u32)?;
-            getrandom::fill(slice).map_err(|_| Errno::IO)
-        }))
+    linker.func_wrap_async(MODULE, "random_get", |mut caller: Caller<'_, T>, (buf, len): (i32, i32)| {
+        Box::new(async move { Ok(ret(random_get(&mut caller, buf as u32, len as u32).await)) })
     })?;
     linker.func_wrap(MODULE, "proc_exit", |_: Caller<'_, T>, code: i32| -> wasmtime::Result<()> {
         Err(wasmtime::Error::new(GuestExit(code)))
@@ -268,18 +270,24 @@ async fn fd_read<T: WasiView>(
                     return Err(Errno::AGAIN);
                 }
                 let token = token.clone();
-                token.cancelled().await;
+                let ((), waited) = super::watched(token.cancelled()).await;
+                caller.data_mut().wasi().waits += u64::from(waited);
                 continue;
             }
             Desc::Stream { stream, nonblocking } => (stream.clone(), *nonblocking),
         };
         match stream.try_read(mem.slice_mut(ptr, len)?) {
-            Ok(k) => return mem.write_u32(nread, k as u32),
+            Ok(k) => {
+                wasi.note_read(k);
+                return mem.write_u32(nread, k as u32);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if nonblocking {
                     return Err(Errno::AGAIN);
                 }
-                stream.readable().await.map_err(|e| errno::from_io(&e))?;
+                let (ready, waited) = super::watched(stream.readable()).await;
+                caller.data_mut().wasi().waits += u64::from(waited);
+                ready.map_err(|e| errno::from_io(&e))?;
             }
             Err(e) => return Err(errno::from_io(&e)),
         }
@@ -316,16 +324,44 @@ pub(super) async fn fd_write<T: WasiView>(
         };
         let (ptr, len) = mem.first_iovec(iovs, n)?;
         match stream.try_write(mem.slice(ptr, len)?) {
-            Ok(k) => return mem.write_u32(nwritten, k as u32),
+            Ok(k) => {
+                wasi.note_write(fd, k);
+                return mem.write_u32(nwritten, k as u32);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if nonblocking {
                     return Err(Errno::AGAIN);
                 }
-                stream.writable().await.map_err(|e| errno::from_io(&e))?;
+                let (ready, waited) = super::watched(stream.writable()).await;
+                caller.data_mut().wasi().waits += u64::from(waited);
+                ready.map_err(|e| errno::from_io(&e))?;
             }
             Err(e) => return Err(errno::from_io(&e)),
         }
     }
+}
+
+/// Bytes `random_get` fills before it lets other tasks run.
+const RANDOM_CHUNK: u32 = 64 << 10;
+
+/// Fills guest memory with random bytes, [`RANDOM_CHUNK`] at a time with a
+/// yield between: a request for the whole memory (up to 4 GiB, seconds of
+/// work) must not hold a runtime thread that other connections need.
+async fn random_get<T: WasiView>(caller: &mut Caller<'_, T>, buf: u32, len: u32) -> Result<(), Errno> {
+    split(caller)?.0.slice(buf, len)?;
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(RANDOM_CHUNK);
+        {
+            let (mut mem, _) = split(caller)?;
+            getrandom::fill(mem.slice_mut(buf + done, n)?).map_err(|_| Errno::IO)?;
+        }
+        done += n;
+        if done < len {
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(())
 }
 
 fn fd_fdstat_get<T: WasiView>(caller: &mut Caller<'_, T>, fd: u32, buf: u32) -> Result<(), Errno> {
@@ -398,5 +434,9 @@ fn sock_shutdown(wasi: &mut WasiCtx, fd: u32, how: u32) -> Result<(), Errno> {
         return Err(Errno::INVAL);
     }
     let stream = wasi.table.stream(fd)?;
-    stream.shutdown(how & SDFLAGS_RD != 0, how & SDFLAGS_WR != 0).map_err(|e| errno::from_io(&e))
+    stream.shutdown(how & SDFLAGS_RD != 0, how & SDFLAGS_WR != 0).map_err(|e| errno::from_io(&e))?;
+    if how & SDFLAGS_WR != 0 {
+        wasi.note_write_end(fd);
+    }
+    Ok(())
 }

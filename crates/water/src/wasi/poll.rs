@@ -148,7 +148,7 @@ pub async fn poll_oneoff<T: WasiView>(
     let mut sleep = earliest.filter(|_| !due_at_start).map(|d| Box::pin(tokio::time::sleep_until(d.into())));
     let mut subs = subs;
     let coarse = split(caller)?.1.coarse_poll;
-    let events = std::future::poll_fn(|cx| {
+    let (events, waited) = super::watched(std::future::poll_fn(|cx| {
         let mut events = Vec::new();
         let now = Instant::now();
         for sub in subs.iter_mut() {
@@ -237,7 +237,7 @@ pub async fn poll_oneoff<T: WasiView>(
             cx.waker().wake_by_ref();
         }
         Poll::Pending
-    })
+    }))
     .await;
 
     let (mut mem, wasi) = split(caller)?;
@@ -245,6 +245,7 @@ pub async fn poll_oneoff<T: WasiView>(
     for fd in events.iter().filter_map(|e| e.wrote_fd) {
         wasi.table.write_reported(fd, now);
     }
+    wasi.waits += u64::from(waited);
     for (i, e) in events.iter().enumerate() {
         let mut raw = [0u8; EVENT_SIZE as usize];
         raw[0..8].copy_from_slice(&e.userdata.to_le_bytes());

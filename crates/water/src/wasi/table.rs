@@ -145,6 +145,33 @@ impl Stream {
         }
     }
 
+    /// Whether the other side will send nothing more (a TCP peer's FIN,
+    /// from tokio's cached readiness; the application's end of a duplex
+    /// shut down or gone). No syscall.
+    pub fn hung_up(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => read_closed(s),
+            Stream::Duplex(d) => d.peer_write_closed(),
+        }
+    }
+
+    /// Whether bytes written to it still wait for the other side to take
+    /// them (a slow reader): in the duplex's buffer, or in the socket's
+    /// send queue (`TIOCOUTQ`, one syscall).
+    pub fn unsent(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => {
+                use std::os::fd::AsRawFd;
+                let mut queued: libc::c_int = 0;
+                // SAFETY: TIOCOUTQ writes one int, to the one we own; the fd
+                // is open for as long as `s` is borrowed.
+                let ok = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } == 0;
+                ok && queued > 0
+            }
+            Stream::Duplex(d) => d.unread_by_peer() > 0,
+        }
+    }
+
     /// `sock_shutdown`: `read`/`write` as preview1's `sdflags` say.
     pub fn shutdown(&self, read: bool, write: bool) -> io::Result<()> {
         match self {
