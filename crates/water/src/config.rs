@@ -203,9 +203,12 @@ impl Config {
     }
 
     /// Longest the worker may run without waiting for anything (I/O, a
-    /// timer, its cancel fd) and without moving a byte (default 1 s), host
-    /// calls or not: a transport with nothing to do waits in `poll_oneoff`.
-    /// Past it the worker is stopped ([`crate::Error::Spinning`]). Before
+    /// timer, its cancel fd), without moving a byte and without calling
+    /// `poll_oneoff` (default 1 s), other host calls or not: a transport
+    /// with nothing to do waits in `poll_oneoff`. Past it the worker is
+    /// stopped ([`crate::Error::Spinning`]). A worker that polls but finds
+    /// something ready every time (tokio guests do, asking for write
+    /// readiness on always-writable sockets) is only throttled. Before
     /// that, from 50 ms on, such a worker is throttled (it sleeps between
     /// epoch ticks) so that it does not starve other connections. Setup
     /// calls are bounded by [`Config::setup_timeout`] instead.

@@ -62,10 +62,10 @@ pub enum Error {
     /// The guest ran past its time limit in a setup call.
     #[error("guest ran past its {limit:?} limit in `{export}`")]
     Timeout { export: &'static str, limit: Duration },
-    /// The worker ran for `limit` without waiting for anything and without
-    /// moving a byte (a spin, host calls or not); it was stopped so that it
-    /// holds no thread and no sockets.
-    #[error("`{export}` ran {limit:?} without waiting or moving a byte; stopped as spinning")]
+    /// The worker ran for `limit` without waiting for anything, moving a
+    /// byte or polling (a spin, other host calls or not); it was stopped so
+    /// that it holds no thread and no sockets.
+    #[error("`{export}` ran {limit:?} without waiting, polling or moving a byte; stopped as spinning")]
     Spinning { export: &'static str, limit: Duration },
     /// No byte moved through the connection for `Config::idle_timeout`; it
     /// was cancelled.

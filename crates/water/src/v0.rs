@@ -52,6 +52,7 @@ pub struct Ctx {
     run_ticks: u32,
     seen_waits: u64,
     seen_moved: u64,
+    seen_polls: u64,
 }
 
 impl WasiView for Ctx {
@@ -252,7 +253,8 @@ const MAX_PAUSE: u32 = 19;
 /// The worker's epoch tick. A worker that runs without waiting for I/O, a
 /// timer or a cancel, and without moving a byte, is hogging: after
 /// [`THROTTLE_AFTER`] ticks of it, it is throttled, and after
-/// `Config::spin_limit` stopped (`Spun`), host calls or not. Throttled,
+/// `Config::spin_limit` without even a `poll_oneoff`, stopped (`Spun`),
+/// other host calls or not. Throttled,
 /// it sleeps between ticks, twice as long each time it keeps busy (up
 /// to [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
 /// that have I/O to do. A worker that waits or moves a byte starts afresh.
@@ -270,7 +272,14 @@ fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
         return Ok(UpdateDeadline::Yield(1));
     }
     data.run_ticks = data.run_ticks.saturating_add(1);
-    if now.duration_since(*data.spinning_since.get_or_insert(now)) > data.config.spin_limit {
+    // A worker that polls is throttled, not stopped: tokio guests ask for
+    // write readiness on sockets that are always writable, and so find
+    // something ready on every poll even when idle.
+    let polled = data.wasi.polls != data.seen_polls;
+    data.seen_polls = data.wasi.polls;
+    if polled {
+        data.spinning_since = None;
+    } else if now.duration_since(*data.spinning_since.get_or_insert(now)) > data.config.spin_limit {
         return Err(wasmtime::Error::new(Spun));
     }
     if data.run_ticks <= THROTTLE_AFTER {
@@ -383,6 +392,7 @@ impl<'a> Initialized<'a> {
             run_ticks: 0,
             seen_waits: 0,
             seen_moved: 0,
+            seen_polls: 0,
         };
         let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
         let mut this = Initialized { store, instance, linked, limit };

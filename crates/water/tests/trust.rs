@@ -686,6 +686,20 @@ async fn a_spinning_worker_is_stopped_with_a_clear_error() {
             Ok(Err(Error::Spinning { .. })) => {}
             other => panic!("a worker spinning on host calls: {other:?}"),
         }
+        // A worker that polls and finds something ready every time (an
+        // idle tokio guest does) is throttled, not stopped.
+        let polling = format!(
+            "(loop {} (br 0)) i32.const 0",
+            SLEEP_AN_HOUR.replace("(i64.const 3600000000000)", "(i64.const 0)")
+        );
+        let watm =
+            Watm::new(&module(OK, "call $host_dial", OK, &polling), Config::default().spin_limit(spin))
+                .unwrap();
+        let mut conn = Dialer::new(&watm).unwrap().dial(echo.to_string()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut buf)).await;
+        assert!(read.is_err(), "a polling worker was stopped: {read:?}");
         // A worker busy with real work, moving bytes between chunks, is
         // not spinning.
         let xor = Watm::new(

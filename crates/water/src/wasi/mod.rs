@@ -55,6 +55,9 @@ pub struct WasiCtx {
     /// Times a host call of the guest had to wait (for I/O, a timer, a
     /// cancel): a worker that never waits is a busy one.
     pub waits: u64,
+    /// `poll_oneoff` calls: a worker that polls, even one that finds
+    /// something ready every time (tokio guests do), is not spinning blind.
+    pub polls: u64,
 }
 
 /// Awaits `f`; also says whether it had to wait (was pending at least
@@ -118,6 +121,7 @@ impl WasiCtx {
             net_fd: None,
             activity: Arc::default(),
             waits: 0,
+            polls: 0,
         }
     }
 

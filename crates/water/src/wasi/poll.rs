@@ -110,6 +110,7 @@ pub async fn poll_oneoff<T: WasiView>(
     }
     let subs = {
         let (mem, wasi) = split(caller)?;
+        wasi.polls += 1;
         mem.slice(events_ptr, n * EVENT_SIZE)?;
         mem.slice(nevents_ptr, 4)?;
         let raw = mem.slice(subs_ptr, n * SUBSCRIPTION_SIZE)?;
