@@ -9,9 +9,15 @@ use std::path::PathBuf;
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
-    for dir in
-        ["guests", "test-guests", "crates/water-guest", "crates/water-abi", ".cargo/config.toml", "Cargo.toml", "Cargo.lock"]
-    {
+    for dir in [
+        "guests",
+        "test-guests",
+        "crates/water-guest",
+        "crates/water-abi",
+        ".cargo/config.toml",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-changed=guest_builder.rs");
@@ -34,8 +40,16 @@ fn main() {
     };
     let mut code = String::new();
     for (kind, list, what) in [
-        (guest_builder::Kind::Reference, "GUESTS", "Every guest of `guests/`, by name: the built-in transports."),
-        (guest_builder::Kind::Test, "TEST_GUESTS", "Every guest of `test-guests/`: for tests only, never built in."),
+        (
+            guest_builder::Kind::Reference,
+            "GUESTS",
+            "Every guest of `guests/`, by name: the built-in transports.",
+        ),
+        (
+            guest_builder::Kind::Test,
+            "TEST_GUESTS",
+            "Every guest of `test-guests/`: for tests only, never built in.",
+        ),
     ] {
         let of_kind: Vec<_> = built.iter().filter(|b| b.kind == kind).collect();
         code += &format!("/// {what}\npub const {list}: &[Guest] = &[\n");

@@ -7,9 +7,11 @@ use std::process::Command;
 
 pub fn run(root: &Path, args: &[String]) -> Result<(), String> {
     let seconds = match args {
-        [flag, n] if flag == "--seconds" => {
-            n.parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0).ok_or(format!("bad --seconds {n:?}"))?
-        }
+        [flag, n] if flag == "--seconds" => n
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .ok_or(format!("bad --seconds {n:?}"))?,
         [] => 60.0,
         _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
     };

@@ -57,9 +57,13 @@ pub enum ArgsError {
 impl fmt::Display for ArgsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            ArgsError::MissingEquals { at } => write!(f, "argument at byte {at} has no `=` (expected key=value)"),
+            ArgsError::MissingEquals { at } => {
+                write!(f, "argument at byte {at} has no `=` (expected key=value)")
+            }
             ArgsError::EmptyKey { at } => write!(f, "argument at byte {at} has an empty key"),
-            ArgsError::TrailingBackslash { at } => write!(f, "unpaired `\\` at byte {at}, the end of the arguments"),
+            ArgsError::TrailingBackslash { at } => {
+                write!(f, "unpaired `\\` at byte {at}, the end of the arguments")
+            }
             ArgsError::TooLong { len, room } => write!(f, "value of {len} bytes does not fit in {room}"),
         }
     }

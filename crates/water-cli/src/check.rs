@@ -120,7 +120,9 @@ pub async fn run(t: &str, config: Option<&Path>) -> anyhow::Result<()> {
             ),
         }
         match bounded(path.large()).await {
-            Ok(()) => println!("PASS {name} large: {} MiB with full socket buffers, byte for byte", LARGE >> 20),
+            Ok(()) => {
+                println!("PASS {name} large: {} MiB with full socket buffers, byte for byte", LARGE >> 20)
+            }
             Err(e) => println!(
                 "WARN {name} large: {} MiB with full socket buffers: {e:#}; the guest {}",
                 LARGE >> 20,
@@ -293,7 +295,11 @@ async fn echoing_listener(watm: &Watm, kind: Service, stop: CancellationToken) -
 
 /// A listener of `watm` whose application forwards each connection to `to`,
 /// as `water server` does; returns its address.
-async fn forwarding_listener(watm: &Watm, to: SocketAddr, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+async fn forwarding_listener(
+    watm: &Watm,
+    to: SocketAddr,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let listener = Listener::bind(watm, "127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

@@ -189,7 +189,8 @@ fn main() -> ExitCode {
             }
             Command::Client { t, listen, remote, socks5: true } => {
                 let mode = remote.map_or(socks::Mode::Bridge, socks::Mode::Proxy);
-                tunnel::socks_client(&t.transport, t.config.as_deref(), t.max_connections, &listen, mode).await
+                tunnel::socks_client(&t.transport, t.config.as_deref(), t.max_connections, &listen, mode)
+                    .await
             }
             Command::Server { t, listen, forward } => {
                 tunnel::server(&t.transport, t.config.as_deref(), t.max_connections, &listen, forward).await

@@ -356,12 +356,7 @@ impl Pt {
     }
 
     /// Server half: decode through the transport, forward to tor.
-    async fn serve_transport(
-        self,
-        name: String,
-        listener: Listener,
-        upstream: Upstream,
-    ) {
+    async fn serve_transport(self, name: String, listener: Listener, upstream: Upstream) {
         let name = Arc::<str>::from(name);
         loop {
             let accepted = tokio::select! {

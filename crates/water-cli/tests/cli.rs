@@ -227,7 +227,9 @@ fn check_passes_builtins_and_names_what_a_broken_module_lacks() {
         let (status, out, err) = run(&["check", t]);
         assert!(status.success(), "{t}: {out}{err}");
         for role in ["dial", "accept", "associate"] {
-            for line in [format!("PASS {role}: "), format!("PASS {role} half-close"), format!("PASS {role} large")] {
+            for line in
+                [format!("PASS {role}: "), format!("PASS {role} half-close"), format!("PASS {role} large")]
+            {
                 assert!(out.contains(&line), "{t}: no {line:?} in {out}");
             }
         }

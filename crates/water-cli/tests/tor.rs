@@ -244,7 +244,9 @@ fn netns_xor_arguments() {
         bridge_with(&dir, "xor", &bridge_args, false, "ServerTransportOptions xor key=9f3c51a7e0\n");
     match client(&dir, "xor", &client_args, &format!("xor {addr} {fp} key=9f3c51a7e0"), TOR_STEP) {
         Ok(line) => eprintln!("xor-arguments: {line}"),
-        Err(seen) => panic!("xor-arguments: no fresh bridge descriptor within {TOR_STEP:?}:\n{}", seen.join("\n")),
+        Err(seen) => {
+            panic!("xor-arguments: no fresh bridge descriptor within {TOR_STEP:?}:\n{}", seen.join("\n"))
+        }
     }
     let log = std::fs::read_to_string(dir.join("bridge/pt_state/water-pt.log")).unwrap_or_default();
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "the bridge PT logged a failure:\n{log}");

@@ -195,7 +195,11 @@ impl Listener {
 
     /// [`from_tcp`](Self::from_tcp) with arguments for every connection, as
     /// in [`bind_with_args`](Self::bind_with_args).
-    pub fn from_tcp_with_args(watm: &Watm, listener: TcpListener, args: TransportArgs) -> Result<Listener, Error> {
+    pub fn from_tcp_with_args(
+        watm: &Watm,
+        listener: TcpListener,
+        args: TransportArgs,
+    ) -> Result<Listener, Error> {
         watm.require(Role::Listener)?;
         let pulled = pulled_config(watm, &args)?;
         let local = listener.local_addr()?;

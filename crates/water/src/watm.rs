@@ -184,7 +184,9 @@ pub(crate) struct ExportIndex(Vec<(&'static str, ModuleExport)>);
 
 impl ExportIndex {
     fn new(module: &Module) -> Self {
-        let names = [abi::INITIALIZE_EXPORT, abi::START_EXPORT].into_iter().chain(abi::EXPORTS.iter().map(|sig| sig.name));
+        let names = [abi::INITIALIZE_EXPORT, abi::START_EXPORT]
+            .into_iter()
+            .chain(abi::EXPORTS.iter().map(|sig| sig.name));
         ExportIndex(names.filter_map(|name| Some((name, module.get_export_index(name)?))).collect())
     }
 
@@ -374,9 +376,11 @@ fn entry_point(module: &Module, name: &'static str) -> Result<bool, Error> {
     match module.get_export(name) {
         None => Ok(false),
         Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => Ok(true),
-        Some(other) => {
-            Err(Error::BadExport { name: name.into(), expected: "function () -> ()".into(), found: describe(&other) })
-        }
+        Some(other) => Err(Error::BadExport {
+            name: name.into(),
+            expected: "function () -> ()".into(),
+            found: describe(&other),
+        }),
     }
 }
 
@@ -420,8 +424,8 @@ fn validate(module: &Module) -> Result<Exports, Error> {
         check(sig, true)?;
     }
     let exports = Exports {
-        initialize: entry_point(&module, abi::INITIALIZE_EXPORT)?,
-        start: entry_point(&module, abi::START_EXPORT)?,
+        initialize: entry_point(module, abi::INITIALIZE_EXPORT)?,
+        start: entry_point(module, abi::START_EXPORT)?,
         dial: check(&abi::DIAL, false)?,
         accept: check(&abi::ACCEPT, false)?,
         associate: check(&abi::ASSOCIATE, false)?,

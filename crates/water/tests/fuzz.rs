@@ -199,7 +199,8 @@ async fn fuzz(test: &str, mut make_case: impl FnMut(&mut Rng) -> Vec<u8>) {
     let progress = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
-        let (progress, done, panics, test) = (progress.clone(), done.clone(), panics.clone(), test.to_owned());
+        let (progress, done, panics, test) =
+            (progress.clone(), done.clone(), panics.clone(), test.to_owned());
         std::thread::spawn(move || {
             let (mut last, mut since) = (usize::MAX, Instant::now());
             while !done.load(Ordering::Relaxed) {
@@ -209,7 +210,8 @@ async fn fuzz(test: &str, mut make_case: impl FnMut(&mut Rng) -> Vec<u8>) {
                     (last, since) = (now, Instant::now());
                 }
                 let panicked = panics.any();
-                if since.elapsed() > 2 * CASE_LIMIT || (panicked && since.elapsed() > Duration::from_secs(5)) {
+                if since.elapsed() > 2 * CASE_LIMIT || (panicked && since.elapsed() > Duration::from_secs(5))
+                {
                     eprintln!(
                         "{test}: no case finished for {:?}; host panics: {:?}",
                         since.elapsed(),
@@ -379,8 +381,33 @@ async fn smith_modules_run_through_a_role() {
 
 /// Arguments a hostile guest passes: fds near and past the table, pointers
 /// at and past the end of one page, huge and negative lengths.
-const HOSTILE_I32: &[i64] =
-    &[0, 1, 2, 3, 4, 5, 6, 7, 8, 63, 64, 65, 1000, -1, -2, 8, 16, 48, 4096, 65532, 65535, 65536, 1 << 20, i32::MAX as i64, i32::MIN as i64];
+const HOSTILE_I32: &[i64] = &[
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    63,
+    64,
+    65,
+    1000,
+    -1,
+    -2,
+    8,
+    16,
+    48,
+    4096,
+    65532,
+    65535,
+    65536,
+    1 << 20,
+    i32::MAX as i64,
+    i32::MIN as i64,
+];
 const HOSTILE_I64: &[i64] = &[0, 1, -1, 1_000_000, 1_000_000_000, i64::MAX, i64::MIN];
 
 fn hostile_program(rng: &mut Rng) -> Vec<u8> {
@@ -454,7 +481,9 @@ fn hostile_program(rng: &mut Rng) -> Vec<u8> {
     let worker = body(rng, worker_calls, &ret);
     writeln!(wat, "  (func (export \"_water_worker\") (result i32)\n{worker}  )").unwrap();
     // Named aliases for the role calls' first import.
-    wat.push_str("  (func $host_dial_ (result i32) (call $f25))\n  (func $host_accept_ (result i32) (call $f26))\n");
+    wat.push_str(
+        "  (func $host_dial_ (result i32) (call $f25))\n  (func $host_accept_ (result i32) (call $f26))\n",
+    );
     wat.push(')');
     wat::parse_str(&wat).unwrap_or_else(|e| panic!("generated WAT does not parse: {e}\n{wat}"))
 }

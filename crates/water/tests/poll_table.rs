@@ -126,7 +126,8 @@ async fn absent_directions_never_fire_and_a_reset_is_the_reads_error() {
             drop(s);
         });
         let config = "hello";
-        let watm = Watm::new(&wat::parse_str(GUEST).unwrap(), Config::default().transport_config(config)).unwrap();
+        let watm =
+            Watm::new(&wat::parse_str(GUEST).unwrap(), Config::default().transport_config(config)).unwrap();
         let mut conn = Dialer::new(&watm).unwrap().dial(addr.to_string()).await.unwrap();
         let mut got = vec![0u8; 404];
         conn.read_exact(&mut got).await.unwrap();
@@ -213,7 +214,11 @@ async fn write_readiness_is_news_again_after_a_write_and_never_lost() {
         conn.read_exact(&mut got).await.unwrap();
         let first = |i: usize| (u32_at(&got, 100 * i), fields(&got[100 * i + 8..100 * i + 40]).0);
         assert_eq!(first(0), (1, 1), "a writable socket is reported writable");
-        assert_eq!(first(1), (1, 2), "reported again with no write since: held back, the 10 ms clock fires first");
+        assert_eq!(
+            first(1),
+            (1, 2),
+            "reported again with no write since: held back, the 10 ms clock fires first"
+        );
         assert_eq!(first(2), (1, 1), "after a write: reported at once, before the 1 s clock");
         assert_eq!(first(3), (1, 1), "held back, never lost: it comes when nothing else does");
         conn.close().await.unwrap();

@@ -86,8 +86,10 @@ async fn initialize_runs_first_and_sock_recv_send_work_on_both_ends() {
             let mut rest = Vec::new();
             s.read_to_end(&mut rest).await.unwrap();
         });
-        let watm = Watm::new(&wat::parse_str(GUEST).unwrap(), Config::default().transport_config("cfg")).unwrap();
-        let mut conn = Dialer::new(&watm).unwrap().dial(addr.to_string()).await.expect("_initialize ran once");
+        let watm =
+            Watm::new(&wat::parse_str(GUEST).unwrap(), Config::default().transport_config("cfg")).unwrap();
+        let mut conn =
+            Dialer::new(&watm).unwrap().dial(addr.to_string()).await.expect("_initialize ran once");
         conn.write_all(b"xyz").await.unwrap();
         let mut got = [0u8; 28];
         conn.read_exact(&mut got).await.unwrap();

@@ -112,4 +112,3 @@ async fn tokio_guest_returns_when_cancelled() {
     })
     .await;
 }
-

@@ -154,7 +154,8 @@ pub async fn poll_oneoff<T: WasiView>(
         let now = Instant::now();
         for sub in subs.iter_mut() {
             let (userdata, tag) = (sub.userdata, sub.tag);
-            let ev = move |error, nbytes, hangup| Event { wrote_fd: None, userdata, error, tag, nbytes, hangup };
+            let ev =
+                move |error, nbytes, hangup| Event { wrote_fd: None, userdata, error, tag, nbytes, hangup };
             match &mut sub.waiter {
                 Waiter::Clock(_) | Waiter::Never => {}
                 Waiter::Now(nbytes, hangup) => events.push(ev(Errno(0), *nbytes, *hangup)),
@@ -162,15 +163,13 @@ pub async fn poll_oneoff<T: WasiView>(
                 // A failed stream is ready (hung up): the guest's next read
                 // or write returns the error itself. An error event would
                 // fail a tokio guest's whole poll.
-                Waiter::Read(stream, exact) => match if *exact {
-                    stream.poll_read_ready_exact(cx)
-                } else {
-                    stream.poll_read_ready(cx)
-                } {
-                    Poll::Ready(Ok(r)) => events.push(ev(Errno(0), r.available as u64, r.closed)),
-                    Poll::Ready(Err(_)) => events.push(ev(Errno(0), 0, true)),
-                    Poll::Pending => {}
-                },
+                Waiter::Read(stream, exact) => {
+                    match if *exact { stream.poll_read_ready_exact(cx) } else { stream.poll_read_ready(cx) } {
+                        Poll::Ready(Ok(r)) => events.push(ev(Errno(0), r.available as u64, r.closed)),
+                        Poll::Ready(Err(_)) => events.push(ev(Errno(0), 0, true)),
+                        Poll::Pending => {}
+                    }
+                }
                 Waiter::Write(_, Some(not_before)) if now < *not_before => {}
                 Waiter::Write(stream, _) => {
                     let event = match stream.poll_write_ready(cx) {
@@ -297,7 +296,8 @@ fn fd_waiter(table: &super::table::FdTable, fd: u32, read: bool) -> Waiter {
     match (desc, read) {
         (Desc::Stream { stream, nonblocking }, true) => Waiter::Read(stream.clone(), !nonblocking),
         (Desc::Stream { stream, .. }, false) => {
-            let not_before = table.last_write_report(fd).map(|at| at + WRITE_REPEAT).filter(|&t| t > Instant::now());
+            let not_before =
+                table.last_write_report(fd).map(|at| at + WRITE_REPEAT).filter(|&t| t > Instant::now());
             Waiter::Write(stream.clone(), not_before)
         }
         (Desc::Cancel { token, .. }, true) => Waiter::Cancel(token.clone(), None),
@@ -307,6 +307,8 @@ fn fd_waiter(table: &super::table::FdTable, fd: u32, read: bool) -> Waiter {
         }
         (Desc::Stdin, true) => Waiter::Now(0, true),
         (Desc::Output(_), false) => Waiter::Now(0, false),
-        (Desc::Cancel { .. } | Desc::Config { .. } | Desc::Stdin, false) | (Desc::Output(_), true) => Waiter::Never,
+        (Desc::Cancel { .. } | Desc::Config { .. } | Desc::Stdin, false) | (Desc::Output(_), true) => {
+            Waiter::Never
+        }
     }
 }

@@ -24,7 +24,8 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()
     linker.func_wrap_async(
         MODULE,
         "sock_recv",
-        |mut caller: Caller<'_, T>, (fd, iovs, n, flags, out_len, out_flags): (i32, i32, i32, i32, i32, i32)| {
+        |mut caller: Caller<'_, T>,
+         (fd, iovs, n, flags, out_len, out_flags): (i32, i32, i32, i32, i32, i32)| {
             Box::new(async move {
                 let r = sock_recv(&mut caller, fd as u32, iovs as u32, n as u32, flags as u32).await;
                 Ok(ret(r.and_then(|len| {
@@ -57,7 +58,13 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>) -> wasmtime::Result<()
     Ok(())
 }
 
-async fn sock_recv<T: WasiView>(caller: &mut Caller<'_, T>, fd: u32, iovs: u32, n: u32, flags: u32) -> Result<u32, Errno> {
+async fn sock_recv<T: WasiView>(
+    caller: &mut Caller<'_, T>,
+    fd: u32,
+    iovs: u32,
+    n: u32,
+    flags: u32,
+) -> Result<u32, Errno> {
     if flags & !(RECV_PEEK | RECV_WAITALL) != 0 {
         return Err(Errno::INVAL);
     }

@@ -117,7 +117,8 @@ impl Stream {
                 return Poll::Ready(Ok(ready));
             }
             // Forget the stale readiness; the next poll registers `cx`.
-            let _ = s.try_io(tokio::io::Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            let _ =
+                s.try_io(tokio::io::Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
         }
         Poll::Pending
     }
