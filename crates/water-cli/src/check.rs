@@ -277,20 +277,7 @@ fn same(got: &[u8], sent: &[u8]) -> anyhow::Result<()> {
 
 /// A listener of `watm` whose application runs `kind`; returns its address.
 async fn echoing_listener(watm: &Watm, kind: Service, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
-    let listener = Listener::bind(watm, "127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = stop.cancelled() => return,
-                a = listener.accept() => a,
-            };
-            if let Ok((conn, _)) = accepted {
-                tokio::spawn(serve(conn, kind));
-            }
-        }
-    });
-    Ok(addr)
+    listening(watm, stop, move |conn| serve(conn, kind)).await
 }
 
 /// A listener of `watm` whose application forwards each connection to `to`,
@@ -300,6 +287,24 @@ async fn forwarding_listener(
     to: SocketAddr,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
+    listening(watm, stop, move |mut conn| async move {
+        if let Ok(mut upstream) = TcpStream::connect(to).await {
+            let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+        }
+    })
+    .await
+}
+
+/// A listener of `watm` that hands each accepted connection to `app` in a
+/// task of its own, until `stop`; returns its address.
+async fn listening<F>(
+    watm: &Watm,
+    stop: CancellationToken,
+    app: impl Fn(water::Connection) -> F + Send + 'static,
+) -> anyhow::Result<SocketAddr>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = Listener::bind(watm, "127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
@@ -308,12 +313,8 @@ async fn forwarding_listener(
                 () = stop.cancelled() => return,
                 a = listener.accept() => a,
             };
-            if let Ok((mut conn, _)) = accepted {
-                tokio::spawn(async move {
-                    if let Ok(mut upstream) = TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
-                    }
-                });
+            if let Ok((conn, _)) = accepted {
+                tokio::spawn(app(conn));
             }
         }
     });

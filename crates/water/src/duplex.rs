@@ -96,15 +96,11 @@ impl Ring {
     }
 
     fn pop(&mut self, dst: &mut [u8]) -> usize {
-        let n = dst.len().min(self.len);
+        let n = self.peek(dst);
         if n == 0 {
             return 0;
         }
-        let cap = self.data.len();
-        let first = n.min(cap - self.head);
-        dst[..first].copy_from_slice(&self.data[self.head..self.head + first]);
-        dst[first..n].copy_from_slice(&self.data[..n - first]);
-        self.head = (self.head + n) % cap;
+        self.head = (self.head + n) % self.data.len();
         self.len -= n;
         if self.len == 0 {
             self.head = 0;

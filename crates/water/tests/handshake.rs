@@ -10,31 +10,15 @@ mod support;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use water::{Config, Listener, Watm};
+use water::{Config, Watm};
 use water_guest::testing::{Segmentation, pump};
 use water_guest::{Role, Transport};
 use watm_hello::{Hello, MAGIC, NONCE, derive};
 
-use support::{LIMIT, bounded, data};
+use support::{LIMIT, bounded, data, echoing_listener};
 
 fn hello() -> Watm {
     Watm::new(watm_artifacts::HELLO.wasm, Config::default()).unwrap()
-}
-
-/// A listener of `hello` whose application echoes.
-async fn echoing_listener(watm: &Watm) -> std::net::SocketAddr {
-    let listener = Listener::bind(watm, "127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(conn);
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]

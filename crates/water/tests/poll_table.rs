@@ -98,21 +98,6 @@ const GUEST: &str = r#"(module
     (i32.sub (i32.const 0) (local.get $err)))
 )"#;
 
-/// An event's fields: (userdata, error, type, nbytes, flags).
-fn fields(e: &[u8]) -> (u64, u16, u8, u64, u16) {
-    (
-        u64::from_le_bytes(e[0..8].try_into().unwrap()),
-        u16::from_le_bytes(e[8..10].try_into().unwrap()),
-        e[10],
-        u64::from_le_bytes(e[16..24].try_into().unwrap()),
-        u16::from_le_bytes(e[24..26].try_into().unwrap()),
-    )
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absent_directions_never_fire_and_a_reset_is_the_reads_error() {
     bounded(async {

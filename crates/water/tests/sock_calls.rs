@@ -71,10 +71,6 @@ const GUEST: &str = r#"(module
     (i32.sub (i32.const 0) (local.get $err)))
 )"#;
 
-fn errno_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialize_runs_first_and_sock_recv_send_work_on_both_ends() {
     bounded(async {
@@ -94,9 +90,9 @@ async fn initialize_runs_first_and_sock_recv_send_work_on_both_ends() {
         let mut got = [0u8; 28];
         conn.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..10], b"abcdefcdef", "network: waitall, peek, then the same bytes read");
-        assert_eq!(errno_at(&got, 10), 57, "sock_recv on the config fd: notsock");
-        assert_eq!(errno_at(&got, 14), 28, "sock_recv with an unknown flag: inval");
-        assert_eq!(errno_at(&got, 18), 28, "sock_send with a flag: inval");
+        assert_eq!(u32_at(&got, 10), 57, "sock_recv on the config fd: notsock");
+        assert_eq!(u32_at(&got, 14), 28, "sock_recv with an unknown flag: inval");
+        assert_eq!(u32_at(&got, 18), 28, "sock_send with a flag: inval");
         assert_eq!(&got[22..], b"xyzxyz", "application end: peek, then the same bytes read");
         conn.close().await.unwrap();
         peer.await.unwrap();

@@ -23,18 +23,7 @@ fn tokio_guest() -> Watm {
 
 /// A reference-xor listener whose application echoes; returns its address.
 async fn xor_echo_listener() -> std::net::SocketAddr {
-    let listener = Listener::bind(&guest("xor"), "127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(conn);
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
-            });
-        }
-    });
-    addr
+    echoing_listener(&guest("xor")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,3 +115,37 @@ pub fn open_fds() -> usize {
 pub async fn connect(addr: SocketAddr) -> TcpStream {
     TcpStream::connect(addr).await.unwrap()
 }
+
+/// A preview1 event's fields, as a WAT guest hands them over: (userdata,
+/// error, type, nbytes, flags).
+pub fn fields(e: &[u8]) -> (u64, u16, u8, u64, u16) {
+    (
+        u64::from_le_bytes(e[0..8].try_into().unwrap()),
+        u16::from_le_bytes(e[8..10].try_into().unwrap()),
+        e[10],
+        u64::from_le_bytes(e[16..24].try_into().unwrap()),
+        u16::from_le_bytes(e[24..26].try_into().unwrap()),
+    )
+}
+
+/// The little-endian `u32` at `at`.
+pub fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+/// A listener of `watm` whose application echoes every connection;
+/// returns its address. Runs until the test's runtime ends.
+pub async fn echoing_listener(watm: &Watm) -> SocketAddr {
+    let listener = water::Listener::bind(watm, "127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(conn);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
