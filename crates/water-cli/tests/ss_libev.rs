@@ -16,6 +16,8 @@
 //! tests say so and pass vacuously only when `WATER_SS_LIBEV_OPTIONAL` is
 //! set; otherwise they fail (CI installs the package).
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -571,4 +573,59 @@ fn water_check_ss_passes_with_a_config_and_names_what_is_missing() {
     assert!(!out.status.success());
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(all.contains("unknown config key `passwd`"), "{all}");
+}
+
+/// SOCKS5 proxy mode over `ss`, as a Shadowsocks client is used: curl asks
+/// `water client --socks5` for a host, the transport always dials
+/// shadowsocks-libev's `ss-server` (`--remote`), and the SOCKS target reaches
+/// the guest as the argument `target=host:port`, which it sends in its
+/// first chunk; ss-server connects there. The config names no target.
+#[test]
+fn curl_through_socks5_proxy_mode_over_ss_to_ss_server() {
+    if !have_libev() {
+        return;
+    }
+    let dir = temp_dir("ss-socks");
+    let site = dir.join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    let body = common::pattern(300_000, 5);
+    std::fs::write(site.join("file.bin"), &body).unwrap();
+    let (_web, web) = common::web_server(&site);
+    let method = "chacha20-ietf-poly1305";
+    let (_server, port) = ss_server(method, PASSWORD);
+    let cfg = config_file(&dir, "client", &ss_config(method, PASSWORD, None));
+    let remote = format!("127.0.0.1:{port}");
+    let (_client, socks) = Proc::water(&[
+        "client",
+        "-t",
+        "ss",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--socks5",
+        "--listen",
+        "127.0.0.1:0",
+        "--remote",
+        &remote,
+    ]);
+    // By name: the proxy resolves it, so the guest's target is a domain.
+    let url = format!("http://localhost:{}/file.bin", web.port());
+    let got = common::curl_socks(&socks.to_string(), &url, &[]).unwrap_or_else(|e| panic!("curl: {e}"));
+    assert!(got == body, "{} bytes came back, not the file's {}", got.len(), body.len());
+    // A wrong password: ss-server stays silent, and curl gets no page.
+    let wrong = config_file(&dir, "wrong", &ss_config(method, "not the password", None));
+    let (_client, socks) = Proc::water(&[
+        "client",
+        "-t",
+        "ss",
+        "--config",
+        wrong.to_str().unwrap(),
+        "--socks5",
+        "--listen",
+        "127.0.0.1:0",
+        "--remote",
+        &remote,
+    ]);
+    let denied = common::curl_socks(&socks.to_string(), &url, &["--max-time", "3"]);
+    assert!(denied.is_err(), "a page came through with the wrong password");
+    let _ = std::fs::remove_dir_all(&dir);
 }
