@@ -21,6 +21,7 @@ mod extorport;
 mod loopback;
 mod pt;
 mod scale;
+mod soak;
 mod socks;
 mod transport;
 mod tunnel;
@@ -159,6 +160,11 @@ enum Command {
         /// (p99) beside this many spinning guests, against the same alone.
         #[arg(long)]
         fairness: Option<usize>,
+        /// Instead of the benchmarks: hold --connections healthy connections
+        /// with churn beside a stream of hostile guests for this many
+        /// seconds, printing RSS and open fds once a second.
+        #[arg(long, value_name = "SECONDS")]
+        soak: Option<f64>,
     },
 }
 
@@ -202,7 +208,10 @@ fn main() -> ExitCode {
             Command::Demo => demo::run().await,
             Command::Pt { .. } => unreachable!("dispatched before the runtime"),
             Command::Echo { listen } => tunnel::echo(&listen).await,
-            Command::Bench { transport, config, connections, seconds, json, scale, fairness } => {
+            Command::Bench { transport, config, connections, soak: Some(soak), .. } => {
+                soak::run(&transport, config.as_deref(), soak, connections).await
+            }
+            Command::Bench { transport, config, connections, seconds, json, scale, fairness, soak: None } => {
                 bench::run(bench::Options {
                     transport: &transport,
                     config: config.as_deref(),

@@ -601,3 +601,17 @@ fn bad_limits_and_configs_fail_at_start_up() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn soak_holds_healthy_connections_beside_hostile_guests_and_reports() {
+    let (status, out, err) = run(&["bench", "-t", "xor", "--soak", "3", "--connections", "4"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("RSS MiB") && out.contains("first quarter:"), "{out}");
+    assert!(out.contains("healthy: closed cleanly"), "{out}");
+    for hostile in ["spinner", "stderr-flood", "ignores-eof", "traps", "sleeps-in-init"] {
+        assert!(out.contains(&format!("{hostile}: ")), "no {hostile} connection ended: {out}");
+    }
+    assert!(!out.contains("healthy: round"), "a healthy connection lost bytes: {out}");
+    let (status, _, err) = run(&["bench", "--soak", "inf"]);
+    assert!(!status.success() && err.contains("--soak"), "{err}");
+}
