@@ -54,6 +54,25 @@ struct TransportArgs {
     /// a log line (default: no limit).
     #[arg(long)]
     max_connections: Option<usize>,
+    /// Cancel a connection through which no byte has moved for this many
+    /// seconds, whatever its guest does (default: none).
+    #[arg(long, value_name = "SECONDS", value_parser = idle_seconds)]
+    idle_timeout: Option<std::time::Duration>,
+}
+
+impl TransportArgs {
+    fn limits(&self) -> tunnel::Limits {
+        tunnel::Limits { max_connections: self.max_connections, idle_timeout: self.idle_timeout }
+    }
+}
+
+fn idle_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => {
+            Ok(std::time::Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,18 +210,17 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Client { t, listen, remote, socks5: false } => {
                 let remote = remote.expect("clap requires --remote without --socks5");
-                tunnel::client(&t.transport, t.config.as_deref(), t.max_connections, &listen, remote).await
+                tunnel::client(&t.transport, t.config.as_deref(), t.limits(), &listen, remote).await
             }
             Command::Client { t, listen, remote, socks5: true } => {
                 let mode = remote.map_or(socks::Mode::Bridge, socks::Mode::Proxy);
-                tunnel::socks_client(&t.transport, t.config.as_deref(), t.max_connections, &listen, mode)
-                    .await
+                tunnel::socks_client(&t.transport, t.config.as_deref(), t.limits(), &listen, mode).await
             }
             Command::Server { t, listen, forward } => {
-                tunnel::server(&t.transport, t.config.as_deref(), t.max_connections, &listen, forward).await
+                tunnel::server(&t.transport, t.config.as_deref(), t.limits(), &listen, forward).await
             }
             Command::Relay { t, listen, remote } => {
-                tunnel::relay(&t.transport, t.config.as_deref(), t.max_connections, &listen, remote).await
+                tunnel::relay(&t.transport, t.config.as_deref(), t.limits(), &listen, remote).await
             }
             Command::Check { transport, config } => check::run(&transport, config.as_deref()).await,
             Command::Demo => demo::run().await,

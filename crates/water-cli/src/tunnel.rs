@@ -65,13 +65,27 @@ async fn drain(mut tasks: JoinSet<()>) {
     }
 }
 
+/// The library limits a tunnel's flags set.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// `--idle-timeout`: a connection through which no byte moved for this
+    /// long is cancelled, whatever its guest does (one that ignores EOF
+    /// would otherwise hold both sockets).
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
 /// The library options a tunnel's flags set.
-fn limits(max_connections: Option<usize>) -> water::Config {
-    let cfg = water::Config::default();
-    match max_connections {
-        Some(n) => cfg.max_connections(n),
-        None => cfg,
+fn limits(l: Limits) -> water::Config {
+    let mut cfg = water::Config::default();
+    if let Some(n) = l.max_connections {
+        cfg = cfg.max_connections(n);
     }
+    if let Some(t) = l.idle_timeout {
+        cfg = cfg.idle_timeout(t);
+    }
+    cfg
 }
 
 /// `watm` once its `_water_init` has run (with the config) in a throwaway
@@ -84,11 +98,11 @@ async fn checked(watm: water::Watm) -> anyhow::Result<water::Watm> {
 pub async fn client(
     t: &str,
     config: Option<&Path>,
-    max_connections: Option<usize>,
+    limits: Limits,
     listen: &str,
     remote: String,
 ) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&checked(transport::load_with(t, config, limits(max_connections))?).await?)?;
+    let dialer = Dialer::new(&checked(transport::load_with(t, config, self::limits(limits))?).await?)?;
     let listener = bind(listen).await?;
     run_client(dialer, listener, remote, on_signal()?).await
 }
@@ -122,11 +136,11 @@ pub async fn run_client(
 pub async fn socks_client(
     t: &str,
     config: Option<&Path>,
-    max_connections: Option<usize>,
+    limits: Limits,
     listen: &str,
     mode: socks::Mode,
 ) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&checked(transport::load_with(t, config, limits(max_connections))?).await?)?;
+    let dialer = Dialer::new(&checked(transport::load_with(t, config, self::limits(limits))?).await?)?;
     let listener = bind(listen).await?;
     socks::serve(dialer, listener, mode, on_signal()?).await
 }
@@ -134,11 +148,11 @@ pub async fn socks_client(
 pub async fn server(
     t: &str,
     config: Option<&Path>,
-    max_connections: Option<usize>,
+    limits: Limits,
     listen: &str,
     forward: String,
 ) -> anyhow::Result<()> {
-    let watm = checked(transport::load_with(t, config, limits(max_connections))?).await?;
+    let watm = checked(transport::load_with(t, config, self::limits(limits))?).await?;
     if !watm.supports(Role::Listener) {
         anyhow::bail!("{t} does not support the listener role (no _water_accept export)");
     }
@@ -188,12 +202,11 @@ pub async fn run_server(listener: Listener, forward: String, stop: CancellationT
 pub async fn relay(
     t: &str,
     config: Option<&Path>,
-    max_connections: Option<usize>,
+    limits: Limits,
     listen: &str,
     remote: String,
 ) -> anyhow::Result<()> {
-    let relay =
-        Relay::new(&checked(transport::load_with(t, config, limits(max_connections))?).await?, remote)?;
+    let relay = Relay::new(&checked(transport::load_with(t, config, self::limits(limits))?).await?, remote)?;
     let listener = bind(listen).await?;
     let stop = on_signal()?;
     relay.serve(listener, stop.cancelled()).await.context("relay")?;

@@ -615,3 +615,63 @@ fn soak_holds_healthy_connections_beside_hostile_guests_and_reports() {
     let (status, _, err) = run(&["bench", "--soak", "inf"]);
     assert!(!status.success() && err.contains("--soak"), "{err}");
 }
+
+/// A dialer whose worker ignores everything (EOF, its cancel fd): it sleeps
+/// in `poll_oneoff`, one second at a time, forever.
+const IGNORES_EVERYTHING: &str = r#"(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (memory (export "memory") 1)
+  (global (export "_water_v0") i32 (i32.const 0))
+  (func (export "_water_init") (result i32) (i32.const 0))
+  (func (export "_water_cancel_with") (param i32) (result i32) (i32.const 0))
+  (func (export "_water_dial") (param i32) (result i32) (call $host_dial))
+  (func (export "_water_worker") (result i32)
+    (i32.store8 (i32.const 1032) (i32.const 0))
+    (i32.store (i32.const 1040) (i32.const 1))
+    (i64.store (i32.const 1048) (i64.const 1000000000))
+    (loop $l
+      (drop (call $poll (i32.const 1024) (i32.const 2048) (i32.const 1) (i32.const 2100)))
+      (br $l))
+    (i32.const 0))
+)"#;
+
+#[test]
+fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
+    let dir = temp_dir("idle");
+    let module = dir.join("ignores.wasm");
+    std::fs::write(&module, wat::parse_str(IGNORES_EVERYTHING).unwrap()).unwrap();
+    // The remote accepts and reads until its socket is closed.
+    let remote = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_addr = remote.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = remote.accept().unwrap();
+        let start = Instant::now();
+        let _ = s.read_to_end(&mut Vec::new());
+        let _ = tx.send(start.elapsed());
+    });
+    let (_client, addr) = Proc::listening(&[
+        "client",
+        "-t",
+        module.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--remote",
+        &remote_addr.to_string(),
+        "--idle-timeout",
+        "1",
+    ]);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"then gone").unwrap();
+    drop(c);
+    // The guest never closes anything: the idle timeout cancels the
+    // connection, and the worker, ignoring the cancel, is dropped after the
+    // grace with every fd it held.
+    let held = rx.recv_timeout(Duration::from_secs(30)).expect("the remote socket was never closed");
+    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the idle timeout");
+    let (status, _, err) =
+        run(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", "x:1", "--idle-timeout", "0"]);
+    assert!(!status.success() && err.contains("idle-timeout"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
