@@ -77,7 +77,7 @@ pub struct Limits {
 }
 
 /// The library options a tunnel's flags set.
-fn limits(l: Limits) -> water::Config {
+fn library_config(l: Limits) -> water::Config {
     let mut cfg = water::Config::default();
     if let Some(n) = l.max_connections {
         cfg = cfg.max_connections(n);
@@ -88,9 +88,11 @@ fn limits(l: Limits) -> water::Config {
     cfg
 }
 
-/// `watm` once its `_water_init` has run (with the config) in a throwaway
-/// instance: a bad config is an error at start-up, not on each connection.
-async fn checked(watm: water::Watm) -> anyhow::Result<water::Watm> {
+/// Loads transport `t` with the tunnel's limits, then runs its
+/// `_water_init` once (with the config) in a throwaway instance: a bad config
+/// is an error at start-up, not on each connection.
+async fn load_checked(t: &str, config: Option<&Path>, limits: Limits) -> anyhow::Result<water::Watm> {
+    let watm = transport::load_with(t, config, library_config(limits))?;
     watm.check_init().await.context("the transport rejects its configuration")?;
     Ok(watm)
 }
@@ -102,7 +104,7 @@ pub async fn client(
     listen: &str,
     remote: String,
 ) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&checked(transport::load_with(t, config, self::limits(limits))?).await?)?;
+    let dialer = Dialer::new(&load_checked(t, config, limits).await?)?;
     let listener = bind(listen).await?;
     run_client(dialer, listener, remote, on_signal()?).await
 }
@@ -140,7 +142,7 @@ pub async fn socks_client(
     listen: &str,
     mode: socks::Mode,
 ) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&checked(transport::load_with(t, config, self::limits(limits))?).await?)?;
+    let dialer = Dialer::new(&load_checked(t, config, limits).await?)?;
     let listener = bind(listen).await?;
     socks::serve(dialer, listener, mode, on_signal()?).await
 }
@@ -152,7 +154,7 @@ pub async fn server(
     listen: &str,
     forward: String,
 ) -> anyhow::Result<()> {
-    let watm = checked(transport::load_with(t, config, self::limits(limits))?).await?;
+    let watm = load_checked(t, config, limits).await?;
     if !watm.supports(Role::Listener) {
         anyhow::bail!("{t} does not support the listener role (no _water_accept export)");
     }
@@ -206,7 +208,7 @@ pub async fn relay(
     listen: &str,
     remote: String,
 ) -> anyhow::Result<()> {
-    let relay = Relay::new(&checked(transport::load_with(t, config, self::limits(limits))?).await?, remote)?;
+    let relay = Relay::new(&load_checked(t, config, limits).await?, remote)?;
     let listener = bind(listen).await?;
     let stop = on_signal()?;
     relay.serve(listener, stop.cancelled()).await.context("relay")?;

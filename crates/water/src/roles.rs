@@ -302,18 +302,31 @@ async fn accept_loop(
 /// Relays connections through a WATM (the `_water_associate` role): each
 /// connection accepted on the listener is joined to a new connection to
 /// `remote`, the remote side carrying the transformed bytes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Relay {
     watm: Watm,
     remote: String,
-    args: TransportArgs,
+    /// What every connection's `pull_config` reads, merged once in
+    /// [`Relay::with_args`] (`None`: the module's config).
+    pulled: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for Relay {
+    /// The merged config's length only: arguments can hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("watm", &self.watm)
+            .field("remote", &self.remote)
+            .field("pulled_config", &self.pulled.as_ref().map(|c| c.len()))
+            .finish()
+    }
 }
 
 impl Relay {
     /// A relay to `remote` (`host:port`).
     pub fn new(watm: &Watm, remote: impl Into<String>) -> Result<Relay, Error> {
         watm.require(Role::Relay)?;
-        Ok(Relay { watm: watm.clone(), remote: remote.into(), args: TransportArgs::new() })
+        Ok(Relay { watm: watm.clone(), remote: remote.into(), pulled: None })
     }
 
     /// Gives every relayed connection's guest these arguments after the
@@ -321,8 +334,7 @@ impl Relay {
     ///
     /// Errors: [`Error::ConfigNotKeyValue`], checked here once.
     pub fn with_args(mut self, args: TransportArgs) -> Result<Relay, Error> {
-        pulled_config(&self.watm, &args)?;
-        self.args = args;
+        self.pulled = pulled_config(&self.watm, &args)?;
         Ok(self)
     }
 
@@ -341,8 +353,7 @@ impl Relay {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let (watm, remote, cancel) = (self.watm.clone(), self.remote.clone(), stop.child_token());
-                        let pulled = pulled_config(&self.watm, &self.args).expect("checked in with_args");
-                        tasks.spawn(relay_one(watm, stream, peer, remote, cancel, pulled));
+                        tasks.spawn(relay_one(watm, stream, peer, remote, cancel, self.pulled.clone()));
                     }
                     Err(e) if is_transient(&e) => {
                         tracing::warn!(target: "water", error = %e, "relay accept failed; continuing");
