@@ -201,15 +201,19 @@ fn main() -> std::io::Result<()> {
         };
         let (_t1, libev_chain) = tunnel(server_port);
 
-        let guest = watm_artifacts::Guest::named("ss").expect("the ss guest");
+        // SS_WASM=path runs another build of the guest (an older one, to
+        // compare) in place of the built-in.
+        let built_in = watm_artifacts::Guest::named("ss").expect("the ss guest").wasm;
+        let other = std::env::var_os("SS_WASM").map(std::fs::read).transpose()?;
+        let guest = other.as_deref().unwrap_or(built_in);
         let client_cfg = format!("method={method}\npassword={password}\ntarget={echo}\n");
-        let watm = water::Watm::new(guest.wasm, water::Config::default().transport_config(client_cfg))
+        let watm = water::Watm::new(guest, water::Config::default().transport_config(client_cfg))
             .map_err(std::io::Error::other)?;
         let dialer = water::Dialer::new(&watm).map_err(std::io::Error::other)?;
         let water_client = water_forwarder(dialer, SocketAddr::from(([127, 0, 0, 1], server_port))).await?;
 
         let server_cfg = format!("method={method}\npassword={password}\n");
-        let swatm = water::Watm::new(guest.wasm, water::Config::default().transport_config(server_cfg))
+        let swatm = water::Watm::new(guest, water::Config::default().transport_config(server_cfg))
             .map_err(std::io::Error::other)?;
         let listener = water::Listener::bind(&swatm, "127.0.0.1:0").await.map_err(std::io::Error::other)?;
         let water_server_port = listener.local_addr()?.port();

@@ -13,6 +13,7 @@ fn main() {
         "guests",
         "test-guests",
         "crates/water-guest",
+        "crates/watm-aead",
         "crates/water-abi",
         ".cargo/config.toml",
         "Cargo.toml",

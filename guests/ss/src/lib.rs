@@ -10,32 +10,33 @@
 //!   client's salt and first chunk, and on any authentication failure turns
 //!   into a sink that discards everything, never replies and never closes
 //!   until the client does (as libev).
-//! - [`Encoder`] and [`Decoder`]: the chunk stream of each direction.
+//! - [`Encoder`] and [`Decoder`]: the chunk stream of each direction; the
+//!   chunk framing itself is `watm_aead::chunk`, shared with other
+//!   transports.
 //!
-//! All cryptography is RustCrypto's (`chacha20poly1305`, `aes-gcm`, `hkdf`,
-//! `sha1`, `md-5`); this crate only frames.
+//! The ChaCha AEADs are `watm-aead`'s (a SIMD128 ChaCha20 with RustCrypto's
+//! Poly1305: RustCrypto's own ChaCha20 has no wasm SIMD backend and runs at
+//! a fraction of the speed in a guest); AES-GCM, HKDF, SHA-1 and MD5 are
+//! RustCrypto's (`aes-gcm`, `hkdf`, `sha1`, `md-5`).
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes128Gcm, Aes256Gcm};
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use md5::{Digest, Md5};
 use water_guest::args::Text;
 use water_guest::{Codec, Config, Errno, Handshake, InitError, Keys, Progress, Role, Step, Transport};
+use watm_aead::chunk::{ChunkAead, Chunks, LEN_BLOCK, Opener};
+use watm_aead::{AuthError, ChaCha20Poly1305, XChaCha20Poly1305};
 
-/// Largest payload of one chunk (libev's `CHUNK_SIZE_MASK`).
-pub const MAX_PAYLOAD: usize = 0x3FFF;
-/// Length of every AEAD tag.
-pub const TAG: usize = 16;
+pub use watm_aead::TAG;
+pub use watm_aead::chunk::MAX_PAYLOAD;
 /// Longest key (and salt).
 pub const MAX_KEY: usize = 32;
 /// Longest SOCKS5 address header: ATYP, length, 255-byte name, port.
 pub const MAX_HEADER: usize = 1 + 1 + 255 + 2;
-/// An encrypted length block: two bytes and a tag.
-const LEN_BLOCK: usize = 2 + TAG;
 /// Room for one whole chunk on the wire.
-const MAX_CHUNK: usize = LEN_BLOCK + MAX_PAYLOAD + TAG;
+const MAX_CHUNK: usize = watm_aead::chunk::OVERHEAD + MAX_PAYLOAD;
 
 /// The errno a failed authentication ends a client-side connection with.
 pub const AUTH_FAILED: Errno = Errno::BADMSG;
@@ -77,13 +78,6 @@ impl Method {
             _ => 32,
         }
     }
-
-    const fn nonce_len(self) -> usize {
-        match self {
-            Method::XChaCha20 => 24,
-            _ => 12,
-        }
-    }
 }
 
 /// libev's master key from a password: OpenSSL's `EVP_BytesToKey` with MD5,
@@ -115,40 +109,71 @@ pub fn key_from_password(password: impl Iterator<Item = u8> + Clone, key: &mut [
     }
 }
 
-/// One direction's AEAD: the subkey for one salt and the nonce counter.
+/// One direction's AEAD for one salt.
 #[derive(Clone)]
-pub struct Cipher {
-    aead: Aead,
-    nonce: [u8; 24],
-    nonce_len: usize,
-}
-
-#[derive(Clone)]
-enum Aead {
+pub enum Aead {
+    /// `chacha20-ietf-poly1305`.
     ChaCha20(ChaCha20Poly1305),
+    /// `xchacha20-ietf-poly1305`.
     XChaCha20(XChaCha20Poly1305),
+    /// `aes-128-gcm`.
     Aes128Gcm(Aes128Gcm),
+    /// `aes-256-gcm`.
     Aes256Gcm(Aes256Gcm),
 }
 
-impl core::fmt::Debug for Cipher {
+impl core::fmt::Debug for Aead {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        // Neither keys nor nonces in logs.
-        f.write_str("Cipher")
+        // The method, never the key.
+        f.write_str(match self {
+            Aead::ChaCha20(_) => "ChaCha20Poly1305",
+            Aead::XChaCha20(_) => "XChaCha20Poly1305",
+            Aead::Aes128Gcm(_) => "Aes128Gcm",
+            Aead::Aes256Gcm(_) => "Aes256Gcm",
+        })
     }
 }
 
-/// Runs `$body` with `$a` bound to the concrete AEAD.
-macro_rules! with_aead {
-    ($aead:expr, $a:ident => $body:expr) => {
-        match $aead {
-            Aead::ChaCha20($a) => $body,
-            Aead::XChaCha20($a) => $body,
-            Aead::Aes128Gcm($a) => $body,
-            Aead::Aes256Gcm($a) => $body,
+impl ChunkAead for Aead {
+    fn nonce_len(&self) -> usize {
+        match self {
+            Aead::XChaCha20(_) => 24,
+            _ => 12,
         }
-    };
+    }
+
+    fn seal(&self, nonce: &[u8], data: &mut [u8]) -> [u8; TAG] {
+        const LIMIT: &str = "a chunk is far below the AEAD's limit";
+        match self {
+            Aead::ChaCha20(a) => ChunkAead::seal(a, nonce, data),
+            Aead::XChaCha20(a) => ChunkAead::seal(a, nonce, data),
+            Aead::Aes128Gcm(a) => {
+                a.encrypt_inout_detached(nonce.try_into().expect("12"), &[], data.into()).expect(LIMIT).into()
+            }
+            Aead::Aes256Gcm(a) => {
+                a.encrypt_inout_detached(nonce.try_into().expect("12"), &[], data.into()).expect(LIMIT).into()
+            }
+        }
+    }
+
+    fn open(&self, nonce: &[u8], data: &mut [u8], tag: &[u8; TAG]) -> Result<(), AuthError> {
+        let ok = match self {
+            Aead::ChaCha20(a) => return ChunkAead::open(a, nonce, data, tag),
+            Aead::XChaCha20(a) => return ChunkAead::open(a, nonce, data, tag),
+            Aead::Aes128Gcm(a) => {
+                a.decrypt_inout_detached(nonce.try_into().expect("12"), &[], data.into(), tag.into())
+            }
+            Aead::Aes256Gcm(a) => {
+                a.decrypt_inout_detached(nonce.try_into().expect("12"), &[], data.into(), tag.into())
+            }
+        };
+        ok.map_err(|_| AuthError)
+    }
 }
+
+/// One direction's chunks: the AEAD for one salt and its nonce counter.
+#[derive(Clone, Debug)]
+pub struct Cipher(Chunks<Aead>);
 
 impl Cipher {
     /// The cipher for one direction: subkey = HKDF-SHA1(master key, salt,
@@ -159,74 +184,45 @@ impl Cipher {
         hkdf::Hkdf::<sha1::Sha1>::new(Some(salt), master)
             .expand(b"ss-subkey", subkey)
             .expect("a key length HKDF-SHA1 can produce");
+        let key32 = |k: &[u8]| -> [u8; 32] { k.try_into().expect("32 bytes") };
         let aead = match method {
-            Method::ChaCha20 => Aead::ChaCha20(ChaCha20Poly1305::new_from_slice(subkey).expect("32 bytes")),
-            Method::XChaCha20 => {
-                Aead::XChaCha20(XChaCha20Poly1305::new_from_slice(subkey).expect("32 bytes"))
-            }
+            Method::ChaCha20 => Aead::ChaCha20(ChaCha20Poly1305::new(&key32(subkey))),
+            Method::XChaCha20 => Aead::XChaCha20(XChaCha20Poly1305::new(&key32(subkey))),
             Method::Aes128Gcm => Aead::Aes128Gcm(Aes128Gcm::new_from_slice(subkey).expect("16 bytes")),
             Method::Aes256Gcm => Aead::Aes256Gcm(Aes256Gcm::new_from_slice(subkey).expect("32 bytes")),
         };
-        Cipher { aead, nonce: [0; 24], nonce_len: method.nonce_len() }
+        Cipher(Chunks::new(aead))
     }
 
-    /// The nonce as a little-endian counter, incremented after every seal
-    /// and open (libsodium's `sodium_increment`).
-    fn next_nonce(&mut self) {
-        for b in &mut self.nonce[..self.nonce_len] {
-            *b = b.wrapping_add(1);
-            if *b != 0 {
-                break;
-            }
-        }
-    }
-
-    /// Encrypts `data` in place; returns the tag.
+    /// Encrypts `data` in place with the next nonce; returns the tag.
     pub fn seal(&mut self, data: &mut [u8]) -> [u8; TAG] {
-        let nonce = &self.nonce[..self.nonce_len];
-        let tag: [u8; TAG] = with_aead!(&self.aead, a => a
-            .encrypt_inout_detached(nonce.try_into().expect("nonce length"), &[], data.into())
-            .expect("a chunk is far below the AEAD's limit")
-            .into());
-        self.next_nonce();
-        tag
+        self.0.seal(data)
     }
 
     /// Decrypts `data` in place if `tag` authenticates it. On failure `data`
-    /// may hold garbage and must not be used.
+    /// must not be used.
     pub fn open(&mut self, data: &mut [u8], tag: &[u8]) -> Result<(), Errno> {
-        let nonce = &self.nonce[..self.nonce_len];
-        let tag = tag.try_into().map_err(|_| AUTH_FAILED)?;
-        let ok = with_aead!(&self.aead, a => a
-            .decrypt_inout_detached(nonce.try_into().expect("nonce length"), &[], data.into(), tag)
-            .is_ok());
-        self.next_nonce();
-        if ok { Ok(()) } else { Err(AUTH_FAILED) }
+        self.0.open(data, tag).map_err(|_| AUTH_FAILED)
     }
 
     /// Seals one chunk of `payload` (1 to [`MAX_PAYLOAD`] bytes) into
     /// `out`, which must hold `payload.len() + 34` bytes; returns that.
     fn seal_chunk(&mut self, payload: &[u8], out: &mut [u8]) -> usize {
-        debug_assert!((1..=MAX_PAYLOAD).contains(&payload.len()));
-        let n = payload.len();
-        out[..2].copy_from_slice(&(n as u16).to_be_bytes());
-        let tag = self.seal(&mut out[..2]);
-        out[2..LEN_BLOCK].copy_from_slice(&tag);
-        let body = &mut out[LEN_BLOCK..LEN_BLOCK + n];
-        body.copy_from_slice(payload);
-        let tag = self.seal(body);
-        out[LEN_BLOCK + n..LEN_BLOCK + n + TAG].copy_from_slice(&tag);
-        LEN_BLOCK + n + TAG
+        self.0.seal_chunk(payload, out)
     }
 
-    /// Opens a length block; the payload length (top two bits masked off,
-    /// as libev does). Zero is an authentication failure, as in libev.
-    fn open_len(&mut self, block: &[u8]) -> Result<usize, Errno> {
-        let mut len = [block[0], block[1]];
-        self.open(&mut len, &block[2..LEN_BLOCK])?;
-        match u16::from_be_bytes(len) as usize & MAX_PAYLOAD {
-            0 => Err(AUTH_FAILED),
-            n => Ok(n),
+    /// Opens a length block (the first [`LEN_BLOCK`] bytes of `block`); the
+    /// payload length. Zero is an authentication failure, as in libev.
+    pub fn open_len(&mut self, block: &[u8]) -> Result<usize, Errno> {
+        let block = block.get(..LEN_BLOCK).and_then(|b| b.try_into().ok()).ok_or(AUTH_FAILED)?;
+        self.0.open_len(block).map_err(|_| AUTH_FAILED)
+    }
+
+    /// The key (= salt) length.
+    fn salt_len(&self) -> usize {
+        match self.0.aead() {
+            Aead::Aes128Gcm(_) => 16,
+            _ => 32,
         }
     }
 }
@@ -453,21 +449,13 @@ impl SsHandshake {
     /// The client's one step: salt and first chunk, then done.
     fn client_step(&mut self, output: &mut [u8]) -> Step {
         if let SsHandshake::ClientSend { cipher, salt, target } = self {
-            let salt_len = cipher_salt_len(cipher);
+            let salt_len = cipher.salt_len();
             output[..salt_len].copy_from_slice(&salt[..salt_len]);
             let n = cipher.seal_chunk(target.header(), &mut output[salt_len..]);
             *self = SsHandshake::Done(SsKeys::Client(cipher.clone(), *salt));
             return Step { consumed: 0, produced: salt_len + n, done: true };
         }
         Step { done: true, ..Step::default() }
-    }
-}
-
-/// A cipher's key (= salt) length.
-fn cipher_salt_len(cipher: &Cipher) -> usize {
-    match cipher.aead {
-        Aead::Aes128Gcm(_) => 16,
-        _ => 32,
     }
 }
 
@@ -603,12 +591,8 @@ enum State {
     Salt { have: usize },
     /// Server end: plain bytes the handshake left at the front of the input.
     Plain { left: usize },
-    /// Collecting a length block.
-    Len { have: usize },
-    /// Collecting a payload of `len` plus its tag.
-    Payload { len: usize, have: usize },
-    /// Handing out an opened payload.
-    Drain { len: usize, sent: usize },
+    /// The chunk stream, opened by [`Decoder::opener`].
+    Chunks,
     /// Server end after a failed authentication: read and drop everything.
     Discard,
 }
@@ -618,26 +602,14 @@ enum State {
 pub struct Decoder {
     method: Method,
     key: [u8; MAX_KEY],
-    cipher: Option<Cipher>,
+    /// Set once the salt is in (client end) or by the handshake (server).
+    opener: Option<Opener<Aead>>,
     state: State,
     /// Whether this is a server end (failures then discard silently).
     server: bool,
     /// Client end: the salt we sent, which the server's must not equal.
     own_salt: Option<[u8; MAX_KEY]>,
-    len_block: [u8; LEN_BLOCK],
     salt: [u8; MAX_KEY],
-    chunk: [u8; MAX_PAYLOAD + TAG],
-}
-
-impl Decoder {
-    fn fail(&mut self) -> Result<(), Errno> {
-        if self.server {
-            self.state = State::Discard;
-            Ok(())
-        } else {
-            Err(AUTH_FAILED)
-        }
-    }
 }
 
 impl Codec for Decoder {
@@ -658,21 +630,25 @@ impl Codec for Decoder {
                     }
                     out[..k].copy_from_slice(&rest[..k]);
                     (p.consumed, p.produced) = (p.consumed + k, p.produced + k);
-                    self.state =
-                        if k == left { State::Len { have: 0 } } else { State::Plain { left: left - k } };
+                    self.state = if k == left { State::Chunks } else { State::Plain { left: left - k } };
                 }
-                State::Drain { len, sent } => {
-                    let k = (len - sent).min(out.len());
-                    if k == 0 {
-                        return Ok(p);
+                State::Chunks => {
+                    let opener = self.opener.as_mut().expect("an opener once the salt is in");
+                    match opener.open(rest, out) {
+                        Ok((consumed, produced)) => {
+                            p.consumed += consumed;
+                            p.produced += produced;
+                            return Ok(p);
+                        }
+                        // A server end hands on what was authenticated,
+                        // then discards silently, as libev; a client end
+                        // fails the connection.
+                        Err(failed) if self.server => {
+                            p.produced += failed.produced;
+                            self.state = State::Discard;
+                        }
+                        Err(_) => return Err(AUTH_FAILED),
                     }
-                    out[..k].copy_from_slice(&self.chunk[sent..sent + k]);
-                    p.produced += k;
-                    self.state = if sent + k == len {
-                        State::Len { have: 0 }
-                    } else {
-                        State::Drain { len, sent: sent + k }
-                    };
                 }
                 _ if rest.is_empty() => return Ok(p),
                 State::Salt { have } => {
@@ -695,64 +671,9 @@ impl Codec for Decoder {
                     if reflected {
                         return Err(AUTH_FAILED);
                     }
-                    self.cipher =
-                        Some(Cipher::new(self.method, &self.key[..salt_len], &self.salt[..salt_len]));
-                    self.state = State::Len { have: 0 };
-                }
-                State::Len { have } => {
-                    let cipher = self.cipher.as_mut().expect("a cipher once the salt is in");
-                    // Fast path: a whole chunk in the input and room for its
-                    // payload in the output: open it where it will be read.
-                    if have == 0 && rest.len() >= LEN_BLOCK {
-                        let len = match cipher.open_len(&rest[..LEN_BLOCK]) {
-                            Ok(len) => len,
-                            Err(_) => {
-                                self.fail()?;
-                                continue;
-                            }
-                        };
-                        p.consumed += LEN_BLOCK;
-                        let rest = &rest[LEN_BLOCK..];
-                        if rest.len() >= len + TAG && out.len() >= len {
-                            out[..len].copy_from_slice(&rest[..len]);
-                            match cipher.open(&mut out[..len], &rest[len..len + TAG]) {
-                                Ok(()) => {
-                                    p.consumed += len + TAG;
-                                    p.produced += len;
-                                }
-                                Err(_) => self.fail()?,
-                            }
-                        } else {
-                            self.state = State::Payload { len, have: 0 };
-                        }
-                        continue;
-                    }
-                    let k = (LEN_BLOCK - have).min(rest.len());
-                    self.len_block[have..have + k].copy_from_slice(&rest[..k]);
-                    p.consumed += k;
-                    if have + k < LEN_BLOCK {
-                        self.state = State::Len { have: have + k };
-                        continue;
-                    }
-                    match cipher.open_len(&self.len_block) {
-                        Ok(len) => self.state = State::Payload { len, have: 0 },
-                        Err(_) => self.fail()?,
-                    }
-                }
-                State::Payload { len, have } => {
-                    let k = (len + TAG - have).min(rest.len());
-                    self.chunk[have..have + k].copy_from_slice(&rest[..k]);
-                    p.consumed += k;
-                    if have + k < len + TAG {
-                        self.state = State::Payload { len, have: have + k };
-                        continue;
-                    }
-                    let cipher = self.cipher.as_mut().expect("a cipher once the salt is in");
-                    let (payload, tag) = self.chunk[..len + TAG].split_at_mut(len);
-                    match cipher.open(payload, tag) {
-                        Ok(()) => self.state = State::Drain { len, sent: 0 },
-                        Err(_) => self.fail()?,
-                    }
+                    let cipher = Cipher::new(self.method, &self.key[..salt_len], &self.salt[..salt_len]);
+                    self.opener = Some(Opener::new(cipher.0));
+                    self.state = State::Chunks;
                 }
             }
         }
@@ -760,13 +681,19 @@ impl Codec for Decoder {
 
     fn finish(&mut self, output: &mut [u8]) -> Result<usize, Errno> {
         match self.state {
-            // A server that never replied, or the end between two chunks.
-            State::Salt { have: 0 } | State::Len { have: 0 } => Ok(0),
-            State::Drain { .. } | State::Plain { .. } => Ok(self.transform(&[], output)?.produced),
+            // A server that never replied.
+            State::Salt { have: 0 } => Ok(0),
+            State::Plain { .. } => Ok(self.transform(&[], output)?.produced),
+            // The end between two chunks, once everything opened is out.
+            State::Chunks => {
+                let produced = self.transform(&[], output)?.produced;
+                let opener = self.opener.as_ref().expect("an opener once the salt is in");
+                if produced > 0 || opener.at_boundary() { Ok(produced) } else { Err(Errno::PROTO) }
+            }
             // The client gave up on a server end that stopped listening.
             State::Discard => Err(AUTH_FAILED),
-            // The stream stopped inside a salt or a chunk.
-            _ => Err(Errno::PROTO),
+            // The stream stopped inside the salt.
+            State::Salt { .. } => Err(Errno::PROTO),
         }
     }
 }
@@ -805,26 +732,16 @@ impl Transport for Ss {
     }
 
     fn decoder(&self, _role: Role, keys: &Keys<Self>) -> Decoder {
-        let (cipher, state, server, own_salt) = match keys {
+        let (opener, state, server, own_salt) = match keys {
             SsKeys::Client(_, salt) => (None, State::Salt { have: 0 }, false, Some(*salt)),
             SsKeys::Server { client, plain, .. } => (
-                Some(client.clone()),
-                if *plain > 0 { State::Plain { left: *plain } } else { State::Len { have: 0 } },
+                Some(Opener::new(client.0.clone())),
+                if *plain > 0 { State::Plain { left: *plain } } else { State::Chunks },
                 true,
                 None,
             ),
         };
-        Decoder {
-            method: self.method,
-            key: self.key,
-            cipher,
-            state,
-            server,
-            own_salt,
-            len_block: [0; LEN_BLOCK],
-            salt: [0; MAX_KEY],
-            chunk: [0; MAX_PAYLOAD + TAG],
-        }
+        Decoder { method: self.method, key: self.key, opener, state, server, own_salt, salt: [0; MAX_KEY] }
     }
 }
 
