@@ -23,11 +23,11 @@ fn words<const N: usize>(bytes: &[u8]) -> [u32; N] {
 #[inline(always)]
 fn quarter(x: &mut [U32x4; 16], a: usize, b: usize, c: usize, d: usize) {
     x[a] = x[a].add(x[b]);
-    x[d] = x[d].xor(x[a]).rotl16();
+    x[d] = x[d].xor(x[a]).rotl::<16>();
     x[c] = x[c].add(x[d]);
     x[b] = x[b].xor(x[c]).rotl::<12>();
     x[a] = x[a].add(x[b]);
-    x[d] = x[d].xor(x[a]).rotl8();
+    x[d] = x[d].xor(x[a]).rotl::<8>();
     x[c] = x[c].add(x[d]);
     x[b] = x[b].xor(x[c]).rotl::<7>();
 }

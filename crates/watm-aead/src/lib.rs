@@ -6,7 +6,7 @@
 //! and the AEAD stays near 0.2× of native libsodium
 //! (`shared/AEAD-IN-WASM.md`). This crate writes only that missing piece by
 //! hand: [`chacha::ChaCha20`] makes four blocks per pass in `v128` lanes,
-//! and `poly::Poly1305` two blocks per step (RustCrypto's `poly1305` has a
+//! and [`poly::Poly1305`] two blocks per step (RustCrypto's `poly1305` has a
 //! SIMD backend for AVX2 only). The AEAD construction is RFC 8439 §2.8 (the
 //! Poly1305 key from block 0, the message from block 1, the MAC over padded
 //! associated data, padded ciphertext and both lengths).
@@ -26,7 +26,7 @@
 pub mod chacha;
 pub mod chunk;
 mod lanes;
-mod poly;
+pub mod poly;
 
 use chacha::ChaCha20;
 use poly::Poly1305;

@@ -7,6 +7,12 @@
 //! Config `flip=1` flips one ciphertext bit of ours before comparing: the
 //! negative control that shows the check can fail.
 //!
+//! For `benches/examples/aead_wasm.rs`, `work=KIND:MIB` then runs MIB MiB
+//! of one primitive in 16 KiB messages after the check (KIND: `seal`,
+//! `open` (a seal and its open), `chacha`, `poly`, or `rustcrypto` for
+//! RustCrypto's seal compiled
+//! beside it), so that the time `_water_init` takes measures it.
+//!
 //! Once past init it carries bytes unchanged, like `plain`.
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
@@ -98,6 +104,7 @@ fn compare(
 }
 
 /// RFC 8439 §2.8.2, and the comparisons.
+#[inline(never)]
 pub fn check(flip: bool) -> Result<(), InitError> {
     let key: [u8; 32] = core::array::from_fn(|i| 0x80 + i as u8);
     let nonce = [0x07, 0, 0, 0, 0x40, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47];
@@ -118,6 +125,50 @@ pub fn check(flip: bool) -> Result<(), InitError> {
     Ok(())
 }
 
+/// Runs `mib` MiB of `kind` in 16 KiB messages, in place. (Not inlined,
+/// nor is `check`: their buffers share the 64 KiB stack one after the
+/// other, not at once.)
+#[inline(never)]
+fn work(kind: &[u8], mib: u32) -> Result<(), InitError> {
+    let key = [7u8; 32];
+    let mut nonce = [0u8; 12];
+    let mut buf = [0x5au8; 16 * 1024];
+    let aead = watm_aead::ChaCha20Poly1305::new(&key);
+    let oracle = chacha20poly1305::ChaCha20Poly1305::new_from_slice(&key).expect("32 bytes");
+    let chacha = watm_aead::chacha::ChaCha20::new(&key, &nonce);
+    let mut sink = 0u8;
+    for i in 0..mib * 64 {
+        nonce[..4].copy_from_slice(&i.to_le_bytes());
+        let tag = match kind {
+            b"seal" => aead.seal(&nonce, &[], &mut buf),
+            b"open" => {
+                // A seal, then its open: open alone is this minus `seal`.
+                let tag = aead.seal(&nonce, &[], &mut buf);
+                aead.open(&nonce, &[], &mut buf, &tag).map_err(|_| InitError::invalid("open failed"))?;
+                tag
+            }
+            b"chacha" => {
+                chacha.apply_keystream(1, &mut buf);
+                [buf[0]; 16]
+            }
+            b"poly" => {
+                let mut mac = watm_aead::poly::Poly1305::new(&key);
+                mac.update_padded(&buf);
+                mac.finalize()
+            }
+            b"rustcrypto" => oracle
+                .encrypt_inout_detached(&nonce.into(), &[], (&mut buf[..]).into())
+                .expect("short")
+                .into(),
+            _ => return Err(InitError::invalid("work: seal, open, chacha, poly or rustcrypto")),
+        };
+        sink ^= tag[0];
+    }
+    // Keep the work from being optimised away.
+    core::hint::black_box(sink);
+    Ok(())
+}
+
 impl Transport for AeadCheck {
     const NAME: &'static str = "aead-check";
     const WANTS_CONFIG: bool = true;
@@ -126,15 +177,28 @@ impl Transport for AeadCheck {
     type Handshake = ();
 
     fn new(config: Option<&[u8]>) -> Result<Self, InitError> {
-        let flip = match config {
-            Some(config) => {
-                let config = Config::parse(config)?;
-                config.only(&["flip"])?;
-                config.optional("flip", |v| if v.eq_bytes(b"1") { Ok(()) } else { Err("only 1") })?.is_some()
-            }
-            None => false,
-        };
+        let (mut flip, mut job) = (false, None);
+        if let Some(config) = config {
+            let config = Config::parse(config)?;
+            config.only(&["flip", "work"])?;
+            flip =
+                config.optional("flip", |v| if v.eq_bytes(b"1") { Ok(()) } else { Err("only 1") })?.is_some();
+            job = config.optional("work", |v| {
+                let mut buf = [0u8; 32];
+                let v = v.copy_to(&mut buf).map_err(|_| "too long")?;
+                let colon = v.iter().position(|&b| b == b':').ok_or("KIND:MIB")?;
+                let mut kind = [0u8; 16];
+                let name = v.get(..colon).filter(|n| n.len() <= 16).ok_or("KIND:MIB")?;
+                kind[..name.len()].copy_from_slice(name);
+                let mib =
+                    core::str::from_utf8(&v[colon + 1..]).ok().and_then(|m| m.parse().ok()).ok_or("MIB")?;
+                Ok((kind, name.len(), mib))
+            })?;
+        }
         check(flip)?;
+        if let Some((kind, len, mib)) = job {
+            work(&kind[..len], mib)?;
+        }
         Ok(AeadCheck)
     }
 
