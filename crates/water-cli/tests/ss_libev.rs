@@ -260,6 +260,14 @@ fn ss_tunnel(method: &str, password: &str, server: SocketAddr, to: SocketAddr) -
     (proc, port)
 }
 
+/// `water client|server -t ss --config CFG` listening on a free port, with
+/// `--remote` (client) or `--forward` (server) `to`.
+fn water_ss(kind: &str, cfg: &Path, to: &str) -> (Proc, SocketAddr) {
+    let flag = if kind == "client" { "--remote" } else { "--forward" };
+    let cfg = cfg.to_str().unwrap();
+    Proc::water(&[kind, "-t", "ss", "--config", cfg, "--listen", "127.0.0.1:0", flag, to])
+}
+
 fn ss_config(method: &str, password: &str, target: Option<SocketAddr>) -> String {
     let mut c = format!("method={method}\npassword={}\n", password.replace('\\', "\\\\").replace(';', "\\;"));
     if let Some(t) = target {
@@ -279,17 +287,7 @@ fn water_client_through_ss_server_64_mib_each_way_for_every_method() {
         let (_server, port) = ss_server(method, PASSWORD);
         let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, Some(echo.addr)));
         let remote = format!("127.0.0.1:{port}");
-        let (_client, addr) = Proc::water(&[
-            "client",
-            "-t",
-            "ss",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--remote",
-            &remote,
-        ]);
+        let (_client, addr) = water_ss("client", &cfg, &remote);
         let before = echo.bytes.load(Ordering::SeqCst);
         let start = Instant::now();
         round_trip(TcpStream::connect(addr).unwrap(), BIG, 1, LIMIT)
@@ -309,17 +307,7 @@ fn ss_tunnel_through_water_server_64_mib_each_way_for_every_method() {
     for method in METHODS {
         let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, None));
         let fwd = echo.addr.to_string();
-        let (_server, server) = Proc::water(&[
-            "server",
-            "-t",
-            "ss",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--forward",
-            &fwd,
-        ]);
+        let (_server, server) = water_ss("server", &cfg, &fwd);
         let (_tunnel, port) = ss_tunnel(method, PASSWORD, server, echo.addr);
         let start = Instant::now();
         round_trip(TcpStream::connect(("127.0.0.1", port)).unwrap(), BIG, 2, LIMIT)
@@ -411,17 +399,13 @@ fn probers_and_wrong_passwords_get_silence_from_both_servers() {
                 let libev = SocketAddr::from(([127, 0, 0, 1], port));
                 let cfg = config_file(dir, method, &ss_config(method, PASSWORD, None));
                 let fwd = echo.addr.to_string();
-                let (_ours, ours) = Proc::water(&[
-                    "server", "-t", "ss", "--config", cfg.to_str().unwrap(), "--listen", "127.0.0.1:0", "--forward", &fwd,
-                ]);
+                let (_ours, ours) = water_ss("server", &cfg, &fwd);
                 // ss-tunnel with the wrong password, against our server.
                 let (_tunnel, tport) = ss_tunnel(method, "wrong password", ours, echo.addr);
                 // Our client with the wrong password, against libev's server.
                 let bad = config_file(dir, &format!("{method}-bad"), &ss_config(method, "wrong password", Some(echo.addr)));
                 let remote = libev.to_string();
-                let (_client, caddr) = Proc::water(&[
-                    "client", "-t", "ss", "--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0", "--remote", &remote,
-                ]);
+                let (_client, caddr) = water_ss("client", &bad, &remote);
                 std::thread::scope(|probes| {
                     // Garbage of several lengths (shorter than a salt, a salt
                     // and a bit, several chunks' worth): the same observations
@@ -518,17 +502,7 @@ fn altered_or_truncated_bytes_kill_the_connection_and_deliver_nothing_corrupt() 
     for (flip, cut) in [(Some(1 << 20), None), (Some(40), None), (None, Some((2 << 20) + 5))] {
         let proxy = tamper(SocketAddr::from(([127, 0, 0, 1], port)), flip, cut, false);
         let remote = proxy.to_string();
-        let (_client, addr) = Proc::water(&[
-            "client",
-            "-t",
-            "ss",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--remote",
-            &remote,
-        ]);
+        let (_client, addr) = water_ss("client", &cfg, &remote);
         let err = round_trip(TcpStream::connect(addr).unwrap(), len, 5, Duration::from_secs(10))
             .expect_err("tampering went unnoticed");
         assert!(!err.contains("CORRUPT"), "{flip:?} {cut:?}: {err}");
@@ -538,17 +512,7 @@ fn altered_or_truncated_bytes_kill_the_connection_and_deliver_nothing_corrupt() 
     // silent; the client sees its data stop short.
     let scfg = config_file(&dir, "server", &ss_config(method, PASSWORD, None));
     let fwd = echo.addr.to_string();
-    let (_ours, ours) = Proc::water(&[
-        "server",
-        "-t",
-        "ss",
-        "--config",
-        scfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        &fwd,
-    ]);
+    let (_ours, ours) = water_ss("server", &scfg, &fwd);
     let proxy = tamper(ours, Some(1 << 20), None, true);
     let (_tunnel, tport) = ss_tunnel(method, PASSWORD, proxy, echo.addr);
     let before = echo.bytes.load(Ordering::SeqCst);
