@@ -6,8 +6,10 @@
 //! - **water client**: client → WATER dialer with the `ss` guest, handed the
 //!   accepted socket exactly as `water client -t ss` does → `ss-server` →
 //!   echo;
-//! - **water server**: client → `ss-tunnel` → WATER listener with the `ss`
-//!   guest, forwarding to echo as `water server -t ss` does;
+//! - **water server**: client → `ss-tunnel` → `water::Forwarder` with the
+//!   `ss` guest, forwarding to echo as `water server -t ss` does;
+//! - **listener+copy**: the same with a `water::Listener` whose connections
+//!   are copied to echo (`copy_bidirectional`), the general form;
 //! - **codec, native**: the guest's encoder and decoder compiled for the
 //!   host, through `water_guest::testing::pump`, no sockets (one direction's
 //!   seal, then open);
@@ -215,8 +217,19 @@ fn main() -> std::io::Result<()> {
         let server_cfg = format!("method={method}\npassword={password}\n");
         let swatm = water::Watm::new(guest, water::Config::default().transport_config(server_cfg))
             .map_err(std::io::Error::other)?;
+        // What `water server` runs: the guest reads and writes the upstream
+        // socket itself.
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let water_server_port = front.local_addr()?.port();
+        let forwarder = water::Forwarder::new(&swatm, echo.to_string()).map_err(std::io::Error::other)?;
+        tokio::spawn(async move { forwarder.serve(front, std::future::pending()).await });
+        let (_t2, water_server) = tunnel(water_server_port);
+
+        // The general form for comparison: a `water::Listener` whose
+        // connections the application copies to the upstream (what `water
+        // server` ran before the forwarder).
         let listener = water::Listener::bind(&swatm, "127.0.0.1:0").await.map_err(std::io::Error::other)?;
-        let water_server_port = listener.local_addr()?.port();
+        let listener_port = listener.local_addr()?.port();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 tokio::spawn(async move {
@@ -227,7 +240,7 @@ fn main() -> std::io::Result<()> {
                 });
             }
         });
-        let (_t2, water_server) = tunnel(water_server_port);
+        let (_t3, water_listener) = tunnel(listener_port);
 
         // One direction into a discarding sink: the dialer's encoder alone.
         let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -262,7 +275,12 @@ fn main() -> std::io::Result<()> {
             mib_s(total, median(plain_seal))
         );
 
-        let paths = [("libev", libev_chain), ("water client", water_client), ("water server", water_server)];
+        let paths = [
+            ("libev", libev_chain),
+            ("water client", water_client),
+            ("water server", water_server),
+            ("listener+copy", water_listener),
+        ];
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); paths.len()];
         for _ in 0..rounds {
             for (i, (_, addr)) in paths.iter().enumerate() {
@@ -273,7 +291,7 @@ fn main() -> std::io::Result<()> {
         let base = mib_s(2 * total, med[0]);
         for ((name, _), d) in paths.iter().zip(&med) {
             let v = mib_s(2 * total, *d);
-            println!("{method}: {name:>12}: {v:7.0} MiB/s  ({:.2} x libev)", v / base);
+            println!("{method}: {name:>13}: {v:7.0} MiB/s  ({:.2} x libev)", v / base);
         }
         Ok::<_, std::io::Error>(())
     })

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use water::{Dialer, Listener};
+use water::{Dialer, Forwarder};
 
 use crate::loopback::{exchange, pattern};
 use crate::{transport, tunnel};
@@ -22,9 +22,11 @@ pub async fn run() -> anyhow::Result<()> {
     let watm = transport::load("xor", None)?;
     let stop = CancellationToken::new();
     let echo = echo_server().await?;
-    let server_listener = Listener::from_tcp(&watm, TcpListener::bind("127.0.0.1:0").await?)?;
+    let server_listener = TcpListener::bind("127.0.0.1:0").await?;
     let server_addr = server_listener.local_addr()?;
-    tokio::spawn(tunnel::run_server(server_listener, echo.to_string(), stop.clone()));
+    let forwarder = Forwarder::new(&watm, echo.to_string())?;
+    let server_stop = stop.clone();
+    tokio::spawn(async move { forwarder.serve(server_listener, server_stop.cancelled()).await });
     let client_listener = TcpListener::bind("127.0.0.1:0").await?;
     let client_addr = client_listener.local_addr()?;
     tokio::spawn(tunnel::run_client(

@@ -13,7 +13,7 @@ use std::io::Write;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use water::{Dialer, Listener, Relay, Role};
+use water::{Dialer, Forwarder, Relay, Role};
 
 use crate::{socks, transport};
 
@@ -158,46 +158,12 @@ pub async fn server(
     if !watm.supports(Role::Listener) {
         anyhow::bail!("{t} does not support the listener role (no _water_accept export)");
     }
-    let listener = Listener::from_tcp(&watm, bind(listen).await?)?;
-    run_server(listener, forward, on_signal()?).await
-}
-
-/// The server tunnel on a bound listener, until `stop`.
-pub async fn run_server(listener: Listener, forward: String, stop: CancellationToken) -> anyhow::Result<()> {
-    let mut tasks = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (conn, peer) = match accepted {
-            Ok(c) => c,
-            Err(water::Error::Io(e)) if !transient(&e) => return Err(e).context("accept failed"),
-            Err(e) => {
-                tracing::warn!(error = %e, "incoming connection failed");
-                continue;
-            }
-        };
-        let (forward, stop) = (forward.clone(), stop.clone());
-        tasks.spawn(async move {
-            let result: anyhow::Result<()> = async {
-                let mut upstream =
-                    TcpStream::connect(&forward).await.with_context(|| format!("connect {forward}"))?;
-                let _ = upstream.set_nodelay(true);
-                let mut conn = conn;
-                tokio::select! {
-                    r = tokio::io::copy_bidirectional(&mut conn, &mut upstream) => { r?; }
-                    () = stop.cancelled() => { conn.abort().await?; return Ok(()); }
-                }
-                conn.close().await?;
-                Ok(())
-            }
-            .await;
-            log_end(peer, result);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    drain(tasks).await;
+    // The guest reads and writes the upstream socket itself: no copy
+    // through the host (see `water::Forwarder`).
+    let forwarder = Forwarder::new(&watm, forward)?;
+    let listener = bind(listen).await?;
+    let stop = on_signal()?;
+    forwarder.serve(listener, stop.cancelled()).await.context("server")?;
     Ok(())
 }
 

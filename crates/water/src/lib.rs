@@ -29,7 +29,8 @@
 //! - `v0`: the `env` imports and the life of one instance.
 //! - `wasi`: our WASI preview1 layer (fd table, memory access, poll).
 //! - `duplex`: the in-process channel between application and guest.
-//! - `conn`, `roles`: [`Connection`], [`Dialer`], [`Listener`], [`Relay`].
+//! - `conn`, `roles`: [`Connection`], [`Dialer`], [`Listener`], [`Relay`],
+//!   [`Forwarder`].
 //! - `config`, `error`: [`Config`], [`Error`].
 
 mod config;
@@ -44,7 +45,7 @@ mod watm;
 pub use config::{Config, Connector, DialFilter, TransportArgs};
 pub use conn::Connection;
 pub use error::Error;
-pub use roles::{Dialer, Listener, Relay, Tunnel};
+pub use roles::{Dialer, Forwarder, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
 pub use watm::{DEFAULT_POOL_SLOTS, Role, Watm};
 

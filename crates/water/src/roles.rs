@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -340,57 +340,169 @@ impl Relay {
 
     /// Serves `listener` until `shutdown` completes, then cancels every
     /// connection and waits for them (at most the close grace each).
+    /// Setups under way at once are bounded by `Config::max_pending_setups`
+    /// (beyond it, connections wait in the kernel's backlog).
     ///
     /// Per-connection failures are logged (`tracing`, target `water`) and do
     /// not stop the relay. Errors: only the listener's own.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let stop = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
-        let result = loop {
-            tokio::select! {
-                () = &mut shutdown => break Ok(()),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let (watm, remote, cancel) = (self.watm.clone(), self.remote.clone(), stop.child_token());
-                        tasks.spawn(relay_one(watm, stream, peer, remote, cancel, self.pulled.clone()));
-                    }
-                    Err(e) if is_transient(&e) => {
-                        tracing::warn!(target: "water", error = %e, "relay accept failed; continuing");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                    Err(e) => break Err(e),
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        };
-        stop.cancel();
-        while tasks.join_next().await.is_some() {}
-        result
+        serve_each(&self.watm, listener, shutdown, |stream, peer, cancel, permit| {
+            let _ = stream.set_nodelay(true);
+            let setup = Setup::Associate { accepted: stream, target: self.remote.clone() };
+            let links = Links { closing: cancel, cancel: CancellationToken::new() };
+            let label = label("relay");
+            run_one(
+                self.watm.clone(),
+                std::future::ready(Ok(setup)),
+                label,
+                peer,
+                links,
+                self.pulled.clone(),
+                permit,
+            )
+        })
+        .await
     }
 }
 
-async fn relay_one(
+/// Serves connections through a WATM's `_water_accept` role and joins each
+/// to a new connection to `upstream`, which becomes the guest's plain side:
+/// the guest reads and writes that socket itself, so no byte is copied
+/// through the host (a [`Listener`] hands out [`Connection`]s that an
+/// application copies, which costs a copy and a hand-over between tasks per
+/// chunk: ~10–20 % of a Shadowsocks server's throughput, BENCHMARKS.md).
+/// What `water server` runs.
+///
+/// The upstream connection is made when a connection is accepted, before
+/// the guest's `_water_accept` (the plain side must exist then), so it is
+/// made for a connection that then fails the transport's handshake too; if
+/// the upstream refuses or does not answer within the setup timeout, the
+/// accepted connection is closed.
+#[derive(Clone)]
+pub struct Forwarder {
     watm: Watm,
-    accepted: TcpStream,
-    peer: SocketAddr,
-    remote: String,
-    cancel: CancellationToken,
+    upstream: String,
+    /// As [`Relay`]'s.
     pulled: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    /// The merged config's length only: arguments can hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("watm", &self.watm)
+            .field("upstream", &self.upstream)
+            .field("pulled_config", &self.pulled.as_ref().map(|c| c.len()))
+            .finish()
+    }
+}
+
+impl Forwarder {
+    /// A forwarder to `upstream` (`host:port`); [`Error::RoleNotSupported`]
+    /// if the module has no `_water_accept`.
+    pub fn new(watm: &Watm, upstream: impl Into<String>) -> Result<Forwarder, Error> {
+        watm.require(Role::Listener)?;
+        Ok(Forwarder { watm: watm.clone(), upstream: upstream.into(), pulled: None })
+    }
+
+    /// Gives every connection's guest these arguments after the module's
+    /// config (see [`TransportArgs`]). Errors: [`Error::ConfigNotKeyValue`].
+    pub fn with_args(mut self, args: TransportArgs) -> Result<Forwarder, Error> {
+        self.pulled = pulled_config(&self.watm, &args)?;
+        Ok(self)
+    }
+
+    /// Serves `listener` until `shutdown` completes, as [`Relay::serve`].
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        serve_each(&self.watm, listener, shutdown, |stream, peer, cancel, permit| {
+            let _ = stream.set_nodelay(true);
+            let links = Links { closing: cancel, cancel: CancellationToken::new() };
+            let (upstream, limit) = (self.upstream.clone(), self.watm.inner.config.setup_timeout);
+            let setup = async move {
+                let connect = tokio::time::timeout(limit, TcpStream::connect(upstream.as_str()));
+                let up = match connect.await {
+                    Ok(Ok(up)) => up,
+                    Ok(Err(e)) => {
+                        return Err(Error::Io(io::Error::new(e.kind(), format!("upstream {upstream}: {e}"))));
+                    }
+                    Err(_) => {
+                        let msg = format!("upstream {upstream}: no connection within {limit:?}");
+                        return Err(Error::Io(io::Error::new(io::ErrorKind::TimedOut, msg)));
+                    }
+                };
+                let _ = up.set_nodelay(true);
+                Ok(Setup::Accept { internal: Stream::Tcp(Arc::new(up)), accepted: stream })
+            };
+            run_one(self.watm.clone(), setup, label("forward"), peer, links, self.pulled.clone(), permit)
+        })
+        .await
+    }
+}
+
+/// Accepts on `listener` until `shutdown`, running `one` per connection as
+/// a task (with a permit of `max_pending_setups`, taken before the accept);
+/// then cancels them all and waits. Errors: only the listener's own.
+async fn serve_each<F, Fut>(
+    watm: &Watm,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    one: F,
+) -> io::Result<()>
+where
+    F: Fn(TcpStream, SocketAddr, CancellationToken, OwnedSemaphorePermit) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let setups = Arc::new(Semaphore::new(watm.inner.config.max_pending_setups.max(1)));
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    let result = loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            p = setups.clone().acquire_owned() => p.expect("never closed"),
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tasks.spawn(one(stream, peer, stop.child_token(), permit));
+                }
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(target: "water", error = %e, "accept failed; continuing");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => break Err(e),
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    };
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+/// One relayed or forwarded connection: the setup (`setup` makes its
+/// `Setup`), then the worker to its end, logged. Shutdown does not wait for
+/// a setup (a stuck one lasts the setup timeout); the setup permit is
+/// returned once the worker runs.
+async fn run_one(
+    watm: Watm,
+    setup: impl Future<Output = Result<Setup, Error>>,
+    label: String,
+    peer: SocketAddr,
+    links: Links,
+    pulled: Option<Arc<[u8]>>,
+    permit: OwnedSemaphorePermit,
 ) {
-    let _ = accepted.set_nodelay(true);
-    let label = label("relay");
-    let setup = Setup::Associate { accepted, target: remote };
-    let links = Links { closing: cancel, cancel: CancellationToken::new() };
-    // Shutdown does not wait for a setup (a stuck one lasts the setup
-    // timeout).
     let started = tokio::select! {
-        r = Session::start(&watm, setup, links.cancel.clone(), label.clone(), pulled) => r,
+        r = async { Session::start(&watm, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
         () = links.closing.cancelled() => {
-            tracing::debug!(target: "water", conn = %label, %peer, "relay stopped during setup");
+            tracing::debug!(target: "water", conn = %label, %peer, "stopped during setup");
             return;
         }
     };
+    drop(permit);
     let result = match started {
         Ok(session) => {
             let done = spawn_worker(session, links, watm.inner.config.close_grace, None);
@@ -401,11 +513,9 @@ async fn relay_one(
     match result {
         // proc_exit(0) in a setup call is a clean end too.
         Ok(()) | Err(Error::Exit { code: 0, .. }) => {
-            tracing::debug!(target: "water", conn = %label, %peer, "relay connection ended")
+            tracing::debug!(target: "water", conn = %label, %peer, "connection ended")
         }
-        Err(e) => {
-            tracing::warn!(target: "water", conn = %label, %peer, error = %e, "relay connection failed")
-        }
+        Err(e) => tracing::warn!(target: "water", conn = %label, %peer, error = %e, "connection failed"),
     }
 }
 
