@@ -3,7 +3,7 @@
 //! Why by hand: RustCrypto's `chacha20` has SSE2/AVX2/NEON backends but none
 //! for wasm's SIMD128, so in a WATM it runs its portable one-block code
 //! (`shared/AEAD-IN-WASM.md`: ~0.2× of libsodium). Here each of the sixteen
-//! state words is a [`U32x4`] holding that word for four consecutive blocks
+//! state words is a `U32x4` (four `u32` lanes: a `v128`) holding that word for four consecutive blocks
 //! (counters `c..c+4`), so one pass of the rounds makes 256 bytes of
 //! keystream; a 4×4 transposition turns the lanes back into block order.
 
