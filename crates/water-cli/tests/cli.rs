@@ -636,14 +636,32 @@ const IGNORES_EVERYTHING: &str = r#"(module
     (i32.const 0))
 )"#;
 
-#[test]
-fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
-    let dir = temp_dir("idle");
+/// Runs `water client` with [`IGNORES_EVERYTHING`] and `flags` in front of
+/// a remote that holds its end open; a client connects, writes and
+/// leaves. Yields how long the remote's socket was held after its accept.
+fn held_after_the_client_left(tag: &str, flags: &[&str]) -> Duration {
+    let dir = temp_dir(tag);
     let module = dir.join("ignores.wasm");
     std::fs::write(&module, wat::parse_str(IGNORES_EVERYTHING).unwrap()).unwrap();
-    // The remote accepts and reads until its socket is closed.
+    let (remote, closed) = holding_remote();
+    let remote = remote.to_string();
+    let mut args =
+        vec!["client", "-t", module.to_str().unwrap(), "--listen", "127.0.0.1:0", "--remote", &remote];
+    args.extend_from_slice(flags);
+    let (_client, addr) = Proc::listening(&args);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"then gone").unwrap();
+    drop(c);
+    let held = closed.recv_timeout(Duration::from_secs(30)).expect("the remote socket was never closed");
+    let _ = std::fs::remove_dir_all(&dir);
+    held
+}
+
+/// A remote that accepts one connection and reads until it is closed;
+/// yields how long after the accept that was.
+fn holding_remote() -> (SocketAddr, mpsc::Receiver<Duration>) {
     let remote = TcpListener::bind("127.0.0.1:0").unwrap();
-    let remote_addr = remote.local_addr().unwrap();
+    let addr = remote.local_addr().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let (mut s, _) = remote.accept().unwrap();
@@ -651,6 +669,79 @@ fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
         let _ = s.read_to_end(&mut Vec::new());
         let _ = tx.send(start.elapsed());
     });
+    (addr, rx)
+}
+
+#[test]
+fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
+    // The guest never closes anything: the idle timeout (the orphan limit
+    // off) cancels the connection, and the worker, ignoring the cancel, is
+    // dropped after the grace with every fd it held.
+    let held = held_after_the_client_left("idle", &["--idle-timeout", "1", "--orphan-timeout", "0"]);
+    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the idle timeout");
+    let (status, _, err) =
+        run(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", "x:1", "--idle-timeout", "0"]);
+    assert!(!status.success() && err.contains("idle-timeout"), "{err}");
+}
+
+#[test]
+fn a_client_that_left_frees_the_sockets_of_a_guest_that_ignores_eof() {
+    // No idle timeout: the orphan limit alone, once the client has gone.
+    let held = held_after_the_client_left("orphan", &["--orphan-timeout", "1"]);
+    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the orphan limit");
+    for bad in ["-1", "x", "inf"] {
+        let flag = format!("--orphan-timeout={bad}");
+        let (status, _, err) =
+            run(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", "x:1", &flag]);
+        assert!(!status.success() && err.contains("orphan-timeout"), "{err}");
+    }
+}
+
+/// A dialer whose worker carries the network's bytes to the client and
+/// never reads the client's side, ignoring failed writes; it returns at
+/// the network's EOF.
+const REPLY_ONLY: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (memory (export "memory") 1)
+  (global $app (mut i32) (i32.const -1))
+  (global $net (mut i32) (i32.const -1))
+  (global (export "_water_v0") i32 (i32.const 0))
+  (func (export "_water_init") (result i32) (i32.const 0))
+  (func (export "_water_cancel_with") (param i32) (result i32) (i32.const 0))
+  (func (export "_water_dial") (param i32) (result i32)
+    (global.set $app (local.get 0)) (global.set $net (call $host_dial)) (global.get $net))
+  (func (export "_water_worker") (result i32)
+    (loop $l
+      (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 16))
+      (i32.store (i32.const 8) (i32.const 0))
+      (drop (call $fd_read (global.get $net) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (if (i32.eqz (i32.load (i32.const 8))) (then (return (i32.const 0))))
+      (i32.store (i32.const 4) (i32.load (i32.const 8)))
+      (drop (call $fd_write (global.get $app) (i32.const 0) (i32.const 1) (i32.const 12)))
+      (br $l))
+    (i32.const 0))
+)"#;
+
+#[test]
+fn a_client_that_left_while_the_guest_writes_to_it_is_let_go() {
+    let dir = temp_dir("gone");
+    let module = dir.join("reply-only.wasm");
+    std::fs::write(&module, wat::parse_str(REPLY_ONLY).unwrap()).unwrap();
+    // The remote sends a byte every 20 ms until its socket fails: bytes
+    // keep moving, so only the failed writes to the gone client tell.
+    let remote = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_addr = remote.local_addr().unwrap();
+    let (tx, closed) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = remote.accept().unwrap();
+        while s.write_all(b"x").is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = tx.send(());
+    });
+    // The default orphan limit (60 s), which this must not wait for.
     let (_client, addr) = Proc::listening(&[
         "client",
         "-t",
@@ -659,19 +750,11 @@ fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
         "127.0.0.1:0",
         "--remote",
         &remote_addr.to_string(),
-        "--idle-timeout",
-        "1",
     ]);
     let mut c = TcpStream::connect(addr).unwrap();
-    c.write_all(b"then gone").unwrap();
+    let mut byte = [0u8; 1];
+    c.read_exact(&mut byte).unwrap();
     drop(c);
-    // The guest never closes anything: the idle timeout cancels the
-    // connection, and the worker, ignoring the cancel, is dropped after the
-    // grace with every fd it held.
-    let held = rx.recv_timeout(Duration::from_secs(30)).expect("the remote socket was never closed");
-    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the idle timeout");
-    let (status, _, err) =
-        run(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", "x:1", "--idle-timeout", "0"]);
-    assert!(!status.success() && err.contains("idle-timeout"), "{err}");
+    closed.recv_timeout(Duration::from_secs(30)).expect("the remote socket was held after the client left");
     let _ = std::fs::remove_dir_all(&dir);
 }
