@@ -193,7 +193,9 @@ enum Command {
         #[arg(long)]
         scale: Option<usize>,
         /// Also measure the transport's throughput and 64-byte round trip
-        /// (p99) beside this many spinning guests, against the same alone.
+        /// (median, p99) beside this many spinning guests, then this many
+        /// busy movers (spinning, a byte written now and then), against
+        /// the same alone.
         #[arg(long)]
         fairness: Option<usize>,
         /// Instead of the benchmarks: hold --connections healthy connections

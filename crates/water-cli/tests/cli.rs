@@ -466,6 +466,9 @@ fn bench_reports_each_figure_with_its_baseline_as_json() {
         "setup to first byte (median)",
         "throughput beside spinners",
         "round trip 64 B p99, spinners",
+        "throughput beside busy movers",
+        "round trip 64 B median, movers",
+        "round trip 64 B p99, movers",
     ] {
         assert!(json.contains(&format!(r#""name":"{name}""#)), "{name} missing: {json}");
     }

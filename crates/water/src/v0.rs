@@ -261,20 +261,32 @@ const THROTTLE_AFTER: u32 = 5;
 /// running: a worker that never waits gets about a twentieth of a thread.
 const MAX_PAUSE: u32 = 19;
 
+/// Bytes a worker must move in one epoch tick (10 ms) that it spends
+/// running without waiting, for that tick not to count as hogging: a
+/// healthy connection under load may never have to wait, but then it moves
+/// a lot. The floor is far below any real codec's pace (the `ss` guest,
+/// AES-GCM in wasm, moves ~100 MiB/s, ~1 MiB a tick; a codec a hundred
+/// times slower still moves ~10 KiB), and far above what a guest that
+/// spins and trickles a byte now and then, to look busy, moves: that one
+/// is throttled like any other hog.
+const MOVER_FLOOR: u64 = 4 << 10;
+
 /// The worker's epoch tick. A worker that runs without waiting for I/O, a
-/// timer or a cancel, and without moving a byte, is hogging: after
-/// [`THROTTLE_AFTER`] ticks of it, it is throttled, and after
-/// `Config::spin_limit` without even a `poll_oneoff`, stopped (`Spun`),
-/// other host calls or not. Throttled,
+/// timer or a cancel, and without moving at least [`MOVER_FLOOR`] bytes in
+/// the tick, is hogging: after [`THROTTLE_AFTER`] ticks of it, it is
+/// throttled, and after `Config::spin_limit` without even a `poll_oneoff`
+/// or a byte moved, stopped (`Spun`), other host calls or not. Throttled,
 /// it sleeps between ticks, twice as long each time it keeps busy (up
 /// to [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
-/// that have I/O to do. A worker that waits or moves a byte starts afresh.
+/// that have I/O to do. A worker that waits, or moves bytes at a codec's
+/// pace, starts afresh.
 fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
     let now = Instant::now();
-    // Waiting, or moving bytes (a healthy connection under load may never
-    // have to wait), is not hogging.
+    // Waiting, or moving bytes in earnest (a healthy connection under load
+    // may never have to wait), is not hogging.
     let moved = data.wasi.activity.moved();
-    let not_hogging = data.wasi.waits != data.seen_waits || moved != data.seen_moved;
+    let delta = moved.wrapping_sub(data.seen_moved);
+    let not_hogging = data.wasi.waits != data.seen_waits || delta >= MOVER_FLOOR;
     data.seen_waits = data.wasi.waits;
     data.seen_moved = moved;
     if not_hogging {
@@ -283,10 +295,11 @@ fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
         return Ok(UpdateDeadline::Yield(1));
     }
     data.run_ticks = data.run_ticks.saturating_add(1);
-    // A worker that polls is throttled, not stopped: tokio guests ask for
-    // write readiness on sockets that are always writable, and so find
-    // something ready on every poll even when idle.
-    let polled = data.wasi.polls != data.seen_polls;
+    // A worker that polls, or moves a few bytes, is throttled, not
+    // stopped: tokio guests ask for write readiness on sockets that are
+    // always writable, and so find something ready on every poll even
+    // when idle.
+    let polled = data.wasi.polls != data.seen_polls || delta > 0;
     data.seen_polls = data.wasi.polls;
     if polled {
         data.spinning_since = None;

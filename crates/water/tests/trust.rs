@@ -1058,3 +1058,96 @@ async fn a_relay_whose_client_left_is_reclaimed() {
     })
     .await;
 }
+
+/// A dialer whose worker never waits: it spins about a millisecond, then
+/// writes one byte to the network, for ever, ignoring its cancel fd. Each
+/// byte is the longest pause (in ms, at most 255) the guest has seen in
+/// its own monotonic clock between two turns: a throttled worker sees the
+/// host's pauses there.
+const BUSY_MOVER: &str = r#"(module
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $net (mut i32) (i32.const -1))
+  (func (export "_water_v0"))
+  (func (export "_water_init") (result i32) i32.const 0)
+  (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+  (func (export "_water_dial") (param i32) (result i32) (global.set $net (call $host_dial)) (global.get $net))
+  (func $now (result i64) (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 16))) (i64.load (i32.const 16)))
+  (func (export "_water_worker") (result i32)
+    (local $i i32) (local $last i64) (local $now i64) (local $max i64)
+    (local.set $last (call $now))
+    (loop $turn
+      (local.set $i (i32.const 0))
+      (loop $spin
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $spin (i32.lt_u (local.get $i) (i32.const 1000000))))
+      (local.set $now (call $now))
+      (if (i64.gt_u (i64.sub (local.get $now) (local.get $last)) (local.get $max))
+        (then (local.set $max (i64.sub (local.get $now) (local.get $last)))))
+      (local.set $last (local.get $now))
+      (i32.store8 (i32.const 256)
+        (select (i32.const 255) (i32.wrap_i64 (i64.div_u (local.get $max) (i64.const 1000000)))
+          (i64.gt_u (local.get $max) (i64.const 255000000))))
+      (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 1))
+      (drop (call $fd_write (global.get $net) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $turn))
+    i32.const 0))"#;
+
+// Item 7, the CPU budget: moving a byte now and then made a busy worker
+// "not hogging", so one that spins and trickles a byte per tick kept a
+// whole thread for ever. Now it is throttled like any hog (it sees the
+// host's pauses in its own clock), it is not stopped (it moves bytes), and
+// a healthy connection beside such guests stays byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_that_trickles_bytes_is_throttled() {
+    bounded(async {
+        const MOVERS: usize = 4;
+        // Each mover's remote reads until it sees a pause of 100 ms or
+        // more (the throttle's longest is 190 ms), then reports.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = listener.local_addr().unwrap();
+        let (tx, mut throttled) = tokio::sync::mpsc::channel(MOVERS);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        if buf[..n].iter().any(|&ms| ms >= 100) {
+                            let _ = tx.send(()).await;
+                            break;
+                        }
+                    }
+                    // Keeps reading, so that the mover never waits to write.
+                    while let Ok(1..) = s.read(&mut buf).await {}
+                });
+            }
+        });
+        let busy = Watm::new(
+            &wat::parse_str(BUSY_MOVER).unwrap(),
+            Config::default().close_grace(Duration::from_millis(100)),
+        )
+        .unwrap();
+        let mut movers = Vec::new();
+        for _ in 0..MOVERS {
+            movers.push(Dialer::new(&busy).unwrap().dial(remote.to_string()).await.unwrap());
+        }
+        let echo = echo_server().await;
+        let conn = Dialer::new(&guest("xor")).unwrap().dial(echo.to_string()).await.unwrap();
+        let sent = data(8 << 20, 23);
+        assert!(exchange(conn, &sent).await.unwrap() == sent, "the healthy connection lost bytes");
+        for _ in 0..MOVERS {
+            tokio::time::timeout(Duration::from_secs(20), throttled.recv())
+                .await
+                .expect("a busy worker that moves a byte per turn was never throttled");
+        }
+        // Throttled, not stopped: each is still running, and ends when
+        // aborted (dropped after the grace, since it ignores its cancel).
+        for mover in movers {
+            assert!(matches!(mover.abort().await, Err(Error::Stuck(_))));
+        }
+    })
+    .await;
+}
