@@ -409,7 +409,12 @@ fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
 /// Runs `water ARGS` and checks it fails with one `error:` line containing
 /// `want`, without announcing a listener or panicking.
 fn fails_with_one_line(args: &[&str], want: &str) {
-    let (status, out, err) = run(args);
+    // Bounded: without its start-up check, a tunnel would listen for ever.
+    let mut p = Proc::spawn(WATER, args);
+    let status = p.wait();
+    let mut out = String::new();
+    let _ = p.child.stdout.take().unwrap().read_to_string(&mut out);
+    let err = p.stderr_text();
     assert!(!status.success(), "{args:?} succeeded");
     let errors: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{args:?}: {err}");
