@@ -385,14 +385,14 @@ fn print_table(o: &Options<'_>, figures: &[Figure], scale: Option<&crate::scale:
         o.connections,
         cores()
     );
-    println!("{:<30} {:>12} {:>12}  {:<18} {:>7}", "figure", "water", "baseline", "baseline is", "ratio");
+    println!("{:<33} {:>12} {:>12}  {:<18} {:>7}", "figure", "water", "baseline", "baseline is", "ratio");
     for f in figures {
         let better = match f.better {
             Better::Higher => "higher is better",
             Better::Lower => "lower is better",
         };
         println!(
-            "{:<30} {:>8.1} {:<3} {:>8.1} {:<3}  {:<18} {:>6.2}x  ({better}; difference {:+.1} {})",
+            "{:<33} {:>8.1} {:<3} {:>8.1} {:<3}  {:<18} {:>6.2}x  ({better}; difference {:+.1} {})",
             f.name,
             f.water,
             f.unit,
