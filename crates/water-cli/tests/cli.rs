@@ -584,7 +584,9 @@ fn bad_limits_and_configs_fail_at_start_up() {
     let big = dir.join("big");
     std::fs::write(&big, vec![b'a'; 2 << 20]).unwrap();
     let (bad_key, big) = (bad_key.to_str().unwrap(), big.to_str().unwrap());
-    let cases: [(&[&str], &str); 5] = [
+    // The last two read endless files, which read whole would take all
+    // memory: the caps stop both.
+    let cases: [(&[&str], &str); 7] = [
         (&["bench", "--seconds", "inf"], "--seconds"),
         (&["bench", "--seconds", "NaN"], "--seconds"),
         (&["bench", "--scale", "18446744073709551615"], "--scale"),
@@ -603,6 +605,8 @@ fn bad_limits_and_configs_fail_at_start_up() {
             "rejects its configuration",
         ),
         (&["check", "xor", "--config", big], "larger than"),
+        (&["check", "xor", "--config", "/dev/zero"], "larger than 1048576 bytes"),
+        (&["check", "/dev/zero"], "larger than 16777216 bytes"),
     ];
     for (args, want) in cases {
         fails_with_one_line(args, want);
