@@ -628,16 +628,18 @@ fn soak_holds_healthy_connections_beside_hostile_guests_and_reports() {
     assert!(!status.success() && err.contains("--soak"), "{err}");
 }
 
-/// A dialer whose worker ignores everything (EOF, its cancel fd): it sleeps
-/// in `poll_oneoff`, one second at a time, forever.
+/// A dialer and listener whose worker ignores everything (EOF, its cancel
+/// fd): it sleeps in `poll_oneoff`, one second at a time, forever.
 const IGNORES_EVERYTHING: &str = r#"(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
   (import "env" "host_dial" (func $host_dial (result i32)))
+  (import "env" "host_accept" (func $host_accept (result i32)))
   (memory (export "memory") 1)
   (global (export "_water_v0") i32 (i32.const 0))
   (func (export "_water_init") (result i32) (i32.const 0))
   (func (export "_water_cancel_with") (param i32) (result i32) (i32.const 0))
   (func (export "_water_dial") (param i32) (result i32) (call $host_dial))
+  (func (export "_water_accept") (param i32) (result i32) (call $host_accept))
   (func (export "_water_worker") (result i32)
     (i32.store8 (i32.const 1032) (i32.const 0))
     (i32.store (i32.const 1040) (i32.const 1))
@@ -707,6 +709,43 @@ fn a_client_that_left_frees_the_sockets_of_a_guest_that_ignores_eof() {
             run(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", "x:1", &flag]);
         assert!(!status.success() && err.contains("orphan-timeout"), "{err}");
     }
+}
+
+#[test]
+fn a_server_whose_forwarded_service_left_frees_the_sockets_of_a_guest_that_ignores_eof() {
+    let dir = temp_dir("orphan-server");
+    let module = dir.join("ignores.wasm");
+    std::fs::write(&module, wat::parse_str(IGNORES_EVERYTHING).unwrap()).unwrap();
+    // The forwarded service closes every connection at once.
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let service_addr = service.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        while let Ok((s, _)) = service.accept() {
+            drop(s);
+        }
+    });
+    let (_server, addr) = Proc::listening(&[
+        "server",
+        "-t",
+        module.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &service_addr,
+        "--orphan-timeout",
+        "1",
+    ]);
+    // The peer of the server's guest stays open and waits.
+    let mut peer = TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let start = Instant::now();
+    peer.write_all(b"hello").unwrap();
+    // EOF or a reset, not the read timeout.
+    let closed = peer.read_to_end(&mut Vec::new());
+    let held = start.elapsed();
+    assert!(held < Duration::from_secs(29), "the server held the connection: {closed:?}");
+    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the orphan limit");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A dialer whose worker carries the network's bytes to the client and
