@@ -224,7 +224,9 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     stop.cancel();
 
     if let Some(n) = o.fairness {
-        progress(&format!("throughput and 64-byte round trips alone, then beside {n} spinning guests"));
+        progress(&format!(
+            "throughput and 64-byte round trips alone, then beside {n} spinners, then {n} busy movers"
+        ));
         figures.extend(fairness(n, &water, echo, slice).await.context("fairness")?);
     }
 
@@ -257,16 +259,41 @@ const SPINNER: &str = r#"(module
     (loop (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 0))) (br 0))
     i32.const 0))"#;
 
-/// The healthy connection's throughput and 64-byte round trip (p99), alone
-/// and then beside `n` spinning guests in the same process: what a
-/// hostile neighbour costs it.
+/// A guest whose worker never waits either, but moves bytes: it spins
+/// about a millisecond, writes one byte to the network, and again, for
+/// ever. Moving a byte now and then must not buy it a thread: it is
+/// throttled as a spinner is (`v0::MOVER_FLOOR`).
+const BUSY_MOVER: &str = r#"(module
+  (import "env" "host_dial" (func $dial (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $net (mut i32) (i32.const -1))
+  (func (export "_water_v0"))
+  (func (export "_water_init") (result i32) i32.const 0)
+  (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+  (func (export "_water_dial") (param i32) (result i32) (global.set $net (call $dial)) (global.get $net))
+  (func (export "_water_worker") (result i32) (local $i i32)
+    (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 1))
+    (loop $turn
+      (local.set $i (i32.const 0))
+      (loop $spin
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $spin (i32.lt_u (local.get $i) (i32.const 1000000))))
+      (drop (call $write (global.get $net) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $turn))
+    i32.const 0))"#;
+
+/// The healthy connection's throughput and 64-byte round trip (median and
+/// p99), alone and then beside `n` hostile guests in the same process —
+/// spinners, then busy movers — : what such a neighbour costs it.
 async fn fairness(
     n: usize,
     water: &Via,
     echo: std::net::SocketAddr,
     slice: Duration,
 ) -> anyhow::Result<Vec<Figure>> {
-    let measure = async || -> anyhow::Result<(f64, f64)> {
+    // (throughput MiB/s, round trip median µs, p99 µs)
+    let measure = async || -> anyhow::Result<(f64, f64, f64)> {
         let start = Instant::now();
         let mut bulk = Vec::new();
         while bulk.len() < 3 || start.elapsed() < slice {
@@ -274,44 +301,75 @@ async fn fairness(
         }
         let mut conn = water.connect(echo).await?;
         let rtt = ping_pong(&mut conn, 64, 1000).await?;
-        Ok((mib_s(2 * BULK, median(bulk)), p99(rtt).as_secs_f64() * 1e6))
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        Ok((mib_s(2 * BULK, median(bulk)), us(median(rtt.clone())), us(p99(rtt))))
     };
-    let (bulk_alone, rtt_alone) = measure().await?;
-    let spinner = water::Watm::new(
-        &wat::parse_str(SPINNER)?,
-        // Throttled, not stopped: what they cost while they last.
-        water::Config::default()
-            .close_grace(Duration::from_millis(100))
-            .spin_limit(Duration::from_secs(3600)),
-    )?;
-    let dialer = Dialer::new(&spinner)?;
-    let mut spinning = Vec::with_capacity(n);
-    for _ in 0..n {
-        spinning.push(dialer.dial(echo.to_string()).await?);
+    let alone = measure().await?;
+    let mut figures = Vec::new();
+    let kinds = [
+        (
+            SPINNER,
+            [
+                "throughput beside spinners",
+                "round trip 64 B median, spinners",
+                "round trip 64 B p99, spinners",
+            ],
+        ),
+        (
+            BUSY_MOVER,
+            [
+                "throughput beside busy movers",
+                "round trip 64 B median, movers",
+                "round trip 64 B p99, movers",
+            ],
+        ),
+    ];
+    for (wat, names) in kinds {
+        let hostile = water::Watm::new(
+            &wat::parse_str(wat)?,
+            // Throttled, not stopped: what they cost while they last.
+            water::Config::default()
+                .close_grace(Duration::from_millis(100))
+                .spin_limit(Duration::from_secs(3600)),
+        )?;
+        let dialer = Dialer::new(&hostile)?;
+        let mut running = Vec::with_capacity(n);
+        for _ in 0..n {
+            running.push(dialer.dial(echo.to_string()).await?);
+        }
+        let beside = measure().await;
+        for c in running {
+            let _ = c.abort().await;
+        }
+        let beside = beside?;
+        figures.extend([
+            Figure {
+                name: names[0],
+                unit: "MiB/s",
+                water: beside.0,
+                baseline_name: "alone",
+                baseline: alone.0,
+                better: Better::Higher,
+            },
+            Figure {
+                name: names[1],
+                unit: "µs",
+                water: beside.1,
+                baseline_name: "alone",
+                baseline: alone.1,
+                better: Better::Lower,
+            },
+            Figure {
+                name: names[2],
+                unit: "µs",
+                water: beside.2,
+                baseline_name: "alone",
+                baseline: alone.2,
+                better: Better::Lower,
+            },
+        ]);
     }
-    let beside = measure().await;
-    for c in spinning {
-        let _ = c.abort().await;
-    }
-    let (bulk_beside, rtt_beside) = beside?;
-    Ok(vec![
-        Figure {
-            name: "throughput beside spinners",
-            unit: "MiB/s",
-            water: bulk_beside,
-            baseline_name: "alone",
-            baseline: bulk_alone,
-            better: Better::Higher,
-        },
-        Figure {
-            name: "round trip 64 B p99, spinners",
-            unit: "µs",
-            water: rtt_beside,
-            baseline_name: "alone",
-            baseline: rtt_alone,
-            better: Better::Lower,
-        },
-    ])
+    Ok(figures)
 }
 
 /// The 99th percentile of some durations (`ZERO` for none).
@@ -327,14 +385,14 @@ fn print_table(o: &Options<'_>, figures: &[Figure], scale: Option<&crate::scale:
         o.connections,
         cores()
     );
-    println!("{:<30} {:>12} {:>12}  {:<18} {:>7}", "figure", "water", "baseline", "baseline is", "ratio");
+    println!("{:<33} {:>12} {:>12}  {:<18} {:>7}", "figure", "water", "baseline", "baseline is", "ratio");
     for f in figures {
         let better = match f.better {
             Better::Higher => "higher is better",
             Better::Lower => "lower is better",
         };
         println!(
-            "{:<30} {:>8.1} {:<3} {:>8.1} {:<3}  {:<18} {:>6.2}x  ({better}; difference {:+.1} {})",
+            "{:<33} {:>8.1} {:<3} {:>8.1} {:<3}  {:<18} {:>6.2}x  ({better}; difference {:+.1} {})",
             f.name,
             f.water,
             f.unit,

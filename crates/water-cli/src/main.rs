@@ -58,11 +58,28 @@ struct TransportArgs {
     /// seconds, whatever its guest does (default: none).
     #[arg(long, value_name = "SECONDS", value_parser = idle_seconds)]
     idle_timeout: Option<std::time::Duration>,
+    /// Once a connection's application side has closed (or half-closed)
+    /// and the guest has not passed that on, cancel it when no byte has
+    /// moved for this many seconds (default 60; 0 turns it off).
+    #[arg(long, value_name = "SECONDS", value_parser = orphan_seconds)]
+    orphan_timeout: Option<std::time::Duration>,
 }
 
 impl TransportArgs {
     fn limits(&self) -> tunnel::Limits {
-        tunnel::Limits { max_connections: self.max_connections, idle_timeout: self.idle_timeout }
+        tunnel::Limits {
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            orphan_timeout: self.orphan_timeout,
+        }
+    }
+}
+
+/// `--orphan-timeout`: as `--idle-timeout`, and 0 (off).
+fn orphan_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(0.0) => Ok(std::time::Duration::ZERO),
+        _ => idle_seconds(s),
     }
 }
 
@@ -176,7 +193,9 @@ enum Command {
         #[arg(long)]
         scale: Option<usize>,
         /// Also measure the transport's throughput and 64-byte round trip
-        /// (p99) beside this many spinning guests, against the same alone.
+        /// (median, p99) beside this many spinning guests, then this many
+        /// busy movers (spinning, a byte written now and then), against
+        /// the same alone.
         #[arg(long)]
         fairness: Option<usize>,
         /// Instead of the benchmarks: hold --connections healthy connections

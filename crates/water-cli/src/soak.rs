@@ -216,19 +216,22 @@ pub async fn run(
     }
 
     println!("soak: {t}, {connections} healthy connections with churn, a hostile guest every 50 ms");
-    println!("{:>6} {:>9} {:>6} {:>12}", "s", "RSS MiB", "fds", "round trips");
+    println!("{:>6} {:>9} {:>6} {:>12} {:>7}", "s", "RSS MiB", "fds", "round trips", "tasks");
     let start = Instant::now();
     let mut samples = Vec::new();
     while start.elapsed().as_secs_f64() < seconds && !wrong.is_cancelled() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (rss, open) = (rss_mib(), fds());
         samples.push((rss, open));
+        // Live tokio tasks: connections that never end would show here.
+        let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
         println!(
-            "{:>6.0} {:>9.1} {:>6} {:>12}",
+            "{:>6.0} {:>9.1} {:>6} {:>12} {:>7}",
             start.elapsed().as_secs_f64(),
             rss,
             open,
-            rounds.load(Ordering::Relaxed)
+            rounds.load(Ordering::Relaxed),
+            tasks
         );
     }
     stop.cancel();

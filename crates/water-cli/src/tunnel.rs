@@ -74,6 +74,11 @@ pub struct Limits {
     /// long is cancelled, whatever its guest does (one that ignores EOF
     /// would otherwise hold both sockets).
     pub idle_timeout: Option<std::time::Duration>,
+    /// `--orphan-timeout`: `None` for the library's default (60 s), zero
+    /// for none. A connection whose application side closed, while its
+    /// guest ignores that, is cancelled once no byte has moved for this
+    /// long.
+    pub orphan_timeout: Option<std::time::Duration>,
 }
 
 /// The library options a tunnel's flags set.
@@ -84,6 +89,9 @@ fn library_config(l: Limits) -> water::Config {
     }
     if let Some(t) = l.idle_timeout {
         cfg = cfg.idle_timeout(t);
+    }
+    if let Some(t) = l.orphan_timeout {
+        cfg = cfg.orphan_timeout((!t.is_zero()).then_some(t));
     }
     cfg
 }

@@ -409,7 +409,12 @@ fn bad_input_is_one_clear_line_and_a_non_zero_exit() {
 /// Runs `water ARGS` and checks it fails with one `error:` line containing
 /// `want`, without announcing a listener or panicking.
 fn fails_with_one_line(args: &[&str], want: &str) {
-    let (status, out, err) = run(args);
+    // Bounded: without its start-up check, a tunnel would listen for ever.
+    let mut p = Proc::spawn(WATER, args);
+    let status = p.wait();
+    let mut out = String::new();
+    let _ = p.child.stdout.take().unwrap().read_to_string(&mut out);
+    let err = p.stderr_text();
     assert!(!status.success(), "{args:?} succeeded");
     let errors: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{args:?}: {err}");
@@ -466,6 +471,9 @@ fn bench_reports_each_figure_with_its_baseline_as_json() {
         "setup to first byte (median)",
         "throughput beside spinners",
         "round trip 64 B p99, spinners",
+        "throughput beside busy movers",
+        "round trip 64 B median, movers",
+        "round trip 64 B p99, movers",
     ] {
         assert!(json.contains(&format!(r#""name":"{name}""#)), "{name} missing: {json}");
     }
@@ -576,7 +584,9 @@ fn bad_limits_and_configs_fail_at_start_up() {
     let big = dir.join("big");
     std::fs::write(&big, vec![b'a'; 2 << 20]).unwrap();
     let (bad_key, big) = (bad_key.to_str().unwrap(), big.to_str().unwrap());
-    let cases: [(&[&str], &str); 5] = [
+    // The last two read endless files, which read whole would take all
+    // memory: the caps stop both.
+    let cases: [(&[&str], &str); 7] = [
         (&["bench", "--seconds", "inf"], "--seconds"),
         (&["bench", "--seconds", "NaN"], "--seconds"),
         (&["bench", "--scale", "18446744073709551615"], "--scale"),
@@ -595,6 +605,8 @@ fn bad_limits_and_configs_fail_at_start_up() {
             "rejects its configuration",
         ),
         (&["check", "xor", "--config", big], "larger than"),
+        (&["check", "xor", "--config", "/dev/zero"], "larger than 1048576 bytes"),
+        (&["check", "/dev/zero"], "larger than 16777216 bytes"),
     ];
     for (args, want) in cases {
         fails_with_one_line(args, want);
@@ -616,16 +628,18 @@ fn soak_holds_healthy_connections_beside_hostile_guests_and_reports() {
     assert!(!status.success() && err.contains("--soak"), "{err}");
 }
 
-/// A dialer whose worker ignores everything (EOF, its cancel fd): it sleeps
-/// in `poll_oneoff`, one second at a time, forever.
+/// A dialer and listener whose worker ignores everything (EOF, its cancel
+/// fd): it sleeps in `poll_oneoff`, one second at a time, forever.
 const IGNORES_EVERYTHING: &str = r#"(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
   (import "env" "host_dial" (func $host_dial (result i32)))
+  (import "env" "host_accept" (func $host_accept (result i32)))
   (memory (export "memory") 1)
   (global (export "_water_v0") i32 (i32.const 0))
   (func (export "_water_init") (result i32) (i32.const 0))
   (func (export "_water_cancel_with") (param i32) (result i32) (i32.const 0))
   (func (export "_water_dial") (param i32) (result i32) (call $host_dial))
+  (func (export "_water_accept") (param i32) (result i32) (call $host_accept))
   (func (export "_water_worker") (result i32)
     (i32.store8 (i32.const 1032) (i32.const 0))
     (i32.store (i32.const 1040) (i32.const 1))
@@ -636,14 +650,32 @@ const IGNORES_EVERYTHING: &str = r#"(module
     (i32.const 0))
 )"#;
 
-#[test]
-fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
-    let dir = temp_dir("idle");
+/// Runs `water client` with [`IGNORES_EVERYTHING`] and `flags` in front of
+/// a remote that holds its end open; a client connects, writes and
+/// leaves. Yields how long the remote's socket was held after its accept.
+fn held_after_the_client_left(tag: &str, flags: &[&str]) -> Duration {
+    let dir = temp_dir(tag);
     let module = dir.join("ignores.wasm");
     std::fs::write(&module, wat::parse_str(IGNORES_EVERYTHING).unwrap()).unwrap();
-    // The remote accepts and reads until its socket is closed.
+    let (remote, closed) = holding_remote();
+    let remote = remote.to_string();
+    let mut args =
+        vec!["client", "-t", module.to_str().unwrap(), "--listen", "127.0.0.1:0", "--remote", &remote];
+    args.extend_from_slice(flags);
+    let (_client, addr) = Proc::listening(&args);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(b"then gone").unwrap();
+    drop(c);
+    let held = closed.recv_timeout(Duration::from_secs(30)).expect("the remote socket was never closed");
+    let _ = std::fs::remove_dir_all(&dir);
+    held
+}
+
+/// A remote that accepts one connection and reads until it is closed;
+/// yields how long after the accept that was.
+fn holding_remote() -> (SocketAddr, mpsc::Receiver<Duration>) {
     let remote = TcpListener::bind("127.0.0.1:0").unwrap();
-    let remote_addr = remote.local_addr().unwrap();
+    let addr = remote.local_addr().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let (mut s, _) = remote.accept().unwrap();
@@ -651,6 +683,116 @@ fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
         let _ = s.read_to_end(&mut Vec::new());
         let _ = tx.send(start.elapsed());
     });
+    (addr, rx)
+}
+
+#[test]
+fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
+    // The guest never closes anything: the idle timeout (the orphan limit
+    // off) cancels the connection, and the worker, ignoring the cancel, is
+    // dropped after the grace with every fd it held.
+    let held = held_after_the_client_left("idle", &["--idle-timeout", "1", "--orphan-timeout", "0"]);
+    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the idle timeout");
+    let (status, _, err) =
+        run(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", "x:1", "--idle-timeout", "0"]);
+    assert!(!status.success() && err.contains("idle-timeout"), "{err}");
+}
+
+#[test]
+fn a_client_that_left_frees_the_sockets_of_a_guest_that_ignores_eof() {
+    // No idle timeout: the orphan limit alone, once the client has gone.
+    let held = held_after_the_client_left("orphan", &["--orphan-timeout", "1"]);
+    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the orphan limit");
+    for bad in ["-1", "x", "inf"] {
+        let flag = format!("--orphan-timeout={bad}");
+        let (status, _, err) =
+            run(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", "x:1", &flag]);
+        assert!(!status.success() && err.contains("orphan-timeout"), "{err}");
+    }
+}
+
+#[test]
+fn a_server_whose_forwarded_service_left_frees_the_sockets_of_a_guest_that_ignores_eof() {
+    let dir = temp_dir("orphan-server");
+    let module = dir.join("ignores.wasm");
+    std::fs::write(&module, wat::parse_str(IGNORES_EVERYTHING).unwrap()).unwrap();
+    // The forwarded service closes every connection at once.
+    let service = TcpListener::bind("127.0.0.1:0").unwrap();
+    let service_addr = service.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        while let Ok((s, _)) = service.accept() {
+            drop(s);
+        }
+    });
+    let (_server, addr) = Proc::listening(&[
+        "server",
+        "-t",
+        module.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &service_addr,
+        "--orphan-timeout",
+        "1",
+    ]);
+    // The peer of the server's guest stays open and waits.
+    let mut peer = TcpStream::connect(addr).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let start = Instant::now();
+    peer.write_all(b"hello").unwrap();
+    // EOF or a reset, not the read timeout.
+    let closed = peer.read_to_end(&mut Vec::new());
+    let held = start.elapsed();
+    assert!(held < Duration::from_secs(29), "the server held the connection: {closed:?}");
+    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the orphan limit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A dialer whose worker carries the network's bytes to the client and
+/// never reads the client's side, ignoring failed writes; it returns at
+/// the network's EOF.
+const REPLY_ONLY: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (memory (export "memory") 1)
+  (global $app (mut i32) (i32.const -1))
+  (global $net (mut i32) (i32.const -1))
+  (global (export "_water_v0") i32 (i32.const 0))
+  (func (export "_water_init") (result i32) (i32.const 0))
+  (func (export "_water_cancel_with") (param i32) (result i32) (i32.const 0))
+  (func (export "_water_dial") (param i32) (result i32)
+    (global.set $app (local.get 0)) (global.set $net (call $host_dial)) (global.get $net))
+  (func (export "_water_worker") (result i32)
+    (loop $l
+      (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 16))
+      (i32.store (i32.const 8) (i32.const 0))
+      (drop (call $fd_read (global.get $net) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (if (i32.eqz (i32.load (i32.const 8))) (then (return (i32.const 0))))
+      (i32.store (i32.const 4) (i32.load (i32.const 8)))
+      (drop (call $fd_write (global.get $app) (i32.const 0) (i32.const 1) (i32.const 12)))
+      (br $l))
+    (i32.const 0))
+)"#;
+
+#[test]
+fn a_client_that_left_while_the_guest_writes_to_it_is_let_go() {
+    let dir = temp_dir("gone");
+    let module = dir.join("reply-only.wasm");
+    std::fs::write(&module, wat::parse_str(REPLY_ONLY).unwrap()).unwrap();
+    // The remote sends a byte every 20 ms until its socket fails: bytes
+    // keep moving, so only the failed writes to the gone client tell.
+    let remote = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_addr = remote.local_addr().unwrap();
+    let (tx, closed) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = remote.accept().unwrap();
+        while s.write_all(b"x").is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = tx.send(());
+    });
+    // The default orphan limit (60 s), which this must not wait for.
     let (_client, addr) = Proc::listening(&[
         "client",
         "-t",
@@ -659,19 +801,11 @@ fn idle_timeout_gives_back_the_sockets_of_a_guest_that_ignores_eof() {
         "127.0.0.1:0",
         "--remote",
         &remote_addr.to_string(),
-        "--idle-timeout",
-        "1",
     ]);
     let mut c = TcpStream::connect(addr).unwrap();
-    c.write_all(b"then gone").unwrap();
+    let mut byte = [0u8; 1];
+    c.read_exact(&mut byte).unwrap();
     drop(c);
-    // The guest never closes anything: the idle timeout cancels the
-    // connection, and the worker, ignoring the cancel, is dropped after the
-    // grace with every fd it held.
-    let held = rx.recv_timeout(Duration::from_secs(30)).expect("the remote socket was never closed");
-    assert!(held >= Duration::from_millis(900), "closed after {held:?}, before the idle timeout");
-    let (status, _, err) =
-        run(&["client", "-t", "plain", "--listen", "127.0.0.1:0", "--remote", "x:1", "--idle-timeout", "0"]);
-    assert!(!status.success() && err.contains("idle-timeout"), "{err}");
+    closed.recv_timeout(Duration::from_secs(30)).expect("the remote socket was held after the client left");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,6 +44,7 @@ pub struct Config {
     pub(crate) max_functions: usize,
     pub(crate) spin_limit: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) orphan_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -64,6 +65,7 @@ impl Default for Config {
             max_functions: 20_000,
             spin_limit: Duration::from_secs(1),
             idle_timeout: None,
+            orphan_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -86,6 +88,7 @@ impl fmt::Debug for Config {
             .field("max_functions", &self.max_functions)
             .field("spin_limit", &self.spin_limit)
             .field("idle_timeout", &self.idle_timeout)
+            .field("orphan_timeout", &self.orphan_timeout)
             .finish()
     }
 }
@@ -222,6 +225,26 @@ impl Config {
     /// ([`crate::Error::Idle`]; default: none).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Reclaims a worker whose application side has gone while its guest
+    /// ignores that (default 60 s, Linux's `tcp_fin_timeout`; `None` turns
+    /// it off). Once the application side has sent EOF — a [`crate::Connection`]
+    /// shut down for writing, the socket handed to [`crate::Dialer::dial_socket`]
+    /// closed by its peer, for a [`crate::Relay`] either socket — and the
+    /// guest has not passed that EOF on (half-closed or closed the other
+    /// side), a worker through which no byte moves for `limit` is cancelled
+    /// ([`crate::Error::Orphaned`]; the application, if still there, reads
+    /// that error). An inactivity limit, not wall clock: a service that
+    /// answers only after EOF, slowly, keeps its connection while bytes
+    /// move, and a guest that passes the EOF on is never affected (the
+    /// other side then decides, as with TCP). A TCP close and a half-close
+    /// look alike until a write fails: a read or write of the application
+    /// side that fails with a reset or broken pipe ends the connection as
+    /// if the application had closed it ([`Config::close_grace`]).
+    pub fn orphan_timeout(mut self, limit: impl Into<Option<Duration>>) -> Self {
+        self.orphan_timeout = limit.into();
         self
     }
 

@@ -15,8 +15,10 @@ use crate::v0::{Done, finished};
 /// the wire by the guest.
 ///
 /// `AsyncRead + AsyncWrite`; `shutdown()` half-closes (the peer reads EOF
-/// once every byte is through, and this side can go on reading). Reading
-/// after the guest failed returns its error instead of EOF.
+/// once every byte is through, and this side can go on reading; a guest
+/// that ignores that EOF is cancelled after `Config::orphan_timeout`
+/// without a byte moving). Reading after the guest failed returns its
+/// error instead of EOF.
 ///
 /// Closing is graceful, like a socket's: dropping it, or
 /// [`Connection::close`], ends the application's side (the guest reads EOF

@@ -71,6 +71,11 @@ pub enum Error {
     /// was cancelled.
     #[error("no byte moved for {0:?}; the idle connection was closed")]
     Idle(Duration),
+    /// The application side had sent EOF (or gone), the guest had not
+    /// passed it on, and no byte moved for `Config::orphan_timeout`: the
+    /// worker was cancelled so that it holds no sockets.
+    #[error("the application side had ended and no byte moved for {0:?}; the orphaned worker was cancelled")]
+    Orphaned(Duration),
     /// The guest called `proc_exit`.
     #[error("guest exited with code {code} in `{export}`")]
     Exit { export: &'static str, code: i32 },
@@ -123,9 +128,11 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::Io(inner) => inner.kind(),
             Error::Guest { errno, .. } => crate::wasi::errno::to_io_kind(*errno),
-            Error::Timeout { .. } | Error::Stuck(_) | Error::Cut { .. } | Error::Idle(_) => {
-                io::ErrorKind::TimedOut
-            }
+            Error::Timeout { .. }
+            | Error::Stuck(_)
+            | Error::Cut { .. }
+            | Error::Idle(_)
+            | Error::Orphaned(_) => io::ErrorKind::TimedOut,
             Error::WorkerLost => io::ErrorKind::ConnectionAborted,
             Error::NotWasm | Error::Invalid(_) | Error::NotV0 | Error::OverLimit { .. } => {
                 io::ErrorKind::InvalidData

@@ -20,8 +20,9 @@
 //! module is refused at load past the size, compile, memory and table
 //! budgets, an instance's memory and table are capped, every setup step
 //! has a wall-clock limit, a worker that spins is stopped and one that
-//! never waits is throttled, and a connection that stalls after its ends
-//! hung up is reclaimed; see [`Config`] for each limit. A failing guest is
+//! never waits (moving bytes or not) is throttled, and a connection that
+//! stalls after its ends hung up, or after its application side did while
+//! the guest ignores it, is reclaimed; see [`Config`] for each limit. A failing guest is
 //! an error for its own connection only, and never reads as a clean end.
 //!
 //! Layout:

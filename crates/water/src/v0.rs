@@ -9,7 +9,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -43,6 +43,8 @@ pub struct Ctx {
     /// The host-side error of the last failed `host_dial`, so the
     /// application sees `ConnectionRefused` rather than a bare errno.
     dial_error: Option<io::Error>,
+    /// The fds of the sockets `host_accept` and `host_dial` handed out.
+    sockets: Vec<u32>,
     /// Deadline of the current setup call; `None` while the worker runs.
     deadline: Option<Instant>,
     /// Since when the worker has run without waiting or moving a byte.
@@ -67,6 +69,18 @@ impl std::fmt::Debug for Ctx {
     }
 }
 
+impl Ctx {
+    /// Hands a socket to the guest.
+    fn insert_socket(&mut self, stream: TcpStream) -> Result<u32, Errno> {
+        let fd = self
+            .wasi
+            .table
+            .insert(Desc::Stream { stream: Stream::Tcp(Arc::new(stream)), nonblocking: false })?;
+        self.sockets.push(fd);
+        Ok(fd)
+    }
+}
+
 /// Links the `env` imports.
 pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap_async(
@@ -79,10 +93,7 @@ pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap(abi::IMPORT_MODULE, abi::HOST_ACCEPT.name, |mut caller: Caller<'_, Ctx>| -> i32 {
         let ctx = caller.data_mut();
         status::encode(match ctx.pending_accept.take() {
-            Some(stream) => ctx
-                .wasi
-                .table
-                .insert(Desc::Stream { stream: Stream::Tcp(Arc::new(stream)), nonblocking: false }),
+            Some(stream) => ctx.insert_socket(stream),
             // Not a listener or relay, or the one connection was taken.
             None => Err(Errno::NOTCONN),
         })
@@ -115,7 +126,7 @@ async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
             let _ = stream.set_nodelay(true);
             let ctx = caller.data_mut();
             ctx.dialed = Some(Ok(()));
-            ctx.wasi.table.insert(Desc::Stream { stream: Stream::Tcp(Arc::new(stream)), nonblocking: false })
+            ctx.insert_socket(stream)
         }
         Err(e) => {
             let code = errno::from_io(&e);
@@ -250,20 +261,32 @@ const THROTTLE_AFTER: u32 = 5;
 /// running: a worker that never waits gets about a twentieth of a thread.
 const MAX_PAUSE: u32 = 19;
 
+/// Bytes a worker must move in one epoch tick (10 ms) that it spends
+/// running without waiting, for that tick not to count as hogging: a
+/// healthy connection under load may never have to wait, but then it moves
+/// a lot. The floor is far below any real codec's pace (the `ss` guest,
+/// AES-GCM in wasm, moves ~100 MiB/s, ~1 MiB a tick; a codec a hundred
+/// times slower still moves ~10 KiB), and far above what a guest that
+/// spins and trickles a byte now and then, to look busy, moves: that one
+/// is throttled like any other hog.
+const MOVER_FLOOR: u64 = 4 << 10;
+
 /// The worker's epoch tick. A worker that runs without waiting for I/O, a
-/// timer or a cancel, and without moving a byte, is hogging: after
-/// [`THROTTLE_AFTER`] ticks of it, it is throttled, and after
-/// `Config::spin_limit` without even a `poll_oneoff`, stopped (`Spun`),
-/// other host calls or not. Throttled,
+/// timer or a cancel, and without moving at least [`MOVER_FLOOR`] bytes in
+/// the tick, is hogging: after [`THROTTLE_AFTER`] ticks of it, it is
+/// throttled, and after `Config::spin_limit` without even a `poll_oneoff`
+/// or a byte moved, stopped (`Spun`), other host calls or not. Throttled,
 /// it sleeps between ticks, twice as long each time it keeps busy (up
 /// to [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
-/// that have I/O to do. A worker that waits or moves a byte starts afresh.
+/// that have I/O to do. A worker that waits, or moves bytes at a codec's
+/// pace, starts afresh.
 fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
     let now = Instant::now();
-    // Waiting, or moving bytes (a healthy connection under load may never
-    // have to wait), is not hogging.
+    // Waiting, or moving bytes in earnest (a healthy connection under load
+    // may never have to wait), is not hogging.
     let moved = data.wasi.activity.moved();
-    let not_hogging = data.wasi.waits != data.seen_waits || moved != data.seen_moved;
+    let delta = moved.wrapping_sub(data.seen_moved);
+    let not_hogging = data.wasi.waits != data.seen_waits || delta >= MOVER_FLOOR;
     data.seen_waits = data.wasi.waits;
     data.seen_moved = moved;
     if not_hogging {
@@ -272,10 +295,11 @@ fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
         return Ok(UpdateDeadline::Yield(1));
     }
     data.run_ticks = data.run_ticks.saturating_add(1);
-    // A worker that polls is throttled, not stopped: tokio guests ask for
-    // write readiness on sockets that are always writable, and so find
-    // something ready on every poll even when idle.
-    let polled = data.wasi.polls != data.seen_polls;
+    // A worker that polls, or moves a few bytes, is throttled, not
+    // stopped: tokio guests ask for write readiness on sockets that are
+    // always writable, and so find something ready on every poll even
+    // when idle.
+    let polled = data.wasi.polls != data.seen_polls || delta > 0;
     data.seen_polls = data.wasi.polls;
     if polled {
         data.spinning_since = None;
@@ -387,6 +411,7 @@ impl<'a> Initialized<'a> {
             dialed: None,
             pending_accept: None,
             dial_error: None,
+            sockets: Vec::new(),
             deadline: Some(Instant::now() + limit),
             spinning_since: None,
             run_ticks: 0,
@@ -544,20 +569,47 @@ impl Session {
             return Err(this.guest_err(abi::CANCEL_WITH.name, errno));
         }
 
+        let ctx = this.store.data_mut();
+        ctx.wasi.app_fds = match ctx.wasi.internal_fd {
+            Some(fd) => vec![fd],
+            // A relay's two sockets are both peers; neither is the network.
+            None => ctx.sockets.clone(),
+        };
         this.store.data_mut().deadline = None;
         let worker = this.func(abi::WORKER.name).typed::<(), i32>(&this.store).expect("validated");
         Ok(Session { store: this.store, worker, cancel, _slot: slot })
     }
 
-    /// The streams bytes reach the guest through: the application's end
-    /// and the network (empty for a relay, whose two are not told apart).
+    /// The fds bytes reach the guest through: the application's end and
+    /// the network, or a relay's two sockets.
+    fn inbound_fds(&self) -> Vec<u32> {
+        let data = self.store.data();
+        match (data.wasi.internal_fd, data.wasi.net_fd) {
+            (Some(internal), Some(net)) => vec![internal, net],
+            _ => data.sockets.clone(),
+        }
+    }
+
+    fn stream(&self, fd: u32) -> Option<Stream> {
+        self.store.data().wasi.table.stream(fd).ok().cloned()
+    }
+
+    /// The streams bytes reach the guest through (see `inbound_fds`).
     fn inbound(&self) -> Vec<Stream> {
-        let wasi = &self.store.data().wasi;
-        [wasi.internal_fd, wasi.net_fd]
-            .iter()
-            .flatten()
-            .filter_map(|&fd| wasi.table.stream(fd).ok().cloned())
-            .collect()
+        self.inbound_fds().into_iter().filter_map(|fd| self.stream(fd)).collect()
+    }
+
+    /// Each application side, with the fd its EOF should be passed on to:
+    /// the application's end and the network, or both ways between a
+    /// relay's sockets.
+    fn eof_paths(&self) -> Vec<(Stream, u32)> {
+        let data = self.store.data();
+        let pairs = match (data.wasi.internal_fd, data.wasi.net_fd, data.sockets.as_slice()) {
+            (Some(internal), Some(net), _) => vec![(internal, net)],
+            (None, _, &[a, b]) => vec![(a, b), (b, a)],
+            _ => Vec::new(),
+        };
+        pairs.into_iter().filter_map(|(from, to)| Some((self.stream(from)?, to))).collect()
     }
 
     /// Runs `_water_worker` to its end. `-canceled` after a cancellation is
@@ -594,6 +646,16 @@ pub(crate) struct Links {
     pub closing: CancellationToken,
     /// Cancel now: the guest's cancel fd becomes readable.
     pub cancel: CancellationToken,
+}
+
+/// Why the host stopped a worker (`Done`: it did not, or the owner
+/// cancelled).
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Done,
+    Cut,
+    Idle,
+    Orphaned,
 }
 
 /// How a worker task ended, as its owner receives it.
@@ -653,17 +715,74 @@ async fn until_still(count: impl Fn() -> u64, every: Duration) {
     }
 }
 
-/// Resolves once every stream in `inbound` has hung up (checked every
-/// `every`; never, for none): nothing more can reach the guest, so it is
-/// left to finish as if its owner had closed.
-async fn both_hung_up(inbound: &[Stream], every: Duration) {
-    if inbound.is_empty() {
-        return std::future::pending().await;
+/// What [`watch`] saw end a worker's usefulness.
+enum Ending {
+    /// Every inbound stream has hung up: nothing more can reach the guest.
+    BothHungUp,
+    /// A read or write of the application side failed (reset, broken
+    /// pipe): the application is gone, as if its owner had closed.
+    AppGone,
+    /// The application side sent EOF, the guest did not pass it on, and no
+    /// byte moved for the orphan limit.
+    Orphaned,
+}
+
+/// The worker's streams, as [`watch`] looks at them.
+struct Watched {
+    inbound: Vec<Stream>,
+    /// Application side → the fd its EOF is passed on to.
+    eof_paths: Vec<(Stream, u32)>,
+    activity: Arc<Activity>,
+    /// Calls of `progress` that found bytes waiting for a slow reader.
+    waiting: AtomicU64,
+}
+
+impl Watched {
+    /// Bytes moved through the guest, plus one for every call that found
+    /// bytes a slow reader has yet to take (progress to come, not a stall).
+    fn progress(&self) -> u64 {
+        if self.inbound.iter().any(Stream::unsent) {
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        self.activity.moved() + self.waiting.load(Ordering::Relaxed)
     }
+
+    /// Whether an application side has sent EOF that the guest has not
+    /// passed on (shut down or closed the other side).
+    fn eof_held(&self) -> bool {
+        self.eof_paths.iter().any(|(from, to)| from.hung_up() && !self.activity.write_ended(*to))
+    }
+}
+
+/// Looks at the worker's streams every `every` (no syscall, except the
+/// send-queue check of `progress` while a side holds an EOF back) and
+/// resolves with the first [`Ending`] it sees. With `orphan: None`, only
+/// `BothHungUp` and `AppGone`.
+async fn watch(w: &Watched, orphan: Option<Duration>, every: Duration) -> Ending {
+    // Since when an EOF has been held back with no progress, and the
+    // progress count then.
+    let mut held: Option<(Instant, u64)> = None;
     loop {
         tokio::time::sleep(every).await;
-        if inbound.iter().all(Stream::hung_up) {
-            return;
+        if !w.inbound.is_empty() && w.inbound.iter().all(Stream::hung_up) {
+            return Ending::BothHungUp;
+        }
+        if w.activity.app_gone() {
+            return Ending::AppGone;
+        }
+        let Some(limit) = orphan else { continue };
+        if !w.eof_held() {
+            held = None;
+            continue;
+        }
+        let progress = w.progress();
+        match held {
+            Some((since, seen)) if seen == progress => {
+                if since.elapsed() >= limit {
+                    return Ending::Orphaned;
+                }
+            }
+            _ => held = Some((Instant::now(), progress)),
         }
     }
 }
@@ -696,55 +815,54 @@ pub(crate) fn spawn_worker(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let report = Report { tx: Some(tx), app_link };
     let activity = session.store.data().wasi.activity.clone();
-    let idle_timeout = session.store.data().config.idle_timeout;
-    let inbound = session.inbound();
+    let config = &session.store.data().config;
+    let (idle_timeout, orphan_timeout) = (config.idle_timeout, config.orphan_timeout);
+    let watched = Watched {
+        inbound: session.inbound(),
+        eof_paths: session.eof_paths(),
+        activity: activity.clone(),
+        waiting: AtomicU64::new(0),
+    };
+    // Often enough for the orphan limit to be kept to a quarter of itself.
+    let every = orphan_timeout.map_or(grace, |limit| grace.min(limit / 4)).max(EPOCH_TICK);
     tokio::spawn(async move {
         let Links { closing, cancel } = links;
-        // After the owner left, the worker may go on while it writes to the
-        // network; once both its inbound sides hung up, while it moves any
-        // bytes (it may still be delivering to a slow application).
-        // Resolves to whether cancelling now cuts a delivery: after the
-        // owner left, unless the guest had half-closed the network; after
-        // both sides hung up, always (the application is still there, and
-        // a guest done with both directions would have returned).
+        // After the owner left (or the application side failed), the worker
+        // may go on while it writes to the network; once both its inbound
+        // sides hung up, while it moves any bytes (it may still be
+        // delivering to a slow application).
         let linger = async {
-            tokio::select! {
-                () = closing.cancelled() => {
-                    until_still(|| activity.sent(), grace).await;
-                    !activity.delivered()
-                }
-                () = both_hung_up(&inbound, grace) => {
-                    // Bytes a slow reader has yet to take are progress to
-                    // come, not a stall.
-                    let waiting = AtomicU64::new(0);
-                    let progress = || {
-                        if inbound.iter().any(Stream::unsent) {
-                            waiting.fetch_add(1, Ordering::Relaxed);
-                        }
-                        activity.moved() + waiting.load(Ordering::Relaxed)
-                    };
-                    until_still(progress, grace).await;
-                    true
-                }
+            let owner_left = tokio::select! {
+                () = closing.cancelled() => true,
+                ending = watch(&watched, orphan_timeout, every) => match ending {
+                    Ending::AppGone => true,
+                    Ending::BothHungUp => false,
+                    Ending::Orphaned => return Stop::Orphaned,
+                },
+            };
+            // Whether cancelling now cuts a delivery: after the owner left,
+            // unless the guest had half-closed the network; after both
+            // sides hung up, always (the application is still there, and a
+            // guest done with both directions would have returned).
+            if owner_left {
+                until_still(|| activity.sent(), grace).await;
+                if activity.delivered() { Stop::Done } else { Stop::Cut }
+            } else {
+                until_still(|| watched.progress(), grace).await;
+                Stop::Cut
             }
         };
-        let cut = AtomicBool::new(false);
-        let idle = AtomicBool::new(false);
+        let mut stop = Stop::Done;
         let result = {
             let work = session.run();
             tokio::pin!(work);
             let deadline = async {
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    cuts = linger => {
-                        cut.store(cuts, Ordering::Relaxed);
-                        cancel.cancel();
-                    }
-                    () = until_silent(&activity, idle_timeout) => {
-                        idle.store(true, Ordering::Relaxed);
-                        cancel.cancel();
-                    }
-                }
+                stop = tokio::select! {
+                    () = cancel.cancelled() => Stop::Done,
+                    why = linger => why,
+                    () = until_silent(&activity, idle_timeout) => Stop::Idle,
+                };
+                cancel.cancel();
                 tokio::time::sleep(grace).await;
             };
             tokio::select! {
@@ -752,9 +870,14 @@ pub(crate) fn spawn_worker(
                 () = deadline => Err(Error::Stuck(grace)),
             }
         };
-        let result = match (result, idle_timeout) {
-            (Ok(()), Some(limit)) if idle.load(Ordering::Relaxed) => Err(Error::Idle(limit)),
-            (Ok(()), _) if cut.load(Ordering::Relaxed) => Err(Error::Cut { idle: grace }),
+        let result = match (result, stop) {
+            (Ok(()), Stop::Idle) => Err(Error::Idle(idle_timeout.unwrap_or_default())),
+            (Ok(()), Stop::Cut) => Err(Error::Cut { idle: grace }),
+            // A guest that ignored its application's EOF may ignore the
+            // cancel too: why it was stopped is the news.
+            (Ok(()) | Err(Error::Stuck(_)), Stop::Orphaned) => {
+                Err(Error::Orphaned(orphan_timeout.unwrap_or_default()))
+            }
             (other, _) => other,
         };
         // Frees the instance and closes every fd it held, now.

@@ -15,7 +15,8 @@ use water::{Config, Dialer, Error, Listener, Watm};
 /// A v0 module with every role; each argument replaces one function body.
 /// Imports `$host_dial`, `$host_accept`, `$pull_config`, `$proc_exit`,
 /// `$random_get`, `$fd_read`, `$fd_write` and `$poll_oneoff`; memory page 0
-/// is scratch.
+/// is scratch. Globals `$cancel`, and `$app`, `$net` for a role body that
+/// sets them (see [`DIAL_KEEPING_FDS`]).
 fn module_wat(init: &str, dial: &str, accept: &str, worker: &str) -> String {
     let associate = "(drop (call $host_accept)) (drop (call $host_dial)) i32.const 0";
     roles_wat(init, dial, accept, associate, worker)
@@ -35,6 +36,8 @@ fn roles_wat(init: &str, dial: &str, accept: &str, associate: &str, worker: &str
           (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
           (memory (export "memory") 1)
           (global $cancel (mut i32) (i32.const -1))
+          (global $app (mut i32) (i32.const -1))
+          (global $net (mut i32) (i32.const -1))
           (func (export "_water_v0"))
           (func (export "_water_init") (result i32) {init})
           (func (export "_water_cancel_with") (param i32) (result i32) local.get 0 global.set $cancel i32.const 0)
@@ -803,15 +806,9 @@ async fn a_slow_application_after_both_eofs_gets_every_byte() {
             Config::default().close_grace(Duration::from_millis(100)),
         )
         .unwrap();
-        let mut conn = Dialer::new(&watm).unwrap().dial(remote.to_string()).await.unwrap();
-        conn.write_all(b"request").await.unwrap();
-        conn.shutdown().await.unwrap();
         // Ten close graces before the application reads.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut got = Vec::new();
-        conn.read_to_end(&mut got).await.unwrap();
+        let got = request_then_read(&watm, remote, Duration::from_secs(1)).await;
         assert!(got == reply, "{} of {} bytes", got.len(), reply.len());
-        conn.close().await.unwrap();
     })
     .await;
 }
@@ -832,6 +829,325 @@ async fn proc_exit_zero_in_accept_is_no_error() {
             .expect("the connection the guest ended was left open");
         // ...and accept has nothing to report.
         assert!(tokio::time::timeout(Duration::from_millis(300), listener.accept()).await.is_err());
+    })
+    .await;
+}
+
+/// A dial body that keeps the application's and the network's fds in the
+/// globals `$app` and `$net`.
+const DIAL_KEEPING_FDS: &str =
+    "(global.set $app (local.get $internal)) (global.set $net (call $host_dial)) (global.get $net)";
+
+/// A worker that carries the network's bytes to the application and never
+/// reads the application's side (so never sees its EOF), ignoring failed
+/// writes; it returns at the network's EOF.
+const REPLY_ONLY: &str = "(loop $l
+      (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 16))
+      (i32.store (i32.const 8) (i32.const 0))
+      (drop (call $fd_read (global.get $net) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (if (i32.eqz (i32.load (i32.const 8))) (then (return (i32.const 0))))
+      (i32.store (i32.const 4) (i32.load (i32.const 8)))
+      (drop (call $fd_write (global.get $app) (i32.const 0) (i32.const 1) (i32.const 12)))
+      (br $l))
+    i32.const 0";
+
+/// A worker that sleeps an hour at a time, forever: it ignores EOF and its
+/// cancel fd.
+fn ignores_everything() -> String {
+    format!("(loop {SLEEP_AN_HOUR} (br 0)) i32.const 0")
+}
+
+/// A remote that holds the connection open, reads what comes, and reports
+/// how long after `start` it saw the connection closed.
+async fn holder() -> (SocketAddr, tokio::sync::oneshot::Receiver<std::time::Instant>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let _ = s.read_to_end(&mut Vec::new()).await;
+        let _ = tx.send(std::time::Instant::now());
+    });
+    (addr, rx)
+}
+
+/// Dials `remote`, sends "request" and half-closes, waits `pause`, reads
+/// to EOF and closes cleanly; yields what it read.
+async fn request_then_read(watm: &Watm, remote: SocketAddr, pause: Duration) -> Vec<u8> {
+    let mut conn = Dialer::new(watm).unwrap().dial(remote.to_string()).await.unwrap();
+    conn.write_all(b"request").await.unwrap();
+    conn.shutdown().await.unwrap();
+    tokio::time::sleep(pause).await;
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).await.unwrap();
+    conn.close().await.unwrap();
+    got
+}
+
+/// A short orphan limit and close grace, for tests.
+fn orphan_config(limit: Duration) -> Config {
+    Config::default().close_grace(Duration::from_millis(100)).orphan_timeout(limit)
+}
+
+// Item 7, the orphan: the application half-closes (or its client hangs
+// up), the guest ignores that EOF, the remote stays open: the worker held
+// both sockets for ever. Now the orphan limit cancels it, and the
+// application, still there, reads a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_connection_whose_guest_ignores_eof_is_reclaimed() {
+    bounded(async {
+        let limit = Duration::from_millis(300);
+        let config = orphan_config(limit);
+        // One guest waits for its cancel fd, the other ignores it too.
+        let deaf = format!("{} i32.const 0", blocking_read("global.get $cancel"));
+        for worker in [deaf, ignores_everything()] {
+            let watm = Watm::new(&module(OK, "call $host_dial", OK, &worker), config.clone()).unwrap();
+            let (remote, closed) = holder().await;
+            let mut conn = Dialer::new(&watm).unwrap().dial(remote.to_string()).await.unwrap();
+            conn.write_all(b"request").await.unwrap();
+            conn.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            let err = conn.read_to_end(&mut rest).await.unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+            match conn.close().await {
+                Err(Error::Orphaned(l)) => assert_eq!(l, limit),
+                other => panic!("an orphaned worker: {other:?}"),
+            }
+            // Its network socket is closed too.
+            closed.await.unwrap();
+        }
+    })
+    .await;
+}
+
+// The same through a tunnel (`water client`'s shape): the client closes its
+// socket, which the guest holds as its application side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_client_left_is_reclaimed() {
+    bounded(async {
+        let limit = Duration::from_millis(300);
+        let config = orphan_config(limit);
+        let watm = Watm::new(&module(OK, "call $host_dial", OK, &ignores_everything()), config).unwrap();
+        let (remote, closed) = holder().await;
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = connect(front.local_addr().unwrap()).await;
+        let (app, _) = front.accept().await.unwrap();
+        let mut tunnel = Dialer::new(&watm).unwrap().dial_socket(remote.to_string(), app).await.unwrap();
+        client.write_all(b"then gone").await.unwrap();
+        let left = std::time::Instant::now();
+        drop(client);
+        assert!(matches!(tunnel.wait().await, Err(Error::Orphaned(l)) if l == limit));
+        let held = closed.await.unwrap() - left;
+        assert!(held >= limit, "closed after {held:?}, before the orphan limit");
+    })
+    .await;
+}
+
+// A TCP close looks like a half-close until a write fails: a guest that
+// keeps carrying the remote's bytes to a client that has gone (and ignores
+// the broken pipe) moves bytes for ever, so the orphan limit alone never
+// ends it. The failed write does, as if the application had closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_to_a_gone_client_ends_the_tunnel() {
+    bounded(async {
+        // The default orphan limit (60 s), which this must not wait for.
+        let watm = Watm::new(
+            &module(OK, DIAL_KEEPING_FDS, OK, REPLY_ONLY),
+            Config::default().close_grace(Duration::from_millis(100)),
+        )
+        .unwrap();
+        // The remote sends a byte every 20 ms until its socket fails.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = listener.local_addr().unwrap();
+        let (tx, closed) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            loop {
+                tokio::select! {
+                    r = s.read(&mut buf) => if !matches!(r, Ok(n) if n > 0) { break },
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {
+                        if s.write_all(b"x").await.is_err() { break }
+                    }
+                }
+            }
+            let _ = tx.send(());
+        });
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = connect(front.local_addr().unwrap()).await;
+        let (app, _) = front.accept().await.unwrap();
+        let mut tunnel = Dialer::new(&watm).unwrap().dial_socket(remote.to_string(), app).await.unwrap();
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).await.unwrap();
+        drop(client);
+        let ended = tokio::time::timeout(Duration::from_secs(20), tunnel.wait())
+            .await
+            .expect("a guest writing to a gone client held the tunnel");
+        assert!(ended.is_err(), "{ended:?}");
+        tokio::time::timeout(Duration::from_secs(10), closed).await.unwrap().unwrap();
+    })
+    .await;
+}
+
+// The orphan limit is one of inactivity, not wall clock: a service that
+// answers only after EOF, slowly, gets every byte through, both with a
+// guest that ignores the EOF (bytes keep moving) and with one that passes
+// it on (never an orphan: the remote decides, as with TCP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reply_after_eof_is_not_an_orphan() {
+    bounded(async {
+        let limit = Duration::from_millis(500);
+        let reply_only = module(OK, DIAL_KEEPING_FDS, OK, REPLY_ONLY);
+        let plain = watm_artifacts::Guest::named("plain").unwrap().bytes();
+        // (guest, pause between chunks): a pause under the limit for the
+        // guest that ignores EOF (and never carries the request: the
+        // service answers without it), over it for the one that passes the
+        // request and its EOF on.
+        for (bytes, pause) in [(reply_only, Duration::from_millis(150)), (plain, Duration::from_millis(700))]
+        {
+            let carries_request = pause > limit;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let remote = listener.local_addr().unwrap();
+            let reply = data(8 * 1000, 21);
+            let sent = reply.clone();
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                if carries_request {
+                    let mut request = Vec::new();
+                    s.read_to_end(&mut request).await.unwrap();
+                    assert_eq!(request, b"request");
+                }
+                for chunk in sent.chunks(1000) {
+                    tokio::time::sleep(pause).await;
+                    s.write_all(chunk).await.unwrap();
+                }
+            });
+            let watm = Watm::new(&bytes, orphan_config(limit)).unwrap();
+            let got = request_then_read(&watm, remote, Duration::ZERO).await;
+            assert!(got == reply, "{} of {} bytes", got.len(), reply.len());
+        }
+    })
+    .await;
+}
+
+// A relay's two sockets are both peers: a client that hangs up on a guest
+// ignoring its EOF, the remote staying open, leaves an orphan too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_client_left_is_reclaimed() {
+    bounded(async {
+        let limit = Duration::from_millis(300);
+        let config = orphan_config(limit);
+        let watm = Watm::new(&module(OK, "call $host_dial", OK, &ignores_everything()), config).unwrap();
+        let (remote, closed) = holder().await;
+        let relay = water::Relay::new(&watm, remote.to_string()).unwrap();
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let serving = tokio::spawn({
+            let stop = stop.clone();
+            async move { relay.serve(front, stop.cancelled_owned()).await }
+        });
+        let mut client = connect(front_addr).await;
+        client.write_all(b"then gone").await.unwrap();
+        drop(client);
+        // Closed by the orphan limit, with the relay still serving.
+        closed.await.unwrap();
+        assert!(!serving.is_finished());
+        stop.cancel();
+        serving.await.unwrap().unwrap();
+    })
+    .await;
+}
+
+/// A dialer whose worker never waits: it spins about a millisecond, then
+/// writes one byte to the network, for ever, ignoring its cancel fd. Each
+/// byte is the longest pause (in ms, at most 255) the guest has seen in
+/// its own monotonic clock between two turns: a throttled worker sees the
+/// host's pauses there.
+const BUSY_MOVER: &str = r#"(module
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $net (mut i32) (i32.const -1))
+  (func (export "_water_v0"))
+  (func (export "_water_init") (result i32) i32.const 0)
+  (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+  (func (export "_water_dial") (param i32) (result i32) (global.set $net (call $host_dial)) (global.get $net))
+  (func $now (result i64) (drop (call $clock (i32.const 1) (i64.const 0) (i32.const 16))) (i64.load (i32.const 16)))
+  (func (export "_water_worker") (result i32)
+    (local $i i32) (local $last i64) (local $now i64) (local $max i64)
+    (local.set $last (call $now))
+    (loop $turn
+      (local.set $i (i32.const 0))
+      (loop $spin
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $spin (i32.lt_u (local.get $i) (i32.const 1000000))))
+      (local.set $now (call $now))
+      (if (i64.gt_u (i64.sub (local.get $now) (local.get $last)) (local.get $max))
+        (then (local.set $max (i64.sub (local.get $now) (local.get $last)))))
+      (local.set $last (local.get $now))
+      (i32.store8 (i32.const 256)
+        (select (i32.const 255) (i32.wrap_i64 (i64.div_u (local.get $max) (i64.const 1000000)))
+          (i64.gt_u (local.get $max) (i64.const 255000000))))
+      (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 1))
+      (drop (call $fd_write (global.get $net) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $turn))
+    i32.const 0))"#;
+
+// Item 7, the CPU budget: moving a byte now and then made a busy worker
+// "not hogging", so one that spins and trickles a byte per tick kept a
+// whole thread for ever. Now it is throttled like any hog (it sees the
+// host's pauses in its own clock), it is not stopped (it moves bytes), and
+// a healthy connection beside such guests stays byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_that_trickles_bytes_is_throttled() {
+    bounded(async {
+        const MOVERS: usize = 4;
+        // Each mover's remote reads until it sees a pause of 100 ms or
+        // more (the throttle's longest is 190 ms), then reports.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let remote = listener.local_addr().unwrap();
+        let (tx, mut throttled) = tokio::sync::mpsc::channel(MOVERS);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        if buf[..n].iter().any(|&ms| ms >= 100) {
+                            let _ = tx.send(()).await;
+                            break;
+                        }
+                    }
+                    // Keeps reading, so that the mover never waits to write.
+                    while let Ok(1..) = s.read(&mut buf).await {}
+                });
+            }
+        });
+        let busy = Watm::new(
+            &wat::parse_str(BUSY_MOVER).unwrap(),
+            Config::default().close_grace(Duration::from_millis(100)),
+        )
+        .unwrap();
+        let mut movers = Vec::new();
+        for _ in 0..MOVERS {
+            movers.push(Dialer::new(&busy).unwrap().dial(remote.to_string()).await.unwrap());
+        }
+        let echo = echo_server().await;
+        let conn = Dialer::new(&guest("xor")).unwrap().dial(echo.to_string()).await.unwrap();
+        let sent = data(8 << 20, 23);
+        assert!(exchange(conn, &sent).await.unwrap() == sent, "the healthy connection lost bytes");
+        for _ in 0..MOVERS {
+            tokio::time::timeout(Duration::from_secs(20), throttled.recv())
+                .await
+                .expect("a busy worker that moves a byte per turn was never throttled");
+        }
+        // Throttled, not stopped: each is still running, and ends when
+        // aborted (dropped after the grace, since it ignores its cancel).
+        for mover in movers {
+            assert!(matches!(mover.abort().await, Err(Error::Stuck(_))));
+        }
     })
     .await;
 }

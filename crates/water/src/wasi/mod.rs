@@ -50,6 +50,9 @@ pub struct WasiCtx {
     pub internal_fd: Option<u32>,
     /// The network fd the role call returned.
     pub net_fd: Option<u32>,
+    /// The fds whose failure (a reset, a broken pipe) means the
+    /// application side is gone: `internal_fd`, or a relay's two sockets.
+    pub app_fds: Vec<u32>,
     /// What the guest has done, readable while it runs.
     pub activity: Arc<Activity>,
     /// Times a host call of the guest had to wait (for I/O, a timer, a
@@ -87,6 +90,12 @@ pub struct Activity {
     /// The guest half-closed (or closed) its network fd: everything it had
     /// to deliver is out.
     delivered: AtomicBool,
+    /// Fds the guest shut down for writing or closed, one bit per fd (the
+    /// table holds at most 64).
+    write_ended: AtomicU64,
+    /// A read or write of the application side failed with a reset or a
+    /// broken pipe: the application is gone, not just half-closed.
+    app_gone: AtomicBool,
 }
 
 impl Activity {
@@ -100,6 +109,15 @@ impl Activity {
 
     pub fn delivered(&self) -> bool {
         self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Whether the guest shut down `fd` for writing, or closed it.
+    pub fn write_ended(&self, fd: u32) -> bool {
+        fd < 64 && self.write_ended.load(Ordering::Relaxed) & (1 << fd) != 0
+    }
+
+    pub fn app_gone(&self) -> bool {
+        self.app_gone.load(Ordering::Relaxed)
     }
 }
 
@@ -119,6 +137,7 @@ impl WasiCtx {
             coarse_poll: false,
             internal_fd: None,
             net_fd: None,
+            app_fds: Vec::new(),
             activity: Arc::default(),
             waits: 0,
             polls: 0,
@@ -142,6 +161,20 @@ impl WasiCtx {
     pub fn note_write_end(&self, fd: u32) {
         if Some(fd) == self.net_fd {
             self.activity.delivered.store(true, Ordering::Relaxed);
+        }
+        if fd < 64 {
+            self.activity.write_ended.fetch_or(1 << fd, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes a failed read or write of stream `fd`: on the application
+    /// side, a reset or a broken pipe means the application is gone (a TCP
+    /// close and a half-close look alike until then).
+    pub fn note_failure(&self, fd: u32, e: &std::io::Error) {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) && self.app_fds.contains(&fd)
+        {
+            self.activity.app_gone.store(true, Ordering::Relaxed);
         }
     }
 }

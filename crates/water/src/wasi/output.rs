@@ -22,6 +22,10 @@ pub struct OutputLog {
     label: String,
     budget: usize,
     lines: usize,
+    /// Records logged, counted apart from the budget (which saturates), so
+    /// that a test sees every record past it.
+    #[cfg(test)]
+    emitted: usize,
     pending: [Vec<u8>; 2],
     truncated: bool,
     last_stderr: Option<String>,
@@ -33,6 +37,8 @@ impl OutputLog {
             label,
             budget: BUDGET,
             lines: LINE_BUDGET,
+            #[cfg(test)]
+            emitted: 0,
             pending: [Vec::new(), Vec::new()],
             truncated: false,
             last_stderr: None,
@@ -91,6 +97,10 @@ impl OutputLog {
     fn emit(&mut self, which: Output) {
         let line = std::mem::take(&mut self.pending[which as usize]);
         self.lines = self.lines.saturating_sub(1);
+        #[cfg(test)]
+        {
+            self.emitted += 1;
+        }
         let text = escape(&String::from_utf8_lossy(&line));
         match which {
             Output::Stdout => {
@@ -106,7 +116,7 @@ impl OutputLog {
     /// Lines logged so far.
     #[cfg(test)]
     fn logged(&self) -> usize {
-        LINE_BUDGET - self.lines
+        self.emitted
     }
 
     /// The last complete (or pending) line the guest wrote to stderr: the

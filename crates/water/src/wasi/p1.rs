@@ -289,7 +289,10 @@ async fn fd_read<T: WasiView>(
                 caller.data_mut().wasi().waits += u64::from(waited);
                 ready.map_err(|e| errno::from_io(&e))?;
             }
-            Err(e) => return Err(errno::from_io(&e)),
+            Err(e) => {
+                wasi.note_failure(fd, &e);
+                return Err(errno::from_io(&e));
+            }
         }
     }
 }
@@ -336,7 +339,10 @@ pub(super) async fn fd_write<T: WasiView>(
                 caller.data_mut().wasi().waits += u64::from(waited);
                 ready.map_err(|e| errno::from_io(&e))?;
             }
-            Err(e) => return Err(errno::from_io(&e)),
+            Err(e) => {
+                wasi.note_failure(fd, &e);
+                return Err(errno::from_io(&e));
+            }
         }
     }
 }

@@ -85,6 +85,9 @@ async fn sock_recv<T: WasiView>(
         let got = if peek { stream.try_peek(buf) } else { stream.try_read(buf) };
         match got {
             Ok(k) => {
+                if !peek {
+                    wasi.note_read(k);
+                }
                 filled += k as u32;
                 // A peek never waits for more: the bytes it saw stay queued.
                 if k == 0 || filled == len || !wait_all || peek {
@@ -95,10 +98,17 @@ async fn sock_recv<T: WasiView>(
                 if nonblocking {
                     return if filled > 0 { Ok(filled) } else { Err(Errno::AGAIN) };
                 }
-                stream.readable().await.map_err(|e| errno::from_io(&e))?;
+                let (ready, waited) = super::watched(stream.readable()).await;
+                caller.data_mut().wasi().waits += u64::from(waited);
+                ready.map_err(|e| errno::from_io(&e))?;
             }
-            Err(_) if filled > 0 => return Ok(filled),
-            Err(e) => return Err(errno::from_io(&e)),
+            Err(e) => {
+                wasi.note_failure(fd, &e);
+                if filled > 0 {
+                    return Ok(filled);
+                }
+                return Err(errno::from_io(&e));
+            }
         }
     }
 }
