@@ -232,7 +232,8 @@ impl Config {
     /// ignores that (default 60 s, Linux's `tcp_fin_timeout`; `None` turns
     /// it off). Once the application side has sent EOF — a [`crate::Connection`]
     /// shut down for writing, the socket handed to [`crate::Dialer::dial_socket`]
-    /// closed by its peer, for a [`crate::Relay`] either socket — and the
+    /// or a [`crate::Forwarder`]'s upstream socket closed by its peer, for a
+    /// [`crate::Relay`] either socket — and the
     /// guest has not passed that EOF on (half-closed or closed the other
     /// side), a worker through which no byte moves for `limit` is cancelled
     /// ([`crate::Error::Orphaned`]; the application, if still there, reads
