@@ -13,7 +13,7 @@ use std::io::Write;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use water::{Dialer, Forwarder, Relay, Role};
+use water::{Dialer, Forwarder, Relay};
 
 use crate::{socks, transport};
 
@@ -162,13 +162,10 @@ pub async fn server(
     listen: &str,
     forward: String,
 ) -> anyhow::Result<()> {
-    let watm = load_checked(t, config, limits).await?;
-    if !watm.supports(Role::Listener) {
-        anyhow::bail!("{t} does not support the listener role (no _water_accept export)");
-    }
     // The guest reads and writes the upstream socket itself: no copy
-    // through the host (see `water::Forwarder`).
-    let forwarder = Forwarder::new(&watm, forward)?;
+    // through the host (see `water::Forwarder`). A module without
+    // `_water_accept` is refused here (`Error::RoleNotSupported`).
+    let forwarder = Forwarder::new(&load_checked(t, config, limits).await?, forward)?;
     let listener = bind(listen).await?;
     let stop = on_signal()?;
     forwarder.serve(listener, stop.cancelled()).await.context("server")?;
