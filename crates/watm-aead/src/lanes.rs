@@ -180,7 +180,7 @@ mod imp {
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 mod imp {
-    use super::{HIBIT, LIMB};
+    use super::LIMB;
 
     /// Four `u32` lanes as plain words (LLVM vectorises most of it natively).
     #[derive(Clone, Copy)]
@@ -280,19 +280,7 @@ mod imp {
         }
 
         pub fn limbs(a: &[u8; 16], b: &[u8; 16]) -> [Pair32; 5] {
-            let w =
-                |blk: &[u8; 16], i: usize| u32::from_le_bytes(blk[4 * i..4 * i + 4].try_into().expect("4"));
-            let one = |blk: &[u8; 16]| {
-                let (w0, w1, w2, w3) = (w(blk, 0), w(blk, 1), w(blk, 2), w(blk, 3));
-                [
-                    w0 & LIMB,
-                    ((w0 >> 26) | (w1 << 6)) & LIMB,
-                    ((w1 >> 20) | (w2 << 12)) & LIMB,
-                    ((w2 >> 14) | (w3 << 18)) & LIMB,
-                    (w3 >> 8) | HIBIT,
-                ]
-            };
-            let (la, lb) = (one(a), one(b));
+            let (la, lb) = (super::block_limbs(a), super::block_limbs(b));
             core::array::from_fn(|i| Pair32([la[i], lb[i]]))
         }
     }
@@ -327,6 +315,20 @@ mod imp {
 pub use imp::{Pair32, Pair64, U32x4};
 
 /// A 26-bit limb mask (Poly1305).
-const LIMB: u32 = 0x3ff_ffff;
+pub const LIMB: u32 = 0x3ff_ffff;
 /// The 2¹²⁸ bit of a Poly1305 block, in limb 4.
-const HIBIT: u32 = 1 << 24;
+pub const HIBIT: u32 = 1 << 24;
+
+/// Five 26-bit limbs of a 16-byte little-endian Poly1305 block, with the
+/// 2¹²⁸ bit: for the one-block path, and per block for the plain-word lanes.
+pub fn block_limbs(block: &[u8; 16]) -> [u32; 5] {
+    let w = |i: usize| u32::from_le_bytes(block[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
+    [
+        w0 & LIMB,
+        ((w0 >> 26) | (w1 << 6)) & LIMB,
+        ((w1 >> 20) | (w2 << 12)) & LIMB,
+        ((w2 >> 14) | (w3 << 18)) & LIMB,
+        (w3 >> 8) | HIBIT,
+    ]
+}

@@ -17,25 +17,7 @@
 //! gives Poly1305. Not constant-time concerns beyond the usual: no branch or
 //! index depends on secret data.
 
-use crate::lanes::{Pair32, Pair64};
-
-/// A 26-bit limb mask.
-const M: u32 = 0x3ff_ffff;
-/// The 2¹²⁸ bit, in limb 4.
-const HIBIT: u32 = 1 << 24;
-
-/// Five 26-bit limbs of a 16-byte little-endian block, with the 2¹²⁸ bit.
-fn limbs(block: &[u8; 16]) -> [u32; 5] {
-    let w = |i: usize| u32::from_le_bytes(block[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
-    [
-        w0 & M,
-        ((w0 >> 26) | (w1 << 6)) & M,
-        ((w1 >> 20) | (w2 << 12)) & M,
-        ((w2 >> 14) | (w3 << 18)) & M,
-        (w3 >> 8) | HIBIT,
-    ]
-}
+use crate::lanes::{LIMB as M, Pair32, Pair64, block_limbs};
 
 /// `h · r mod p`, partly reduced: limbs below 2²⁶ except limb 1, which may
 /// be a little above. `h` limbs below 2²⁸, `r` limbs below 2²⁷.
@@ -102,7 +84,7 @@ impl Poly1305 {
     }
 
     fn block(&mut self, block: &[u8; 16]) {
-        let m = limbs(block);
+        let m = block_limbs(block);
         let h: [u64; 5] = core::array::from_fn(|i| self.h[i] + u64::from(m[i]));
         self.h = mul(h, &self.r);
     }
