@@ -14,10 +14,10 @@
 //!   chunk framing itself is `watm_aead::chunk`, shared with other
 //!   transports.
 //!
-//! The ChaCha AEADs are `watm-aead`'s (a SIMD128 ChaCha20 with RustCrypto's
-//! Poly1305: RustCrypto's own ChaCha20 has no wasm SIMD backend and runs at
-//! a fraction of the speed in a guest); AES-GCM, HKDF, SHA-1 and MD5 are
-//! RustCrypto's (`aes-gcm`, `hkdf`, `sha1`, `md-5`).
+//! The ChaCha AEADs are `watm-aead`'s (SIMD128 ChaCha20 and Poly1305:
+//! RustCrypto's have no wasm SIMD backend and run at about half the speed
+//! in a guest); AES-GCM, HKDF, SHA-1 and MD5 are RustCrypto's (`aes-gcm`,
+//! `hkdf`, `sha1`, `md-5`).
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
