@@ -15,7 +15,7 @@ use crate::config::TransportArgs;
 use crate::conn::Connection;
 use crate::duplex;
 use crate::error::Error;
-use crate::v0::{Done, Links, Session, Setup, finished, spawn_worker};
+use crate::v0::{Done, Links, Session, Setup, Slot, finished, spawn_worker};
 use crate::wasi::table::Stream;
 use crate::watm::{Role, Watm};
 
@@ -33,6 +33,7 @@ fn pulled_config(watm: &Watm, args: &TransportArgs) -> Result<Option<Arc<[u8]>>,
 /// Sets up a connection whose application side is an in-process duplex.
 async fn app_connection(
     watm: &Watm,
+    slot: Slot,
     make: impl FnOnce(Stream) -> Setup,
     role: &str,
     pulled: Option<Arc<[u8]>>,
@@ -40,9 +41,8 @@ async fn app_connection(
     let (app, guest) = duplex::pair();
     let guest = Arc::new(guest);
     let links = Links::default();
-    let session =
-        Session::start(watm, make(Stream::Duplex(guest.clone())), links.cancel.clone(), label(role), pulled)
-            .await?;
+    let setup = make(Stream::Duplex(guest.clone()));
+    let session = Session::start(watm, slot, setup, links.cancel.clone(), label(role), pulled).await?;
     let done = spawn_worker(session, links.clone(), watm.inner.config.close_grace, Some(guest));
     Ok(Connection::new(app, links, done))
 }
@@ -83,7 +83,8 @@ impl Dialer {
     ) -> Result<Connection, Error> {
         let pulled = pulled_config(&self.watm, args)?;
         let target = addr.into();
-        app_connection(&self.watm, |internal| Setup::Dial { internal, target }, "dial", pulled).await
+        let slot = Slot::take(&self.watm)?;
+        app_connection(&self.watm, slot, |internal| Setup::Dial { internal, target }, "dial", pulled).await
     }
 
     /// Connects to `addr` through the transport with `app` as the plain side:
@@ -103,10 +104,15 @@ impl Dialer {
         args: &TransportArgs,
     ) -> Result<Tunnel, Error> {
         let pulled = pulled_config(&self.watm, args)?;
+        let slot = Slot::take(&self.watm).inspect_err(|e| {
+            // Logged while `app` is open: its peer sees the close after.
+            tracing::warn!(target: "water", "connection refused: {e}");
+        })?;
         let (target, internal) = (addr.into(), Stream::Tcp(Arc::new(app)));
         let links = Links::default();
         let setup = Setup::Dial { internal, target };
-        let session = Session::start(&self.watm, setup, links.cancel.clone(), label("dial"), pulled).await?;
+        let session =
+            Session::start(&self.watm, slot, setup, links.cancel.clone(), label("dial"), pulled).await?;
         let done = spawn_worker(session, links.clone(), self.watm.inner.config.close_grace, None);
         Ok(Tunnel { links, done: Some(done) })
     }
@@ -271,8 +277,17 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let (watm, ready, stop, pulled) = (watm.clone(), ready.clone(), stop.clone(), pulled.clone());
         tokio::spawn(async move {
+            let slot = match Slot::take(&watm) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    // Logged while `stream` is open: its peer sees the close after.
+                    tracing::warn!(target: "water", %peer, "connection refused: {e}");
+                    return;
+                }
+            };
             let setup = app_connection(
                 &watm,
+                slot,
                 |internal| Setup::Accept { internal, accepted: stream },
                 "accept",
                 pulled,
@@ -282,9 +297,6 @@ async fn accept_loop(
                 r = setup => r,
             };
             match result {
-                Err(e @ Error::TooManyConnections(_)) => {
-                    tracing::warn!(target: "water", %peer, "connection refused: {e}");
-                }
                 // The guest ended the connection during its setup, cleanly
                 // (a refusal of its own): nothing to hand over, no error.
                 Err(Error::Exit { code: 0, export }) => {
@@ -495,8 +507,18 @@ async fn run_one(
     pulled: Option<Arc<[u8]>>,
     permit: OwnedSemaphorePermit,
 ) {
+    // Before the setup runs (a forwarder's dials its upstream): a refused
+    // connection costs nothing more, and is logged while its socket (in
+    // `setup`) is still open.
+    let slot = match Slot::take(&watm) {
+        Ok(slot) => slot,
+        Err(e) => {
+            tracing::warn!(target: "water", conn = %label, %peer, "connection refused: {e}");
+            return;
+        }
+    };
     let started = tokio::select! {
-        r = async { Session::start(&watm, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
+        r = async { Session::start(&watm, slot, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
         () = links.closing.cancelled() => {
             tracing::debug!(target: "water", conn = %label, %peer, "stopped during setup");
             return;

@@ -193,14 +193,17 @@ pub(crate) struct Session {
 }
 
 /// One of a module's `Config::max_connections`, held from the start of
-/// setup until the session is dropped (the worker's end).
-struct Slot(Arc<AtomicUsize>);
+/// setup until the session is dropped (the worker's end). Taken by the
+/// caller of [`Session::start`] before it gives up anything of the
+/// connection, so that a refusal is logged while the refused socket is
+/// still open (a peer that sees the close finds the log line written).
+pub(crate) struct Slot(Arc<AtomicUsize>);
 
 impl Slot {
-    fn take(live: &Arc<AtomicUsize>, max: Option<usize>) -> Result<Slot, Error> {
-        let before = live.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(live.clone());
-        match max {
+    pub(crate) fn take(watm: &Watm) -> Result<Slot, Error> {
+        let before = watm.inner.live.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(watm.inner.live.clone());
+        match watm.inner.config.max_connections {
             Some(max) if before >= max => Err(Error::TooManyConnections(max)),
             _ => Ok(slot),
         }
@@ -494,12 +497,12 @@ impl Session {
     /// `pull_config` reads.
     pub(crate) async fn start(
         watm: &Watm,
+        slot: Slot,
         setup: Setup,
         cancel: CancellationToken,
         label: String,
         pulled_config: Option<Arc<[u8]>>,
     ) -> Result<Session, Error> {
-        let slot = Slot::take(&watm.inner.live, watm.inner.config.max_connections)?;
         let mut this = Initialized::new(watm, label, pulled_config).await?;
 
         let role = match &setup {
