@@ -1095,14 +1095,43 @@ const BUSY_MOVER: &str = r#"(module
       (br $turn))
     i32.const 0))"#;
 
+/// The threads of this process named `name`: nanoseconds spent on a CPU
+/// plus waiting for one (runnable), from `/proc/self/task/*/schedstat`.
+/// What is left of wall time is time asleep, whatever else loads the
+/// machine.
+fn busy_or_runnable_ns(name: &str) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("schedstat"))
+            .expect("/proc/self/task/*/schedstat (CONFIG_SCHED_INFO) is needed to measure a CPU share");
+        let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+        total += fields.next().unwrap() + fields.next().unwrap();
+    }
+    total
+}
+
 // Item 7, the CPU budget: moving a byte now and then made a busy worker
 // "not hogging", so one that spins and trickles a byte per tick kept a
 // whole thread for ever. Now it is throttled like any hog (it sees the
 // host's pauses in its own clock), it is not stopped (it moves bytes), and
-// a healthy connection beside such guests stays byte-exact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_worker_that_trickles_bytes_is_throttled() {
-    bounded(async {
+// a healthy connection beside such guests stays byte-exact. Its share is
+// judged by the runtime's threads' scheduler statistics: unthrottled, four
+// spinning movers keep both threads on a CPU or runnable all the time,
+// however loaded the machine; throttled, they sleep most of it.
+#[test]
+fn a_busy_worker_that_trickles_bytes_is_throttled() {
+    const THREADS: &str = "mover-test";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bounded(async {
         const MOVERS: usize = 4;
         // Each mover's remote reads until it sees a pause of 100 ms or
         // more (the throttle's longest is 190 ms), then reports.
@@ -1143,11 +1172,18 @@ async fn a_busy_worker_that_trickles_bytes_is_throttled() {
                 .await
                 .expect("a busy worker that moves a byte per turn was never throttled");
         }
+        // Over a second, the two threads running the four movers are busy
+        // or runnable a small part of the time (throttled: ~1/20 of a thread
+        // each, 10 % of the pair; unthrottled: 100 %).
+        let (busy0, wall0) = (busy_or_runnable_ns(THREADS), std::time::Instant::now());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = busy_or_runnable_ns(THREADS) - busy0;
+        let share = busy as f64 / (2.0 * wall0.elapsed().as_nanos() as f64);
+        assert!(share < 0.5, "four throttled movers kept the runtime's threads {:.0} % busy", share * 100.0);
         // Throttled, not stopped: each is still running, and ends when
         // aborted (dropped after the grace, since it ignores its cancel).
         for mover in movers {
             assert!(matches!(mover.abort().await, Err(Error::Stuck(_))));
         }
-    })
-    .await;
+    }));
 }
