@@ -1,6 +1,6 @@
 //! `cargo xtask fuzz --seconds N`: the bounded fuzz tests of
-//! `crates/water/tests/fuzz.rs`, each for N seconds instead of the few that
-//! `cargo test` gives them, from a fresh seed (the tests print it);
+//! `crates/water/tests/fuzz.rs`, each for N seconds instead of the fixed
+//! count of cases that `cargo test` gives them, from a fresh seed (the tests print it);
 //! `FUZZ_SEED` in the environment replays a run.
 
 use std::path::Path;

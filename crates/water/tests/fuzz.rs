@@ -15,10 +15,13 @@
 //! `water::Error`; open fds and RSS come back near where they started; and a
 //! healthy `xor` connection running beside the whole time stays byte-exact.
 //!
-//! Each test runs for `FUZZ_SECONDS` (default 12; `cargo xtask fuzz
-//! --seconds N` runs longer) from a seed printed first: a fixed one under
-//! `cargo test`, a fresh one under `cargo xtask fuzz` (`FUZZ_SEED` replays
-//! either). The counts of cases and outcomes are printed at the end.
+//! Under `cargo test` each test runs a fixed number of cases (`FUZZ_CASES`,
+//! default [`SMITH_CASES`] and [`CALL_PROGRAM_CASES`]) from a fixed seed, so that every run replays
+//! the same cases however fast the machine is; a run that cannot finish
+//! them within [`TIME_CAP`] fails and says how far it got. `cargo xtask
+//! fuzz --seconds N` runs for `FUZZ_SECONDS` instead, from a fresh seed
+//! (`FUZZ_SEED` replays either). The seed comes first in the output, the
+//! counts of cases and outcomes at the end.
 
 mod support;
 
@@ -35,8 +38,32 @@ use water::{Config, Dialer, Listener, Watm};
 /// Longest one case may take, setup and all, before it counts as a hang.
 const CASE_LIMIT: Duration = Duration::from_secs(10);
 
-fn seconds() -> f64 {
-    std::env::var("FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12.0)
+/// Cases per test under `cargo test`: about 15 s each here (a wasm-smith
+/// case often runs to its setup timeout; a call program rarely does).
+const SMITH_CASES: usize = 40;
+const CALL_PROGRAM_CASES: usize = 120;
+/// How long the default cases may take before the run counts as failed (a
+/// host that became that much slower per case is a finding too).
+const TIME_CAP: Duration = Duration::from_secs(300);
+/// How far RSS may grow over a run: what the instance pool keeps resident
+/// in the few slots serial cases reuse (256 KiB each), allocator slack and
+/// the tally. A case that leaked its instance's memory (at least a 64 KiB
+/// page, usually far more) would pass it within a run.
+const RSS_SLACK_KIB: u64 = 16 << 10;
+
+/// What bounds a run: a count of cases, or (for `cargo xtask fuzz`) time.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    Cases(usize),
+    Seconds(f64),
+}
+
+fn budget(default_cases: usize) -> Budget {
+    let var = |name: &str| std::env::var(name).ok();
+    match (var("FUZZ_SECONDS").and_then(|s| s.parse().ok()), var("FUZZ_CASES").and_then(|s| s.parse().ok())) {
+        (Some(seconds), _) => Budget::Seconds(seconds),
+        (None, cases) => Budget::Cases(cases.unwrap_or(default_cases)),
+    }
 }
 
 /// xorshift64*: reproducible from the printed seed.
@@ -192,7 +219,7 @@ fn case_config() -> Config {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Drives `make_case` for the test's time; checks the oracle.
-async fn fuzz(test: &str, mut make_case: impl FnMut(&mut Rng) -> Vec<u8>) {
+async fn fuzz(test: &str, default_cases: usize, mut make_case: impl FnMut(&mut Rng) -> Vec<u8>) {
     let _one_at_a_time = SERIAL.lock().await;
     let panics = Panics::install();
     // A host bug can wedge the runtime itself (a panic under a lock, a
@@ -231,10 +258,21 @@ async fn fuzz(test: &str, mut make_case: impl FnMut(&mut Rng) -> Vec<u8>) {
     // Let the healthy connection and the echo service settle first.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (fds0, rss0) = (open_fds(), rss_kib());
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds());
+    let budget = budget(default_cases);
+    let started = Instant::now();
+    let more = |done: usize| match budget {
+        Budget::Cases(n) => {
+            assert!(
+                done >= n || started.elapsed() < TIME_CAP,
+                "{test}: only {done} of {n} cases ran within {TIME_CAP:?} (FUZZ_CASES sets fewer)"
+            );
+            done < n
+        }
+        Budget::Seconds(s) => started.elapsed().as_secs_f64() < s,
+    };
     let mut tally: BTreeMap<String, usize> = BTreeMap::new();
     let cases = AtomicUsize::new(0);
-    while Instant::now() < deadline {
+    while more(cases.load(Ordering::Relaxed)) {
         let bytes = make_case(&mut rng);
         let listen = rng.below(3) == 0;
         cases.fetch_add(1, Ordering::Relaxed);
@@ -259,21 +297,25 @@ async fn fuzz(test: &str, mut make_case: impl FnMut(&mut Rng) -> Vec<u8>) {
     stop.store(true, Ordering::Relaxed);
     done.store(true, Ordering::Relaxed);
     let healthy_bytes = bounded(healthy).await.expect("healthy connection task");
-    // Everything the cases held is released once they have ended.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everything the cases held is released once they have ended (a
+    // worker that ignores its cancel is dropped after the close grace).
+    let released = Instant::now();
+    while open_fds() > fds0 + 4 && released.elapsed() < LIMIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (fds1, rss1) = (open_fds(), rss_kib());
     println!(
-        "{test}: {} cases in {:.0} s; outcomes {tally:?}; healthy connection {} MiB byte-exact; \
-         fds {fds0} -> {fds1}; RSS {} -> {} MiB",
+        "{test}: {} cases ({budget:?}) in {:.1} s; outcomes {tally:?}; healthy connection {} MiB \
+         byte-exact; fds {fds0} -> {fds1}; RSS {} -> {} MiB",
         cases.load(Ordering::Relaxed),
-        seconds(),
+        started.elapsed().as_secs_f64(),
         healthy_bytes >> 20,
         rss0 >> 10,
         rss1 >> 10
     );
     assert!(!panics.any(), "{test}: the host panicked: {:?}", panics.list());
     assert!(fds1 <= fds0 + 4, "{test}: fds grew from {fds0} to {fds1}");
-    assert!(rss1 <= rss0 + (512 << 10), "{test}: RSS grew from {rss0} KiB to {rss1} KiB");
+    assert!(rss1 <= rss0 + RSS_SLACK_KIB, "{test}: RSS grew from {rss0} KiB to {rss1} KiB");
     assert!(healthy_bytes > 0, "{test}: the healthy connection moved nothing");
 }
 
@@ -342,7 +384,7 @@ async fn smith_modules_run_through_a_role() {
     imports.push(')');
     let imports = wat::parse_str(&imports).unwrap();
     let exports = wat::parse_str(EXPORTS).unwrap();
-    fuzz("smith", |rng| {
+    fuzz("smith", SMITH_CASES, |rng| {
         let mut config = wasm_smith::Config {
             available_imports: Some(imports.clone()),
             exports: Some(exports.clone()),
@@ -499,5 +541,5 @@ fn hostile_program(rng: &mut Rng) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_call_programs_run_through_a_role() {
     assert_eq!((IMPORTS[25].1, IMPORTS[26].1), ("host_dial", "host_accept"), "aliases in hostile_program");
-    fuzz("hostile-calls", hostile_program).await;
+    fuzz("hostile-calls", CALL_PROGRAM_CASES, hostile_program).await;
 }
