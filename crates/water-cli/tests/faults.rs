@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Proc, pattern, temp_dir};
+use common::{LIMIT, Proc, pattern, temp_dir};
 
 /// What the service does, chosen by the first byte a connection sends.
 const ECHO: u8 = b'E';
@@ -76,16 +76,18 @@ fn serve(mut s: TcpStream) {
     }
 }
 
-fn open_fds(p: &Proc) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", p.child.id())).map(|d| d.count()).unwrap_or(0)
+/// Whether a read ended by its timeout (the connection hung), not by EOF
+/// or an error.
+fn timed_out(ended: Option<ErrorKind>) -> bool {
+    matches!(ended, Some(ErrorKind::WouldBlock | ErrorKind::TimedOut))
 }
 
 /// Waits until `p` holds at most `fds` fds again; the count it reached.
 fn settles_to(p: &Proc, fds: usize) -> usize {
     let start = Instant::now();
     loop {
-        let now = open_fds(p);
-        if now <= fds || start.elapsed() > Duration::from_secs(20) {
+        let now = p.open_fds();
+        if now <= fds || start.elapsed() > LIMIT {
             return now;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -163,21 +165,22 @@ fn faults_end_their_own_connection_only_and_leave_nothing_open() {
     ]);
     let (stop, moved) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let beside = healthy(client_addr, stop.clone(), moved.clone());
-    std::thread::sleep(Duration::from_millis(300));
-    let (client_fds, server_fds) = (open_fds(&client), open_fds(server.as_ref().unwrap()));
+    // The baseline once the healthy connection is set up end to end (its
+    // first round came back), and nothing else is open.
+    let start = Instant::now();
+    while moved.load(Ordering::Relaxed) == 0 {
+        assert!(start.elapsed() < LIMIT, "the healthy connection never completed a round");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (client_fds, server_fds) = (client.open_fds(), server.as_ref().unwrap().open_fds());
 
     // The service resets mid-stream: the reply stops, with an error or EOF,
     // well before the 20 s read bound (no hang), after at most what was
     // echoed.
     let mut s = connect(client_addr, RESET);
-    let t = Instant::now();
     s.write_all(&pattern(1 << 20, 1)).ok();
-    let (got, _) = drain(s);
-    assert!(
-        got <= 1 << 20 && t.elapsed() < Duration::from_secs(15),
-        "reset: {got} bytes in {:?}",
-        t.elapsed()
-    );
+    let (got, ended) = drain(s);
+    assert!(got <= 1 << 20 && !timed_out(ended), "reset: {got} bytes, then {ended:?}");
 
     // The service half-closes after 64 KiB while the client still sends:
     // the client reads EOF after everything the service echoed.
@@ -224,7 +227,12 @@ fn faults_end_their_own_connection_only_and_leave_nothing_open() {
     let silent: Vec<_> = (0..8).map(|_| TcpStream::connect(server_addr).unwrap()).collect();
     let mut garbage = TcpStream::connect(server_addr).unwrap();
     garbage.write_all(&[0xAA; 4096]).ok();
-    std::thread::sleep(Duration::from_millis(500));
+    // Each reached the server (it holds an fd for it) before they leave.
+    let start = Instant::now();
+    while server.as_ref().unwrap().open_fds() < server_fds + silent.len() + 1 {
+        assert!(start.elapsed() < LIMIT, "the server never accepted the silent peers");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     drop(silent);
     drop(garbage);
 
@@ -247,10 +255,9 @@ fn faults_end_their_own_connection_only_and_leave_nothing_open() {
     let mut server_proc = server.take().unwrap();
     server_proc.child.kill().unwrap();
     let _ = server_proc.child.wait();
-    let t = Instant::now();
     let _ = s.write_all(&pattern(64 << 10, 4));
-    let (after, _) = drain(s);
-    assert!(t.elapsed() < Duration::from_secs(15), "killed server: the client connection hung");
+    let (after, ended) = drain(s);
+    assert!(!timed_out(ended), "killed server: the client connection hung");
     assert!(after <= 64 << 10, "killed server: {after} bytes after the kill");
     assert!(client.child.try_wait().unwrap().is_none(), "the client process died with its server");
     let (_server, again) = Proc::listening(&[

@@ -31,21 +31,6 @@ fn pt_once(env: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
-fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let mut r = s.try_clone().unwrap();
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut r, &mut s);
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
-
 /// A SOCKS5 CONNECT (no auth) to `target`; the stream after a success
 /// reply, or the reply code.
 fn socks_connect(proxy: SocketAddr, target: SocketAddr) -> Result<TcpStream, u8> {
@@ -76,12 +61,6 @@ fn methods_and_logs(pt: &mut Proc, done: &str) -> (Vec<String>, Vec<String>) {
 
 fn methods(pt: &mut Proc, done: &str) -> Vec<String> {
     methods_and_logs(pt, done).0
-}
-
-fn signal(p: &Proc, sig: i32) {
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    let r = unsafe { libc::kill(p.child.id() as i32, sig) };
-    assert_eq!(r, 0);
 }
 
 #[test]
@@ -196,7 +175,7 @@ fn client_methods_socks_half_and_exit_on_stdin_close() {
     assert!(state.join("water-pt.log").is_file());
     // Closing stdin ends it.
     drop(pt.stdin.take());
-    let status = pt.wait(Duration::from_secs(10)).expect("water pt did not exit when stdin closed");
+    let status = pt.wait(LIMIT).expect("water pt did not exit when stdin closed");
     assert!(status.success(), "{status}");
     assert_eq!(pt.stderr_text(), "");
     let _ = std::fs::remove_dir_all(&dir);
@@ -234,8 +213,8 @@ fn server_methods_options_and_forwarding_to_the_orport() {
     round_trip(&mut s, b"to the ORPort and back");
 
     // SIGTERM ends it, open connection and all.
-    signal(&pt, libc::SIGTERM);
-    let status = pt.wait(Duration::from_secs(10)).expect("no exit after SIGTERM");
+    pt.signal(libc::SIGTERM);
+    let status = pt.wait(LIMIT).expect("no exit after SIGTERM");
     assert!(status.success(), "{status}");
     assert_eq!(pt.stderr_text(), "");
     let _ = std::fs::remove_dir_all(&dir);
@@ -259,14 +238,12 @@ fn first_sigint_stops_accepting_and_drains_the_second_ends_it() {
     let mut open = socks_connect(proxy, echo).unwrap();
     round_trip(&mut open, b"before");
 
-    signal(&pt, libc::SIGINT);
+    pt.signal(libc::SIGINT);
     // The listener goes away: new connections are refused...
+    let deadline = std::time::Instant::now() + LIMIT;
     let mut refused = false;
-    for _ in 0..100 {
-        if TcpStream::connect(proxy).is_err() {
-            refused = true;
-            break;
-        }
+    while !refused && std::time::Instant::now() < deadline {
+        refused = TcpStream::connect(proxy).is_err();
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(refused, "still accepting after SIGINT");
@@ -274,8 +251,8 @@ fn first_sigint_stops_accepting_and_drains_the_second_ends_it() {
     round_trip(&mut open, b"after the first SIGINT");
     assert!(pt.child.try_wait().unwrap().is_none(), "exited with a connection open");
 
-    signal(&pt, libc::SIGINT);
-    let status = pt.wait(Duration::from_secs(10)).expect("no exit after the second SIGINT");
+    pt.signal(libc::SIGINT);
+    let status = pt.wait(LIMIT).expect("no exit after the second SIGINT");
     assert!(status.success(), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }

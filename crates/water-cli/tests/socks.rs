@@ -70,6 +70,7 @@ fn connect_with_credentials(proxy: SocketAddr, user: &[u8], pass: &[u8], port: u
 }
 
 #[test]
+#[cfg_attr(not(peer_curl), ignore = "needs curl and python3: apt-get install curl python3")]
 fn curl_through_socks5_bridge_mode_over_plain_and_xor() {
     let dir = temp_dir("socks-curl");
     let body = pattern(300_000, 5);
@@ -132,7 +133,27 @@ fn bridge_mode_credentials_are_the_guests_arguments_and_never_logged() {
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     assert_eq!(got, [5, 2, 1, 1]);
+    // That failure is logged (a path that formats what the client sent)...
+    let line = client
+        .wait_stderr(LIMIT, |l| l.contains("not key=value"))
+        .unwrap_or_else(|log| panic!("the refused credentials were not logged:\n{log}"));
+    assert!(!line.contains("hunter2"), "a secret argument reached the log: {line}");
 
+    // ...and so is a dial that fails with secret arguments.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut s = socks(proxy);
+    let mut msg = b"\x05\x01\x02\x01\x0esecret=hunter2\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01".to_vec();
+    msg.extend_from_slice(&closed.to_be_bytes());
+    s.write_all(&msg).unwrap();
+    let mut replies = [0u8; 14];
+    s.read_exact(&mut replies).unwrap();
+    assert_eq!(replies[..6], [5, 2, 1, 0, 5, 5], "auth success, then connection refused");
+    let line = client
+        .wait_stderr(LIMIT, |l| l.contains(&format!("dial 127.0.0.1:{closed}")))
+        .unwrap_or_else(|log| panic!("the failed dial was not logged:\n{log}"));
+    assert!(!line.contains("hunter2"), "a secret argument reached the log: {line}");
+
+    // Nothing else the proxy logged at trace level holds it either.
     let log = client.stderr_text();
     assert!(!log.contains("hunter2"), "a secret argument reached the log:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);

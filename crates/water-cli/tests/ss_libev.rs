@@ -12,21 +12,21 @@
 //!
 //! libev tears a connection down on a half-close, so every client here
 //! sends, reads everything back, and only then closes. Every process is
-//! killed on drop and every wait is bounded. Without the libev binaries the
-//! tests say so and pass vacuously only when `WATER_SS_LIBEV_OPTIONAL` is
-//! set; otherwise they fail (CI installs the package).
+//! killed on drop and every wait is bounded. Without the libev binaries
+//! the tests that need them are ignored, with the reason (the build script
+//! sees the binaries, `build.rs`); under CI they are required.
 
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-const WATER: &str = env!("CARGO_BIN_EXE_water");
+use common::{Proc, WATER, echo, free_port, temp_dir};
+
 const LIMIT: Duration = Duration::from_secs(120);
 const METHODS: [&str; 4] =
     ["chacha20-ietf-poly1305", "aes-256-gcm", "aes-128-gcm", "xchacha20-ietf-poly1305"];
@@ -34,112 +34,15 @@ const METHODS: [&str; 4] =
 const BIG: usize = 64 << 20;
 const PASSWORD: &str = "correct horse battery staple";
 
-fn have_libev() -> bool {
-    let found = ["ss-server", "ss-tunnel"]
-        .iter()
-        .all(|b| Command::new(b).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok());
-    if !found {
-        assert!(
-            std::env::var_os("WATER_SS_LIBEV_OPTIONAL").is_some(),
-            "ss-server/ss-tunnel not found: apt-get install shadowsocks-libev (or set WATER_SS_LIBEV_OPTIONAL=1 to skip)"
-        );
-        eprintln!("SKIP: shadowsocks-libev is not installed");
+/// A libev binary listening on `port`, once it accepts connections.
+fn libev(program: &'static str, args: &[&str], port: u16) -> Proc {
+    let p = Proc::start(program, args, &[]);
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < LIMIT, "{program} is not listening on {port}");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    found
-}
-
-/// A child process, killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(program: &'static str, args: &[&str]) -> Proc {
-        let child = Command::new(program)
-            .args(args)
-            .env("WATER_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        Proc(child)
-    }
-
-    /// `water ARGS`, once it printed `listening on ADDR`.
-    fn water(args: &[&str]) -> (Proc, SocketAddr) {
-        let mut p = Proc::spawn(WATER, args);
-        let mut stdout = p.0.stdout.take().expect("piped");
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        let start = Instant::now();
-        while !line.ends_with(b"\n") {
-            assert!(start.elapsed() < LIMIT, "water printed no address");
-            match stdout.read(&mut byte) {
-                Ok(1) => line.push(byte[0]),
-                _ => panic!("water {args:?} exited before listening"),
-            }
-        }
-        let line = String::from_utf8(line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").expect("listening line").parse().unwrap();
-        (p, addr)
-    }
-
-    /// A libev binary listening on `port`, once it accepts connections.
-    fn libev(program: &'static str, args: &[&str], port: u16) -> Proc {
-        let p = Proc::spawn(program, args);
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < LIMIT, "{program} is not listening on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        p
-    }
-}
-
-/// A free loopback port (for the libev binaries, which take a port, not 0).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// An echo service counting the connections it got and the bytes it read.
-struct Echo {
-    addr: SocketAddr,
-    bytes: Arc<AtomicUsize>,
-}
-
-fn echo() -> Echo {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let counter = bytes.clone();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { return };
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            counter.fetch_add(n, Ordering::SeqCst);
-                            if w.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Echo { addr, bytes }
+    p
 }
 
 /// Deterministic bytes: xorshift, so that 64 MiB need not be kept twice.
@@ -217,25 +120,18 @@ fn config_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("water-ss-{tag}-{}", std::process::id()))
-}
-
 fn ss_server(method: &str, password: &str) -> (Proc, u16) {
     let port = free_port();
     let p = port.to_string();
-    let proc = Proc::libev(
-        "ss-server",
-        &["-s", "127.0.0.1", "-p", &p, "-k", password, "-m", method, "-t", "120"],
-        port,
-    );
+    let proc =
+        libev("ss-server", &["-s", "127.0.0.1", "-p", &p, "-k", password, "-m", method, "-t", "120"], port);
     (proc, port)
 }
 
 fn ss_tunnel(method: &str, password: &str, server: SocketAddr, to: SocketAddr) -> (Proc, u16) {
     let port = free_port();
     let (l, sp, fwd) = (port.to_string(), server.port().to_string(), to.to_string());
-    let proc = Proc::libev(
+    let proc = libev(
         "ss-tunnel",
         &[
             "-s",
@@ -265,7 +161,7 @@ fn ss_tunnel(method: &str, password: &str, server: SocketAddr, to: SocketAddr) -
 fn water_ss(kind: &str, cfg: &Path, to: &str) -> (Proc, SocketAddr) {
     let flag = if kind == "client" { "--remote" } else { "--forward" };
     let cfg = cfg.to_str().unwrap();
-    Proc::water(&[kind, "-t", "ss", "--config", cfg, "--listen", "127.0.0.1:0", flag, to])
+    Proc::listening(&[kind, "-t", "ss", "--config", cfg, "--listen", "127.0.0.1:0", flag, to])
 }
 
 fn ss_config(method: &str, password: &str, target: Option<SocketAddr>) -> String {
@@ -277,10 +173,11 @@ fn ss_config(method: &str, password: &str, target: Option<SocketAddr>) -> String
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_ss_libev),
+    ignore = "needs shadowsocks-libev's ss-server and ss-tunnel: apt-get install shadowsocks-libev"
+)]
 fn water_client_through_ss_server_64_mib_each_way_for_every_method() {
-    if !have_libev() {
-        return;
-    }
     let dir = temp_dir("client");
     let echo = echo();
     for method in METHODS {
@@ -298,10 +195,11 @@ fn water_client_through_ss_server_64_mib_each_way_for_every_method() {
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_ss_libev),
+    ignore = "needs shadowsocks-libev's ss-server and ss-tunnel: apt-get install shadowsocks-libev"
+)]
 fn ss_tunnel_through_water_server_64_mib_each_way_for_every_method() {
-    if !have_libev() {
-        return;
-    }
     let dir = temp_dir("server");
     let echo = echo();
     for method in METHODS {
@@ -317,10 +215,11 @@ fn ss_tunnel_through_water_server_64_mib_each_way_for_every_method() {
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_ss_libev),
+    ignore = "needs shadowsocks-libev's ss-server and ss-tunnel: apt-get install shadowsocks-libev"
+)]
 fn water_dialer_through_ss_server_64_mib_each_way_for_every_method() {
-    if !have_libev() {
-        return;
-    }
     let echo = echo();
     let rt = tokio::runtime::Runtime::new().unwrap();
     for method in METHODS {
@@ -383,10 +282,11 @@ fn probe(addr: SocketAddr, probe: &[u8]) -> Probe {
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_ss_libev),
+    ignore = "needs shadowsocks-libev's ss-server and ss-tunnel: apt-get install shadowsocks-libev"
+)]
 fn probers_and_wrong_passwords_get_silence_from_both_servers() {
-    if !have_libev() {
-        return;
-    }
     let dir = temp_dir("probe");
     let echo = echo();
     let want = Probe { replied_or_closed_early: false, closed_after_client: true };
@@ -487,10 +387,11 @@ fn tamper(server: SocketAddr, flip: Option<usize>, cut: Option<usize>, upstream:
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_ss_libev),
+    ignore = "needs shadowsocks-libev's ss-server and ss-tunnel: apt-get install shadowsocks-libev"
+)]
 fn altered_or_truncated_bytes_kill_the_connection_and_deliver_nothing_corrupt() {
-    if !have_libev() {
-        return;
-    }
     let dir = temp_dir("tamper");
     let echo = echo();
     let method = "chacha20-ietf-poly1305";
@@ -545,10 +446,11 @@ fn water_check_ss_passes_with_a_config_and_names_what_is_missing() {
 /// the guest as the argument `target=host:port`, which it sends in its
 /// first chunk; ss-server connects there. The config names no target.
 #[test]
+#[cfg_attr(
+    not(all(peer_ss_libev, peer_curl)),
+    ignore = "needs shadowsocks-libev and curl: apt-get install shadowsocks-libev curl python3"
+)]
 fn curl_through_socks5_proxy_mode_over_ss_to_ss_server() {
-    if !have_libev() {
-        return;
-    }
     let dir = temp_dir("ss-socks");
     let site = dir.join("site");
     std::fs::create_dir_all(&site).unwrap();
@@ -559,7 +461,7 @@ fn curl_through_socks5_proxy_mode_over_ss_to_ss_server() {
     let (_server, port) = ss_server(method, PASSWORD);
     let cfg = config_file(&dir, "client", &ss_config(method, PASSWORD, None));
     let remote = format!("127.0.0.1:{port}");
-    let (_client, socks) = Proc::water(&[
+    let (_client, socks) = Proc::listening(&[
         "client",
         "-t",
         "ss",
@@ -577,7 +479,7 @@ fn curl_through_socks5_proxy_mode_over_ss_to_ss_server() {
     assert!(got == body, "{} bytes came back, not the file's {}", got.len(), body.len());
     // A wrong password: ss-server stays silent, and curl gets no page.
     let wrong = config_file(&dir, "wrong", &ss_config(method, "not the password", None));
-    let (_client, socks) = Proc::water(&[
+    let (_client, socks) = Proc::listening(&[
         "client",
         "-t",
         "ss",

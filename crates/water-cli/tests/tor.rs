@@ -111,21 +111,6 @@ fn start_tor_with(dir: &Path, name: &str, torrc: &str, authority: &str) -> Proc 
     Proc::start("tor", &["-f", path.to_str().unwrap()], &[("WATER_LOG", "info")])
 }
 
-/// A port the kernel just handed out, for a torrc (tor takes no port 0 in
-/// most of its port options); inside a namespace where nothing else runs.
-/// Never the same port twice in one process.
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
 /// A bridge tor whose server transport `t` is `water pt ARGS`, optionally
 /// through the Extended ORPort; returns it, the transport's address and
 /// the bridge's fingerprint.
@@ -180,6 +165,18 @@ fn xor_key(dir: &Path, name: &str, hex: &str) -> String {
     format!("--config xor={}", path.display())
 }
 
+/// The bridge's `water-pt.log` (read as it grows) says the transport
+/// listened and forwarded to `upstream`, and holds no warning or error.
+fn bridge_pt_log_is_clean(dir: &Path, t: &str, upstream: &str) {
+    let log = dir.join("bridge/pt_state/water-pt.log");
+    for want in [format!("transport={t}"), upstream.to_string()] {
+        wait_file_line(&log, TOR_STEP, |l| l.contains(&want))
+            .unwrap_or_else(|text| panic!("the bridge PT never logged {want:?}:\n{text}"));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("WARN") && !text.contains("ERROR"), "the bridge PT logged a failure:\n{text}");
+}
+
 fn positive(tag: &str, t: &str, ext_orport: bool) {
     enter_namespace();
     let dir = fresh_dir(tag);
@@ -189,14 +186,16 @@ fn positive(tag: &str, t: &str, ext_orport: bool) {
         Ok(line) => eprintln!("{tag}: {line}"),
         Err(seen) => panic!("{tag}: no fresh bridge descriptor within {TOR_STEP:?}:\n{}", seen.join("\n")),
     }
-    let log = std::fs::read_to_string(dir.join("bridge/pt_state/water-pt.log")).unwrap_or_default();
     let upstream = if ext_orport { "Extended ORPort (SAFE_COOKIE)" } else { "tor's ORPort" };
-    assert!(log.contains(upstream), "the bridge PT did not forward to the {upstream}:\n{log}");
-    assert!(!log.contains("WARN") && !log.contains("ERROR"), "the bridge PT logged a failure:\n{log}");
+    bridge_pt_log_is_clean(&dir, t, upstream);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_tor),
+    ignore = "needs tor, unshare and ip, as root: apt-get install tor iproute2 util-linux"
+)]
 fn tor_bridge_and_client_over_water_pt_plain() {
     in_namespace("netns_plain");
 }
@@ -208,6 +207,10 @@ fn netns_plain() {
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_tor),
+    ignore = "needs tor, unshare and ip, as root: apt-get install tor iproute2 util-linux"
+)]
 fn tor_bridge_and_client_over_water_pt_xor() {
     in_namespace("netns_xor");
 }
@@ -219,6 +222,10 @@ fn netns_xor() {
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_tor),
+    ignore = "needs tor, unshare and ip, as root: apt-get install tor iproute2 util-linux"
+)]
 fn tor_bridge_and_client_over_water_pt_xor_with_the_key_as_bridge_arguments() {
     in_namespace("netns_xor_arguments");
 }
@@ -248,12 +255,15 @@ fn netns_xor_arguments() {
             panic!("xor-arguments: no fresh bridge descriptor within {TOR_STEP:?}:\n{}", seen.join("\n"))
         }
     }
-    let log = std::fs::read_to_string(dir.join("bridge/pt_state/water-pt.log")).unwrap_or_default();
-    assert!(!log.contains("WARN") && !log.contains("ERROR"), "the bridge PT logged a failure:\n{log}");
+    bridge_pt_log_is_clean(&dir, "xor", "tor's ORPort");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_tor),
+    ignore = "needs tor, unshare and ip, as root: apt-get install tor iproute2 util-linux"
+)]
 fn tor_bridge_and_client_over_water_pt_through_the_extended_orport() {
     in_namespace("netns_extorport");
 }
@@ -265,6 +275,10 @@ fn netns_extorport() {
 }
 
 #[test]
+#[cfg_attr(
+    not(peer_tor),
+    ignore = "needs tor, unshare and ip, as root: apt-get install tor iproute2 util-linux"
+)]
 fn tor_does_not_connect_with_a_wrong_key_a_wrong_transport_or_a_dead_port() {
     in_namespace("netns_negative");
 }
@@ -315,6 +329,10 @@ const TESTING: &str = "TestingTorNetwork 1\nTestingDirAuthVoteExit *\nTestingDir
 const BOOTSTRAP_LIMIT: Duration = Duration::from_secs(90);
 
 #[test]
+#[cfg_attr(
+    not(all(peer_tor, peer_curl)),
+    ignore = "needs tor, unshare and ip, as root, and curl: apt-get install tor iproute2 util-linux curl python3"
+)]
 fn tor_private_network_bootstraps_over_water_pt_and_fetches_a_page() {
     in_namespace("netns_private_network");
 }

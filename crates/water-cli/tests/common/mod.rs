@@ -1,28 +1,41 @@
-//! Shared by the SOCKS, PT and tor tests: child processes killed on drop
-//! (stdout lines and stderr collected by threads), a Python web server, and
-//! temporary directories. Every wait is bounded.
+//! The one harness of the `water` command's tests: child processes killed
+//! on drop whose stdout and stderr are read as streams (a test waits for
+//! the line it needs, never for a time), echo services, a Python web
+//! server, temporary directories and test data. Every wait is bounded.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 pub const WATER: &str = env!("CARGO_BIN_EXE_water");
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// A child process, killed on drop; its stdout arrives line by line.
+/// What a child wrote to stderr so far, line by line, and whether it
+/// closed it (exited).
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// A child process, killed on drop. Its stdout arrives line by line
+/// ([`Proc::line`]); its stderr is collected as it comes
+/// ([`Proc::wait_stderr`]).
 pub struct Proc {
     pub child: Child,
     pub stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
+    stderr: Arc<(Mutex<Log>, Condvar)>,
 }
 
 impl Proc {
-    /// Starts `program args` with `env` added, stdin a pipe kept open.
+    /// Starts `program args` with `env` added (`WATER_LOG=warn` unless
+    /// `env` says otherwise), stdin a pipe kept open.
     pub fn start(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(program)
             .args(args)
@@ -32,7 +45,11 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "spawn {program}: {e} (a missing program: see the build's warning for what to install)"
+                )
+            });
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -40,23 +57,50 @@ impl Proc {
                 let _ = tx.send(line);
             }
         });
-        let mut err = child.stderr.take().unwrap();
-        let (tx, stderr) = mpsc::channel();
+        let stderr = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let err = child.stderr.take().unwrap();
+        let log = stderr.clone();
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            let _ = tx.send(s);
+            let mut reader = BufReader::new(err);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = reader.read_until(b'\n', &mut line).unwrap_or(0);
+                let (lock, ready) = &*log;
+                let mut log = lock.lock().unwrap();
+                if n == 0 {
+                    log.closed = true;
+                    ready.notify_all();
+                    return;
+                }
+                log.lines.push(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string());
+                ready.notify_all();
+            }
         });
         let stdin = child.stdin.take();
         Proc { child, stdin, lines, stderr }
     }
 
+    /// Starts `water args`.
+    pub fn water(args: &[&str]) -> Proc {
+        Proc::start(WATER, args, &[])
+    }
+
     /// Starts `water args` and waits for its `listening on` line.
     pub fn listening(args: &[&str]) -> (Proc, SocketAddr) {
-        let mut p = Proc::start(WATER, args, &[]);
-        let line = p.line(LIMIT).expect("no `listening on` line");
-        let addr = line.strip_prefix("listening on ").expect("listening line").parse().unwrap();
-        (p, addr)
+        Proc::listening_with(args, &[])
+    }
+
+    /// [`Proc::listening`] with `env` added.
+    pub fn listening_with(args: &[&str], env: &[(&str, &str)]) -> (Proc, SocketAddr) {
+        let mut p = Proc::start(WATER, args, env);
+        let Some(line) = p.line(LIMIT) else {
+            panic!("water {args:?}: no `listening on` line; stderr:\n{}", p.stderr_text())
+        };
+        let Some(addr) = line.strip_prefix("listening on ") else {
+            panic!("water {args:?}: first stdout line {line:?}; stderr:\n{}", p.stderr_text())
+        };
+        (p, addr.parse().unwrap())
     }
 
     /// The next stdout line, waiting at most `limit`.
@@ -92,8 +136,33 @@ impl Proc {
         Err(seen)
     }
 
+    /// Waits until a stderr line satisfies `want` (returned), the child
+    /// closes stderr, or `limit` passes; else everything it wrote so far.
+    pub fn wait_stderr(&self, limit: Duration, want: impl Fn(&str) -> bool) -> Result<String, String> {
+        let deadline = Instant::now() + limit;
+        let (lock, ready) = &*self.stderr;
+        let mut log = lock.lock().unwrap();
+        let mut checked = 0;
+        loop {
+            if let Some(line) = log.lines[checked..].iter().find(|l| want(l)) {
+                return Ok(line.clone());
+            }
+            checked = log.lines.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if log.closed || left.is_zero() {
+                return Err(log.lines.join("\n"));
+            }
+            log = ready.wait_timeout(log, left).unwrap().0;
+        }
+    }
+
+    /// What it wrote to stderr so far, without stopping it.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.0.lock().unwrap().lines.join("\n")
+    }
+
     /// Waits for the exit, at most `limit`.
-    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -104,10 +173,35 @@ impl Proc {
         None
     }
 
-    /// Everything it wrote to stderr (kills it first if it still runs).
+    /// Waits for the exit (at most [`LIMIT`]) and for stderr to close.
+    pub fn exited(&mut self) -> ExitStatus {
+        let status =
+            self.wait(LIMIT).unwrap_or_else(|| panic!("did not exit; stderr:\n{}", self.stderr_text()));
+        let _ = self.wait_stderr(LIMIT, |_| false);
+        status
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let r = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(r, 0, "kill({sig})");
+    }
+
+    /// Everything it wrote to stderr: kills it first if it still runs,
+    /// then waits for the stream to close.
     pub fn stderr_text(&mut self) -> String {
         let _ = self.child.kill();
-        self.stderr.recv_timeout(LIMIT).unwrap_or_default()
+        let _ = self.child.wait();
+        match self.wait_stderr(LIMIT, |_| false) {
+            Ok(_) => unreachable!(),
+            Err(text) => text,
+        }
+    }
+
+    /// Its open fds, counted in /proc.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map(|d| d.count()).unwrap_or(0)
     }
 }
 
@@ -118,12 +212,118 @@ impl Drop for Proc {
     }
 }
 
+/// Runs `water args` to its end: status, stdout, stderr.
+pub fn run(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(WATER).args(args).env("WATER_LOG", "warn").stdin(Stdio::null()).output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Polls the file at `path` (a log another process writes) until a line
+/// satisfies `want` (returned), or `limit` passes: then the file's text,
+/// or that it does not exist.
+pub fn wait_file_line(path: &Path, limit: Duration, want: impl Fn(&str) -> bool) -> Result<String, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(path);
+        if let Ok(text) = &text
+            && let Some(line) = text.lines().find(|l| want(l))
+        {
+            return Ok(line.to_string());
+        }
+        if Instant::now() >= deadline {
+            return Err(text.unwrap_or_else(|e| format!("{}: {e}", path.display())));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A fresh directory under the system's temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("water-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A free loopback port, for programs that take a port and not 0. Never
+/// the same port twice in one process (a port just given back is the
+/// kernel's likeliest next answer).
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// A thread-per-connection echo service that counts the connections it
+/// got and the bytes it read; it half-closes after the client's EOF.
+pub struct Echo {
+    pub addr: SocketAddr,
+    pub bytes: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+pub fn echo() -> Echo {
+    echo_on(TcpListener::bind("127.0.0.1:0").unwrap())
+}
+
+/// The echo service's address (when nothing is counted).
+pub fn echo_server() -> SocketAddr {
+    echo().addr
+}
+
+/// The echo service on `listener`.
+pub fn echo_on(listener: TcpListener) -> Echo {
+    let addr = listener.local_addr().unwrap();
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (counter, accepted) = (bytes.clone(), connections.clone());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Err(_) => return,
+                        Ok(n) => {
+                            counter.fetch_add(n, Ordering::SeqCst);
+                            if w.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    Echo { addr, bytes, connections }
+}
+
+/// Sends `data`, half-closes, reads to EOF.
+pub fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let out = data.to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&out).unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    got
 }
 
 /// Python's web server serving `dir` on 127.0.0.1, and its address.
