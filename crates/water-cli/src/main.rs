@@ -40,6 +40,11 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Write clients' addresses and SOCKS targets into logs (escaped). By
+    /// default they read `[scrubbed]`: a bridge's log must not list its
+    /// users. For debugging only.
+    #[arg(long, global = true)]
+    unsafe_logging: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,10 +213,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    water::logging::set_unsafe_logging(cli.unsafe_logging);
     // The PT logs to a file in its state directory, never to stderr.
-    let cli = match cli.command {
+    let command = match cli.command {
         Command::Pt { transports, configs } => return pt::main(transports, configs),
-        command => Cli { command },
+        command => command,
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -226,7 +232,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e.into()),
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Client { t, listen, remote, socks5: false } => {
                 let remote = remote.expect("clap requires --remote without --socks5");
                 tunnel::client(&t.transport, t.config.as_deref(), t.limits(), &listen, remote).await
@@ -264,6 +270,7 @@ fn main() -> ExitCode {
     });
     // Workers still draining after shutdown do not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    water::logging::flush_warnings();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

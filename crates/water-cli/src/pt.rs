@@ -43,6 +43,7 @@ use water::{Dialer, Listener, Role, TransportArgs, Watm};
 use water_abi::args::Args;
 
 use crate::extorport::{self, Cookie};
+use crate::tunnel::log_end;
 use crate::{socks, transport};
 
 /// The log file's name in the state directory.
@@ -191,7 +192,9 @@ fn valid_name(name: &str) -> bool {
 
 /// Entry point: runs the PT to its end and gives the exit code.
 pub fn main(transports: Vec<String>, configs: Vec<String>) -> ExitCode {
-    match run(transports, configs) {
+    let result = run(transports, configs);
+    water::logging::flush_warnings();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Reported) => ExitCode::FAILURE,
     }
@@ -375,7 +378,10 @@ impl Pt {
                     tracing::error!(transport = %name, error = %e, "accept failed; this transport stops");
                     return;
                 }
-                Err(e) => tracing::warn!(transport = %name, error = %e, "incoming connection failed"),
+                Err(e) => water::logging::connection_warning(
+                    e.kind_name(),
+                    || tracing::warn!(transport = %name, error = %e, "incoming connection failed"),
+                ),
             }
         }
     }
@@ -515,13 +521,6 @@ async fn forward(
     }
     conn.close().await?;
     Ok(())
-}
-
-fn log_end(peer: SocketAddr, result: anyhow::Result<()>) {
-    match result {
-        Ok(()) => tracing::debug!(%peer, "connection ended"),
-        Err(e) => tracing::warn!(%peer, "connection failed: {e:#}"),
-    }
 }
 
 fn is_transient(e: &std::io::Error) -> bool {

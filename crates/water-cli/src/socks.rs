@@ -250,7 +250,8 @@ pub async fn carry(
         Ok(conn) => conn,
         Err(e) => {
             let _ = reply(&mut stream, Reply::for_error(&e)).await;
-            return Err(e).with_context(|| format!("dial {addr}"));
+            // The target is the user's, and a peer's text: scrubbed, or escaped.
+            return Err(e).with_context(|| format!("dial {}", water::logging::Scrubbed(&addr)));
         }
     };
     reply(&mut stream, Reply::Succeeded).await?;

@@ -13,6 +13,7 @@ use std::io::Write;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use water::logging::Scrubbed;
 use water::{Dialer, Forwarder, Relay};
 
 use crate::{socks, transport};
@@ -220,11 +221,24 @@ where
     Ok(())
 }
 
-fn log_end(peer: std::net::SocketAddr, result: anyhow::Result<()>) {
+/// Logs how a connection ended: failures at warn, rate-limited
+/// ([`water::logging::connection_warning`]); the peer's address scrubbed
+/// unless `--unsafe-logging`.
+pub(crate) fn log_end(peer: std::net::SocketAddr, result: anyhow::Result<()>) {
+    let peer = Scrubbed(peer);
     match result {
         Ok(()) => tracing::debug!(%peer, "connection ended"),
-        Err(e) => tracing::warn!(%peer, "connection failed: {e:#}"),
+        Err(e) => water::logging::connection_warning(
+            error_kind(&e),
+            || tracing::warn!(%peer, "connection failed: {e:#}"),
+        ),
     }
+}
+
+/// The kind of a connection's failure, for counting: the host's error
+/// variant, or `Io`.
+pub(crate) fn error_kind(e: &anyhow::Error) -> &'static str {
+    e.chain().find_map(|c| c.downcast_ref::<water::Error>()).map_or("Io", water::Error::kind_name)
 }
 
 /// `water echo` (hidden): echoes every connection until a signal.

@@ -315,6 +315,7 @@ fn a_failed_connection_is_a_pt_log_line_for_tor_and_the_pt_serves_on() {
     for _ in 0..2 {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(LIMIT)).unwrap();
+        let me = s.local_addr().unwrap().to_string();
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got);
         let log = pt.wait_for(LIMIT, |l| l.starts_with("LOG ")).expect("no LOG line");
@@ -322,6 +323,10 @@ fn a_failed_connection_is_a_pt_log_line_for_tor_and_the_pt_serves_on() {
             log.starts_with("LOG SEVERITY=warning MESSAGE=\"connection failed: connect to tor's ORPort"),
             "{log}"
         );
+        // tor's log, and ours, never name the client.
+        assert!(log.contains("peer=[scrubbed]") && !log.contains(&me), "{log}");
+        let file = std::fs::read_to_string(dir.join("state").join("water-pt.log")).unwrap();
+        assert!(file.contains("peer=[scrubbed]") && !file.contains(&me), "{file}");
     }
     assert!(pt.child.try_wait().unwrap().is_none(), "the PT exited");
     let _ = std::fs::remove_dir_all(&dir);

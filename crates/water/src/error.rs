@@ -114,6 +114,40 @@ pub enum Error {
     Io(#[from] io::Error),
 }
 
+impl Error {
+    /// The variant's name, a fixed word (`"Timeout"`, `"Io"`), for counting
+    /// errors by kind without their text (which may name an address).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Error::NotWasm => "NotWasm",
+            Error::NotV0 => "NotV0",
+            Error::Invalid(_) => "Invalid",
+            Error::OverLimit { .. } => "OverLimit",
+            Error::MissingExport { .. } => "MissingExport",
+            Error::BadExport { .. } => "BadExport",
+            Error::UnknownImport { .. } => "UnknownImport",
+            Error::BadImport { .. } => "BadImport",
+            Error::RoleNotSupported { .. } => "RoleNotSupported",
+            Error::Guest { .. } => "Guest",
+            Error::Incomplete { .. } => "Incomplete",
+            Error::BogusFd { .. } => "BogusFd",
+            Error::Trap { .. } => "Trap",
+            Error::Timeout { .. } => "Timeout",
+            Error::Spinning { .. } => "Spinning",
+            Error::Idle(_) => "Idle",
+            Error::Orphaned(_) => "Orphaned",
+            Error::Exit { .. } => "Exit",
+            Error::Stuck(_) => "Stuck",
+            Error::Cut { .. } => "Cut",
+            Error::WorkerLost => "WorkerLost",
+            Error::TooManyConnections(_) => "TooManyConnections",
+            Error::Exhausted(_) => "Exhausted",
+            Error::ConfigNotKeyValue(_) => "ConfigNotKeyValue",
+            Error::Io(_) => "Io",
+        }
+    }
+}
+
 /// How a guest's negative result reads: the errno, and for the small codes
 /// an older guest library used privately, that reading too.
 fn status(errno: Errno) -> String {

@@ -33,11 +33,14 @@
 //! - `conn`, `roles`: [`Connection`], [`Dialer`], [`Listener`], [`Relay`],
 //!   [`Forwarder`].
 //! - `config`, `error`: [`Config`], [`Error`].
+//! - [`logging`]: what a log may say of a connection (addresses scrubbed,
+//!   peer text escaped, per-connection warnings rate-limited).
 
 mod config;
 mod conn;
 mod duplex;
 mod error;
+pub mod logging;
 mod roles;
 mod v0;
 mod wasi;

@@ -15,6 +15,7 @@ use crate::config::TransportArgs;
 use crate::conn::Connection;
 use crate::duplex;
 use crate::error::Error;
+use crate::logging::{self, Scrubbed};
 use crate::v0::{Done, Links, Session, Setup, Slot, finished, spawn_worker};
 use crate::wasi::table::Stream;
 use crate::watm::{Role, Watm};
@@ -106,7 +107,10 @@ impl Dialer {
         let pulled = pulled_config(&self.watm, args)?;
         let slot = Slot::take(&self.watm).inspect_err(|e| {
             // Logged while `app` is open: its peer sees the close after.
-            tracing::warn!(target: "water", "connection refused: {e}");
+            logging::connection_warning(
+                e.kind_name(),
+                || tracing::warn!(target: "water", "connection refused: {e}"),
+            );
         })?;
         let (target, internal) = (addr.into(), Stream::Tcp(Arc::new(app)));
         let links = Links::default();
@@ -281,7 +285,11 @@ async fn accept_loop(
                 Ok(slot) => slot,
                 Err(e) => {
                     // Logged while `stream` is open: its peer sees the close after.
-                    tracing::warn!(target: "water", %peer, "connection refused: {e}");
+                    let peer = Scrubbed(peer);
+                    logging::connection_warning(
+                        e.kind_name(),
+                        || tracing::warn!(target: "water", %peer, "connection refused: {e}"),
+                    );
                     return;
                 }
             };
@@ -300,6 +308,7 @@ async fn accept_loop(
                 // The guest ended the connection during its setup, cleanly
                 // (a refusal of its own): nothing to hand over, no error.
                 Err(Error::Exit { code: 0, export }) => {
+                    let peer = Scrubbed(peer);
                     tracing::debug!(target: "water", %peer, "the guest ended the connection in `{export}`");
                 }
                 r => {
@@ -513,14 +522,18 @@ async fn run_one(
     let slot = match Slot::take(&watm) {
         Ok(slot) => slot,
         Err(e) => {
-            tracing::warn!(target: "water", conn = %label, %peer, "connection refused: {e}");
+            let peer = Scrubbed(peer);
+            logging::connection_warning(
+                e.kind_name(),
+                || tracing::warn!(target: "water", conn = %label, %peer, "connection refused: {e}"),
+            );
             return;
         }
     };
     let started = tokio::select! {
         r = async { Session::start(&watm, slot, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
         () = links.closing.cancelled() => {
-            tracing::debug!(target: "water", conn = %label, %peer, "stopped during setup");
+            tracing::debug!(target: "water", conn = %label, peer = %Scrubbed(peer), "stopped during setup");
             return;
         }
     };
@@ -535,9 +548,12 @@ async fn run_one(
     match result {
         // proc_exit(0) in a setup call is a clean end too.
         Ok(()) | Err(Error::Exit { code: 0, .. }) => {
-            tracing::debug!(target: "water", conn = %label, %peer, "connection ended")
+            tracing::debug!(target: "water", conn = %label, peer = %Scrubbed(peer), "connection ended")
         }
-        Err(e) => tracing::warn!(target: "water", conn = %label, %peer, error = %e, "connection failed"),
+        Err(e) => logging::connection_warning(
+            e.kind_name(),
+            || tracing::warn!(target: "water", conn = %label, peer = %Scrubbed(peer), error = %e, "connection failed"),
+        ),
     }
 }
 

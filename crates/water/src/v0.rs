@@ -130,7 +130,7 @@ async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
         }
         Err(e) => {
             let code = errno::from_io(&e);
-            tracing::debug!(target: "water", %target, error = %e, "host_dial failed");
+            tracing::debug!(target: "water", target = %crate::logging::Scrubbed(&target), error = %e, "host_dial failed");
             let ctx = caller.data_mut();
             ctx.dial_error = Some(e);
             ctx.dialed = Some(Err(code));
@@ -169,11 +169,19 @@ async fn connect(config: &Config, target: &str) -> io::Result<TcpStream> {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"))))
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no address", crate::logging::Scrubbed(&target)),
+            )
+        }))
     };
     match tokio::time::timeout(config.connect_timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {target} timed out"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect to {} timed out", crate::logging::Scrubbed(&target)),
+        )),
     }
 }
 
