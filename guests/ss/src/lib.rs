@@ -293,7 +293,8 @@ fn header_len(payload: &[u8]) -> Option<usize> {
 }
 
 /// The transport: method and master key, and the target for client ends.
-#[derive(Clone, Debug)]
+/// Its `Debug` leaves the key out (as every type here that holds one).
+#[derive(Clone)]
 pub struct Ss {
     method: Method,
     key: [u8; MAX_KEY],
@@ -461,7 +462,6 @@ impl SsHandshake {
 
 /// The server end's handshake: [`SsHandshake`] plus what it needs from the
 /// transport.
-#[derive(Debug)]
 pub struct ServerHandshake {
     method: Method,
     key: [u8; MAX_KEY],
@@ -598,7 +598,6 @@ enum State {
 }
 
 /// Wire → plain: opens chunks, delivering only authenticated bytes.
-#[derive(Debug)]
 pub struct Decoder {
     method: Method,
     key: [u8; MAX_KEY],
@@ -695,6 +694,42 @@ impl Codec for Decoder {
             // The stream stopped inside the salt.
             State::Salt { .. } => Err(Errno::PROTO),
         }
+    }
+}
+
+/// The master key is the password's equal: no `Debug` of a type that holds
+/// it shows it (a guest's panic message or a log line would carry it off).
+const REDACTED: &str = "[redacted]";
+
+impl core::fmt::Debug for Ss {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ss")
+            .field("method", &self.method)
+            .field("key", &REDACTED)
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for ServerHandshake {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ServerHandshake")
+            .field("method", &self.method)
+            .field("key", &REDACTED)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl core::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("method", &self.method)
+            .field("key", &REDACTED)
+            .field("opener", &self.opener)
+            .field("state", &self.state)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
     }
 }
 

@@ -334,3 +334,25 @@ proptest! {
         prop_assert_eq!(dec.finish(&mut out), Err(AUTH_FAILED));
     }
 }
+
+/// Issue 16: no `Debug` of a key-holding type shows the master key.
+#[test]
+fn debug_output_never_shows_the_master_key() {
+    for method in ["chacha20-ietf-poly1305", "aes-128-gcm"] {
+        let t = ss(method, "password=hunter2");
+        let key = t.master_key();
+        // The derived Debug of a key array starts with its first bytes.
+        let first: Vec<String> = key[..6].iter().map(u8::to_string).collect();
+        let shown = first.join(", ");
+        let server = t.handshake_for(Role::Listener, [9u8; MAX_KEY]).unwrap();
+        let client_keys =
+            SsKeys::Client(Cipher::new(t.method(), key, &[1u8; 32][..t.method().key_len()]), [1u8; MAX_KEY]);
+        let decoder = Transport::decoder(&t, Role::Dialer, &client_keys);
+        for text in
+            [format!("{t:?}"), format!("{server:?}"), format!("{decoder:?}"), format!("{client_keys:?}")]
+        {
+            assert!(!text.contains(&shown), "{method}: the key's bytes in {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+}

@@ -226,8 +226,8 @@ pub enum Output {
     Stderr,
 }
 
-/// What an fd refers to.
-#[derive(Debug)]
+/// What an fd refers to. Its `Debug` shows a config's length, never its
+/// bytes (a transport's config holds its keys).
 pub enum Desc {
     /// fd 0: always at EOF.
     Stdin,
@@ -247,6 +247,24 @@ pub enum Desc {
         data: Arc<[u8]>,
         pos: u64,
     },
+}
+
+impl std::fmt::Debug for Desc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Desc::Stdin => f.write_str("Stdin"),
+            Desc::Output(o) => f.debug_tuple("Output").field(o).finish(),
+            Desc::Stream { stream, nonblocking } => {
+                f.debug_struct("Stream").field("stream", stream).field("nonblocking", nonblocking).finish()
+            }
+            Desc::Cancel { token, nonblocking } => {
+                f.debug_struct("Cancel").field("token", token).field("nonblocking", nonblocking).finish()
+            }
+            Desc::Config { data, pos } => {
+                f.debug_struct("Config").field("len", &data.len()).field("pos", pos).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 /// fd number → descriptor; numbers are reused lowest-first, as POSIX does.
@@ -336,6 +354,14 @@ impl FdTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_fd_never_shows_its_bytes() {
+        let mut t = FdTable::default();
+        t.insert(Desc::Config { data: Arc::from(&b"password=hunter2"[..]), pos: 0 }).unwrap();
+        let text = format!("{t:?}");
+        assert!(text.contains("len: 16") && !text.contains("104, 117, 110"), "{text}");
+    }
 
     #[test]
     fn numbers_are_reused_lowest_first_and_bounded() {
