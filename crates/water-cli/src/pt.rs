@@ -516,7 +516,13 @@ async fn forward(
 ) -> anyhow::Result<()> {
     let mut tor = upstream.connect(peer, transport).await.context("connect to tor's ORPort")?;
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut conn, &mut tor) => { r?; }
+        r = tokio::io::copy_bidirectional(&mut conn, &mut tor) => {
+            if let Err(e) = r {
+                // Failed: tor sees a reset, not a clean end of a truncated stream.
+                let _ = tor.set_zero_linger();
+                return Err(e.into());
+            }
+        }
         () = kill.cancelled() => { conn.abort().await?; return Ok(()); }
     }
     conn.close().await?;

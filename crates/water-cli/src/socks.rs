@@ -256,7 +256,14 @@ pub async fn carry(
     };
     reply(&mut stream, Reply::Succeeded).await?;
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut stream, &mut conn) => { r?; }
+        r = tokio::io::copy_bidirectional(&mut stream, &mut conn) => {
+            if let Err(e) = r {
+                // The connection failed (its guest did): a reset, not a FIN
+                // that would read as a clean end of a truncated stream.
+                let _ = stream.set_zero_linger();
+                return Err(e.into());
+            }
+        }
         () = stop.cancelled() => { conn.abort().await?; return Ok(()); }
     }
     conn.close().await?;

@@ -230,3 +230,33 @@ fn malformed_and_unsupported_requests_get_reply_codes_and_the_proxy_lives_on() {
     assert_eq!(&back, b"still here");
     assert!(client.child.try_wait().unwrap().is_none(), "the proxy exited: {}", client.stderr_text());
 }
+
+// Issue 16 item 6: a connection whose guest fails after the reply ended
+// the SOCKS client's socket with a FIN, a clean end of a truncated stream.
+#[test]
+fn a_failed_connection_resets_the_socks_client() {
+    let dir = temp_dir("socks-fails");
+    let wasm = dir.join("fails.wasm");
+    let wat = r#"(module
+      (import "env" "host_dial" (func $host_dial (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_water_v0"))
+      (func (export "_water_init") (result i32) i32.const 0)
+      (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+      (func (export "_water_dial") (param i32) (result i32) call $host_dial)
+      (func (export "_water_worker") (result i32) i32.const -71))"#;
+    std::fs::write(&wasm, wat::parse_str(wat).unwrap()).unwrap();
+    let echo = echo_server();
+    let (_client, proxy) =
+        Proc::listening(&["client", "-t", wasm.to_str().unwrap(), "--socks5", "--listen", "127.0.0.1:0"]);
+    let mut s = socks(proxy);
+    let mut msg = b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01".to_vec();
+    msg.extend_from_slice(&echo.port().to_be_bytes());
+    s.write_all(&msg).unwrap();
+    let mut replies = [0u8; 12];
+    s.read_exact(&mut replies).unwrap();
+    assert_eq!(replies[..4], [5, 0, 5, 0], "the dial succeeded");
+    let end = s.read_to_end(&mut Vec::new());
+    assert!(matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset), "{end:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -408,6 +408,19 @@ fn altered_or_truncated_bytes_kill_the_connection_and_deliver_nothing_corrupt() 
             .expect_err("tampering went unnoticed");
         assert!(!err.contains("CORRUPT"), "{flip:?} {cut:?}: {err}");
     }
+    // The failure reads as an error, not a clean end: the client's socket
+    // is reset. (A small request, all of it read by the tunnel: a close
+    // with unread bytes resets anyway, and a concurrent writer may take
+    // the reset's error from the reader.)
+    let proxy = tamper(SocketAddr::from(([127, 0, 0, 1], port)), Some(40), None, false);
+    let (_client, addr) = water_ss("client", &cfg, &proxy.to_string());
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(&[7u8; 100]).unwrap();
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    assert!(matches!(&end, Err(e) if e.kind() == ErrorKind::ConnectionReset), "{end:?}");
+    assert!(got.is_empty(), "{} bytes of a reply that failed to authenticate", got.len());
     // ss-tunnel → water server, a bit flipped on the way in: our server end
     // stops delivering (nothing corrupt reaches the echo service) and falls
     // silent; the client sees its data stop short.

@@ -45,6 +45,8 @@ pub struct Ctx {
     dial_error: Option<io::Error>,
     /// The fds of the sockets `host_accept` and `host_dial` handed out.
     sockets: Vec<u32>,
+    /// The fd `host_accept` handed out: a relay's plain side.
+    accepted_fd: Option<u32>,
     /// Deadline of the current setup call; `None` while the worker runs.
     deadline: Option<Instant>,
     /// Since when the worker has run without waiting or moving a byte.
@@ -93,7 +95,7 @@ pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap(abi::IMPORT_MODULE, abi::HOST_ACCEPT.name, |mut caller: Caller<'_, Ctx>| -> i32 {
         let ctx = caller.data_mut();
         status::encode(match ctx.pending_accept.take() {
-            Some(stream) => ctx.insert_socket(stream),
+            Some(stream) => ctx.insert_socket(stream).inspect(|&fd| ctx.accepted_fd = Some(fd)),
             // Not a listener or relay, or the one connection was taken.
             None => Err(Errno::NOTCONN),
         })
@@ -423,6 +425,7 @@ impl<'a> Initialized<'a> {
             pending_accept: None,
             dial_error: None,
             sockets: Vec::new(),
+            accepted_fd: None,
             deadline: Some(Instant::now() + limit),
             spinning_since: None,
             run_ticks: 0,
@@ -598,6 +601,19 @@ impl Session {
         match (data.wasi.internal_fd, data.wasi.net_fd) {
             (Some(internal), Some(net)) => vec![internal, net],
             _ => data.sockets.clone(),
+        }
+    }
+
+    /// Makes the close of the plain side's socket (the application's, when
+    /// it is a socket: a tunnel's client, a forwarder's upstream, a relay's
+    /// accepted connection) a reset: a connection that ended in error must
+    /// not read as a clean end there, as a FIN after a truncated stream
+    /// would. The guest's own duplicate handles close with the store.
+    fn reset_plain_side(&self) {
+        let data = self.store.data();
+        let Some(fd) = data.wasi.internal_fd.or(data.accepted_fd) else { return };
+        if let Some(Stream::Tcp(socket)) = self.stream(fd) {
+            let _ = socket.set_zero_linger();
         }
     }
 
@@ -891,6 +907,9 @@ pub(crate) fn spawn_worker(
             }
             (other, _) => other,
         };
+        if result.is_err() {
+            session.reset_plain_side();
+        }
         // Frees the instance and closes every fd it held, now.
         drop(session);
         report.send(result);

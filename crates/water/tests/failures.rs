@@ -295,3 +295,56 @@ async fn a_failing_connection_does_not_stop_the_listener() {
     })
     .await;
 }
+
+/// A module whose worker fails at once (`-EPROTO`), in the forwarder's and
+/// the relay's roles.
+const FAILS_AT_ONCE: &str = r#"(module
+  (import "env" "host_accept" (func $host_accept (result i32)))
+  (import "env" "host_dial" (func $host_dial (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_water_v0"))
+  (func (export "_water_init") (result i32) i32.const 0)
+  (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
+  (func (export "_water_accept") (param i32) (result i32) call $host_accept)
+  (func (export "_water_associate") (result i32) (drop (call $host_accept)) (drop (call $host_dial)) i32.const 0)
+  (func (export "_water_worker") (result i32) i32.const -71))"#;
+
+/// Reads `s` to its end: `Ok(bytes)` at a clean EOF, else the error kind.
+async fn read_end(mut s: tokio::net::TcpStream) -> Result<usize, std::io::ErrorKind> {
+    let mut got = Vec::new();
+    tokio::time::timeout(LIMIT, s.read_to_end(&mut got)).await.expect("no end").map_err(|e| e.kind())
+}
+
+// Issue 16 item 6: a failed worker ended the plain side with a FIN, which
+// reads as a clean end of a truncated stream. It is a reset now: the
+// forwarder's upstream and the relay's client see an error.
+#[tokio::test]
+async fn a_failed_worker_resets_the_plain_side_of_a_forwarder_and_a_relay() {
+    bounded(async {
+        let watm = Watm::new(&wat::parse_str(FAILS_AT_ONCE).unwrap(), Config::default()).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+
+        // Forwarder: the upstream is the plain side.
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let forwarder = water::Forwarder::new(&watm, upstream.local_addr().unwrap().to_string()).unwrap();
+        let s = stop.clone();
+        tokio::spawn(async move { forwarder.serve(listener, s.cancelled()).await });
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (plain, _) = upstream.accept().await.unwrap();
+        assert_eq!(read_end(plain).await, Err(std::io::ErrorKind::ConnectionReset), "forwarder's upstream");
+
+        // Relay: the accepted client is the plain side.
+        let remote = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let relay = water::Relay::new(&watm, remote.local_addr().unwrap().to_string()).unwrap();
+        let s = stop.clone();
+        tokio::spawn(async move { relay.serve(listener, s.cancelled()).await });
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_end(client).await, Err(std::io::ErrorKind::ConnectionReset), "relay's client");
+        stop.cancel();
+    })
+    .await;
+}
