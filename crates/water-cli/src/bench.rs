@@ -143,7 +143,14 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let tunnel_listener = TcpListener::bind("127.0.0.1:0").await?;
     let tunnel_addr = tunnel_listener.local_addr()?;
-    tokio::spawn(tunnel::run_client(dialer.clone(), tunnel_listener, echo.to_string(), stop.clone()));
+    let signals = tunnel::Signals { stop: stop.clone(), now: stop.clone() };
+    tokio::spawn(tunnel::run_client(
+        dialer.clone(),
+        tunnel_listener,
+        echo.to_string(),
+        signals,
+        Duration::ZERO,
+    ));
     let forwarder = tcp_forwarder(echo).await?;
     progress("throughput via a native one-hop forwarder and the water client tunnel, in turn");
     let fronts = [forwarder, tunnel_addr];

@@ -33,7 +33,8 @@ pub async fn run() -> anyhow::Result<()> {
         Dialer::new(&watm)?,
         client_listener,
         server_addr.to_string(),
-        stop.clone(),
+        tunnel::Signals { stop: stop.clone(), now: stop.clone() },
+        std::time::Duration::ZERO,
     ));
     eprintln!("demo: echo {echo} <- server {server_addr} (xor) <- client {client_addr} (xor) <- you");
 

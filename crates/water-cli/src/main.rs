@@ -68,6 +68,28 @@ struct TransportArgs {
     /// moved for this many seconds (default 60; 0 turns it off).
     #[arg(long, value_name = "SECONDS", value_parser = orphan_seconds)]
     orphan_timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    drain: Drain,
+}
+
+/// `--drain`, for every command that serves.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Drain {
+    /// After SIGINT or SIGTERM, stop accepting and let open connections go
+    /// on for at most this many seconds; then cut the rest, and report how
+    /// many. A second signal cuts them at once. (water pt: after its first
+    /// SIGINT; SIGTERM ends it at once, per pt-spec.)
+    #[arg(long = "drain", value_name = "SECONDS", value_parser = drain_seconds, default_value = "10")]
+    seconds: std::time::Duration,
+}
+
+fn drain_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=86_400.0).contains(&secs) => {
+            Ok(std::time::Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
+    }
 }
 
 impl TransportArgs {
@@ -76,6 +98,7 @@ impl TransportArgs {
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout,
             orphan_timeout: self.orphan_timeout,
+            drain: self.drain.seconds,
         }
     }
 }
@@ -158,6 +181,8 @@ enum Command {
         /// repeatable.
         #[arg(long = "config", value_name = "NAME=FILE")]
         configs: Vec<String>,
+        #[command(flatten)]
+        drain: Drain,
     },
     /// Validate a transport and self-test every role it exports on loopback.
     Check {
@@ -216,7 +241,7 @@ fn main() -> ExitCode {
     water::logging::set_unsafe_logging(cli.unsafe_logging);
     // The PT logs to a file in its state directory, never to stderr.
     let command = match cli.command {
-        Command::Pt { transports, configs } => return pt::main(transports, configs),
+        Command::Pt { transports, configs, drain } => return pt::main(transports, configs, drain.seconds),
         command => command,
     };
     tracing_subscriber::fmt()

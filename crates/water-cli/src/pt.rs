@@ -191,8 +191,8 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Entry point: runs the PT to its end and gives the exit code.
-pub fn main(transports: Vec<String>, configs: Vec<String>) -> ExitCode {
-    let result = run(transports, configs);
+pub fn main(transports: Vec<String>, configs: Vec<String>, drain: Duration) -> ExitCode {
+    let result = run(transports, configs, drain);
     water::logging::flush_warnings();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,7 +200,7 @@ pub fn main(transports: Vec<String>, configs: Vec<String>) -> ExitCode {
     }
 }
 
-fn run(transports: Vec<String>, configs: Vec<String>) -> Result<(), Reported> {
+fn run(transports: Vec<String>, configs: Vec<String>, drain: Duration) -> Result<(), Reported> {
     // The version comes first: nothing else means anything without it.
     let Some(versions) = env("TOR_PT_MANAGED_TRANSPORT_VER") else {
         return Err(env_error("TOR_PT_MANAGED_TRANSPORT_VER is not set (water pt is run by tor)"));
@@ -248,7 +248,7 @@ fn run(transports: Vec<String>, configs: Vec<String>) -> Result<(), Reported> {
     let result = runtime.block_on(async {
         let pt = Pt::new();
         // Before the first method line: tor may signal as soon as it reads one.
-        watch_signals(pt.accepting.clone(), pt.kill.clone());
+        watch_signals(pt.accepting.clone(), pt.kill.clone(), drain, pt.tasks.clone());
         if let Some(names) = client {
             pt.start_clients(&names, &own).await;
         }
@@ -353,7 +353,12 @@ impl Pt {
     /// Client half: SOCKS5 in bridge mode; every connection a task.
     async fn serve_socks(self, dialer: Dialer, listener: TcpListener) {
         self.accept_loop(listener, move |stream, _peer, kill| {
-            socks::carry(dialer.clone(), stream, socks::Mode::Bridge, kill)
+            socks::carry(
+                dialer.clone(),
+                stream,
+                socks::Mode::Bridge,
+                crate::tunnel::Stops { setup: kill.clone(), cut: kill },
+            )
         })
         .await
     }
@@ -439,8 +444,10 @@ impl Pt {
     }
 }
 
-/// SIGINT once: stop accepting. SIGINT twice or SIGTERM: end everything.
-fn watch_signals(accepting: CancellationToken, kill: CancellationToken) {
+/// SIGINT once: stop accepting; open connections drain for at most
+/// `drain`, then are cut (and counted). SIGINT twice or SIGTERM: end
+/// everything.
+fn watch_signals(accepting: CancellationToken, kill: CancellationToken, drain: Duration, tasks: TaskTracker) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
@@ -458,8 +465,19 @@ fn watch_signals(accepting: CancellationToken, kill: CancellationToken) {
                     tracing::info!("second SIGINT: exiting");
                     kill.cancel();
                 } else {
-                    tracing::info!("SIGINT: no new connections; open ones drain");
+                    tracing::info!("SIGINT: no new connections; open ones drain for at most {drain:?}");
                     accepting.cancel();
+                    let (kill, tasks) = (kill.clone(), tasks.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = tokio::time::sleep(drain) => {
+                                // Listener loops are gone; what is left is connections.
+                                tracing::warn!("{} connections still open after the drain were cut", tasks.len());
+                                kill.cancel();
+                            }
+                            () = kill.cancelled() => {}
+                        }
+                    });
                 },
             }
         }

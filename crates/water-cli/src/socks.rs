@@ -18,7 +18,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use water::{Dialer, TransportArgs};
 
 /// How long a client may take over its greeting and request.
@@ -222,38 +221,47 @@ pub async fn serve(
     dialer: Dialer,
     listener: TcpListener,
     mode: Mode,
-    stop: CancellationToken,
+    signals: crate::tunnel::Signals,
+    drain: std::time::Duration,
 ) -> anyhow::Result<()> {
-    crate::tunnel::serve(listener, stop, move |stream, stop| {
+    crate::tunnel::serve(listener, signals, drain, move |stream, stops| {
         let (dialer, mode) = (dialer.clone(), mode.clone());
-        async move { carry(dialer, stream, mode, stop).await }
+        async move { carry(dialer, stream, mode, stops).await }
     })
     .await
 }
 
 /// One SOCKS connection: handshake, dial per `mode`, reply, carry until
-/// either side ends or `stop`.
+/// either side ends or `stops.cut` (the handshake and dial end at
+/// `stops.setup`).
 pub async fn carry(
     dialer: Dialer,
     mut stream: TcpStream,
     mode: Mode,
-    stop: CancellationToken,
+    stops: crate::tunnel::Stops,
 ) -> anyhow::Result<()> {
-    let Request { target, args } = accept(&mut stream).await?;
-    let (addr, args) = match mode {
-        Mode::Bridge => (target, args),
-        Mode::Proxy(remote) => (remote, args.arg("target", target)),
-    };
-    // The reply must precede any byte from the far side, so the plain side
-    // is an in-process connection rather than the socket handed to the guest.
-    let mut conn = match dialer.dial_with_args(addr.clone(), &args).await {
-        Ok(conn) => conn,
-        Err(e) => {
-            let _ = reply(&mut stream, Reply::for_error(&e)).await;
-            // The target is the user's, and a peer's text: scrubbed, or escaped.
-            return Err(e).with_context(|| format!("dial {}", water::logging::Scrubbed(&addr)));
+    let setup = async {
+        let Request { target, args } = accept(&mut stream).await?;
+        let (addr, args) = match mode {
+            Mode::Bridge => (target, args),
+            Mode::Proxy(remote) => (remote, args.arg("target", target)),
+        };
+        // The reply must precede any byte from the far side, so the plain side
+        // is an in-process connection rather than the socket handed to the guest.
+        match dialer.dial_with_args(addr.clone(), &args).await {
+            Ok(conn) => anyhow::Ok(Some(conn)),
+            Err(e) => {
+                let _ = reply(&mut stream, Reply::for_error(&e)).await;
+                // The target is the user's, and a peer's text: scrubbed, or escaped.
+                Err(e).with_context(|| format!("dial {}", water::logging::Scrubbed(&addr)))
+            }
         }
     };
+    let set_up = tokio::select! {
+        r = setup => r?,
+        () = stops.setup.cancelled() => None,
+    };
+    let Some(mut conn) = set_up else { return Ok(()) };
     reply(&mut stream, Reply::Succeeded).await?;
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut stream, &mut conn) => {
@@ -264,7 +272,7 @@ pub async fn carry(
                 return Err(e.into());
             }
         }
-        () = stop.cancelled() => { conn.abort().await?; return Ok(()); }
+        () = stops.cut.cancelled() => { conn.abort().await?; return Ok(()); }
     }
     conn.close().await?;
     Ok(())

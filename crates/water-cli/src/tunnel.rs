@@ -18,9 +18,6 @@ use water::{Dialer, Forwarder, Relay};
 
 use crate::{socks, transport};
 
-/// How long connections still open at shutdown get before the process exits.
-const DRAIN: Duration = Duration::from_millis(1500);
-
 /// Binds `addr` and announces it: exactly one line on stdout.
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -31,22 +28,59 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-/// A token cancelled on SIGINT or SIGTERM.
-pub fn on_signal() -> anyhow::Result<CancellationToken> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("signal received: stopping");
-        token.cancel();
-    });
-    Ok(stop)
+/// What SIGINT and SIGTERM say: the first signal `stop`s accepting and
+/// starts the drain; a second one (or the drain's end) cuts what is still
+/// open, `now`.
+#[derive(Clone, Debug)]
+pub struct Signals {
+    pub stop: CancellationToken,
+    pub now: CancellationToken,
+}
+
+impl Signals {
+    /// Watches SIGINT and SIGTERM.
+    pub fn watch() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let signals = Signals { stop: CancellationToken::new(), now: CancellationToken::new() };
+        let tokens = signals.clone();
+        tokio::spawn(async move {
+            for first in [true, false] {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if first {
+                    tracing::info!("signal received: no new connections; open ones drain");
+                    tokens.stop.cancel();
+                } else {
+                    tracing::info!("second signal: ending every connection now");
+                    tokens.now.cancel();
+                }
+            }
+        });
+        Ok(signals)
+    }
+}
+
+/// What ends one connection's task early: `setup` at the first signal
+/// (shutdown does not wait for a setup), `cut` at the drain's end.
+#[derive(Clone, Debug)]
+pub struct Stops {
+    pub setup: CancellationToken,
+    pub cut: CancellationToken,
+}
+
+/// Logs how a drain ended: a clean one at info, cut connections at warn.
+fn report_drain(finished: usize, cut: usize, drain: Duration) {
+    if cut == 0 {
+        tracing::info!("stopped: {finished} open connections finished during the drain");
+    } else {
+        tracing::warn!(
+            "stopped: {cut} connections still open after the drain ({drain:?}) were cut; {finished} finished"
+        );
+    }
 }
 
 /// Accept errors that concern one connection, or a passing shortage.
@@ -56,14 +90,6 @@ fn transient(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
     ) || e.raw_os_error().is_some_and(|c| [23, 24, 12, 105].contains(&c))
-}
-
-/// Waits for the connection tasks, at most [`DRAIN`].
-async fn drain(mut tasks: JoinSet<()>) {
-    let all = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(DRAIN, all).await.is_err() {
-        tracing::warn!("connections still open after {DRAIN:?}; exiting anyway");
-    }
 }
 
 /// The library limits a tunnel's flags set.
@@ -80,6 +106,9 @@ pub struct Limits {
     /// guest ignores that, is cancelled once no byte has moved for this
     /// long.
     pub orphan_timeout: Option<std::time::Duration>,
+    /// `--drain`: how long open connections may go on after the first
+    /// signal.
+    pub drain: Duration,
 }
 
 /// The library options a tunnel's flags set.
@@ -94,7 +123,7 @@ fn library_config(l: Limits) -> water::Config {
     if let Some(t) = l.orphan_timeout {
         cfg = cfg.orphan_timeout((!t.is_zero()).then_some(t));
     }
-    cfg
+    cfg.drain_timeout(l.drain)
 }
 
 /// Loads transport `t` with the tunnel's limits, then runs its
@@ -115,28 +144,28 @@ pub async fn client(
 ) -> anyhow::Result<()> {
     let dialer = Dialer::new(&load_checked(t, config, limits).await?)?;
     let listener = bind(listen).await?;
-    run_client(dialer, listener, remote, on_signal()?).await
+    run_client(dialer, listener, remote, Signals::watch()?, limits.drain).await
 }
 
-/// The client tunnel on a bound listener, until `stop`.
+/// The client tunnel on a bound listener, until `signals` (then drained).
 pub async fn run_client(
     dialer: Dialer,
     listener: TcpListener,
     remote: String,
-    stop: CancellationToken,
+    signals: Signals,
+    drain: Duration,
 ) -> anyhow::Result<()> {
-    serve(listener, stop, |stream, stop| {
+    serve(listener, signals, drain, |stream, stops| {
         let (dialer, remote) = (dialer.clone(), remote.clone());
         async move {
             // The accepted socket is the guest's plain side: no copy here.
             let mut tunnel = tokio::select! {
                 t = dialer.dial_socket(remote.clone(), stream) => t?,
-                // Shutdown does not wait for a setup.
-                () = stop.cancelled() => return Ok(()),
+                () = stops.setup.cancelled() => return Ok(()),
             };
             tokio::select! {
                 r = tunnel.wait() => Ok(r?),
-                () = stop.cancelled() => Ok(tunnel.abort().await?),
+                () = stops.cut.cancelled() => Ok(tunnel.abort().await?),
             }
         }
     })
@@ -153,7 +182,7 @@ pub async fn socks_client(
 ) -> anyhow::Result<()> {
     let dialer = Dialer::new(&load_checked(t, config, limits).await?)?;
     let listener = bind(listen).await?;
-    socks::serve(dialer, listener, mode, on_signal()?).await
+    socks::serve(dialer, listener, mode, Signals::watch()?, limits.drain).await
 }
 
 pub async fn server(
@@ -168,8 +197,31 @@ pub async fn server(
     // `_water_accept` is refused here (`Error::RoleNotSupported`).
     let forwarder = Forwarder::new(&load_checked(t, config, limits).await?, forward)?;
     let listener = bind(listen).await?;
-    let stop = on_signal()?;
-    forwarder.serve(listener, stop.cancelled()).await.context("server")?;
+    let signals = Signals::watch()?;
+    until_second_signal(
+        &signals,
+        limits.drain,
+        forwarder.serve(listener, signals.stop.clone().cancelled_owned()),
+    )
+    .await
+    .context("server")
+}
+
+/// Runs a library serve loop (which drains by itself after `stop`), unless
+/// a second signal comes first: then it is dropped, and with it every
+/// connection.
+async fn until_second_signal(
+    signals: &Signals,
+    drain: Duration,
+    serve: impl std::future::Future<Output = io::Result<water::Drained>>,
+) -> io::Result<()> {
+    tokio::select! {
+        r = serve => {
+            let drained = r?;
+            report_drain(drained.finished, drained.cut, drain);
+        }
+        () = signals.now.cancelled() => {}
+    }
     Ok(())
 }
 
@@ -182,31 +234,38 @@ pub async fn relay(
 ) -> anyhow::Result<()> {
     let relay = Relay::new(&load_checked(t, config, limits).await?, remote)?;
     let listener = bind(listen).await?;
-    let stop = on_signal()?;
-    relay.serve(listener, stop.cancelled()).await.context("relay")?;
-    Ok(())
+    let signals = Signals::watch()?;
+    until_second_signal(&signals, limits.drain, relay.serve(listener, signals.stop.clone().cancelled_owned()))
+        .await
+        .context("relay")
 }
 
-/// Accepts until `stop`, running `handle` per connection as its own task.
+/// Accepts until the first signal, running `handle` per connection as its
+/// own task with its [`Stops`]; then drains: open connections go on
+/// until they end, `drain` passes or a second signal comes, and those
+/// left are cut (each aborts within its close grace) and counted.
 pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
-    stop: CancellationToken,
+    signals: Signals,
+    drain: Duration,
     handle: F,
 ) -> anyhow::Result<()>
 where
-    F: Fn(TcpStream, CancellationToken) -> Fut,
+    F: Fn(TcpStream, Stops) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
+    let cut = CancellationToken::new();
+    let stops = Stops { setup: signals.stop.clone(), cut: cut.clone() };
     loop {
         let accepted = tokio::select! {
-            () = stop.cancelled() => break,
+            () = signals.stop.cancelled() => break,
             a = listener.accept() => a,
         };
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let work = handle(stream, stop.clone());
+                let work = handle(stream, stops.clone());
                 tasks.spawn(async move { log_end(peer, work.await) });
             }
             Err(e) if transient(&e) => {
@@ -217,7 +276,28 @@ where
         }
         while tasks.try_join_next().is_some() {}
     }
-    drain(tasks).await;
+    drop(listener);
+    let mut finished = 0;
+    let deadline = tokio::time::sleep(drain);
+    tokio::pin!(deadline);
+    let cut_count = loop {
+        tokio::select! {
+            next = tasks.join_next() => match next {
+                Some(_) => finished += 1,
+                None => break 0,
+            },
+            () = &mut deadline => break tasks.len(),
+            () = signals.now.cancelled() => break tasks.len(),
+        }
+    };
+    cut.cancel();
+    // A cut connection aborts its worker, which ends within the close
+    // grace (or is dropped then); a second signal does not wait for that.
+    tokio::select! {
+        () = async { while tasks.join_next().await.is_some() {} } => {}
+        () = signals.now.cancelled() => {}
+    }
+    report_drain(finished, cut_count, drain);
     Ok(())
 }
 
@@ -244,8 +324,7 @@ pub(crate) fn error_kind(e: &anyhow::Error) -> &'static str {
 /// `water echo` (hidden): echoes every connection until a signal.
 pub async fn echo(listen: &str) -> anyhow::Result<()> {
     let listener = bind(listen).await?;
-    let stop = on_signal()?;
-    serve(listener, stop, |mut stream, _stop| async move {
+    serve(listener, Signals::watch()?, Duration::ZERO, |mut stream, _stop| async move {
         let (mut r, mut w) = stream.split();
         tokio::io::copy(&mut r, &mut w).await?;
         tokio::io::AsyncWriteExt::shutdown(&mut w).await?;

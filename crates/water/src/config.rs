@@ -25,6 +25,10 @@ pub trait Connector: Send + Sync + 'static {
 /// refuses it with `PermissionDenied` (the guest sees `-acces`).
 pub type DialFilter = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
 
+/// [`Config::drain_timeout`]'s default: long enough for a download in
+/// progress to finish, short enough for a service manager's stop.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
 /// Options for a [`crate::Watm`]. Every field has a sensible default;
 /// set what you need with the builder methods.
 #[derive(Clone)]
@@ -37,6 +41,7 @@ pub struct Config {
     pub(crate) table_elements_limit: usize,
     pub(crate) setup_timeout: Duration,
     pub(crate) close_grace: Duration,
+    pub(crate) drain_timeout: Duration,
     pub(crate) coarse_poll: bool,
     pub(crate) max_pending_setups: usize,
     pub(crate) max_connections: Option<usize>,
@@ -58,6 +63,7 @@ impl Default for Config {
             table_elements_limit: 65_536,
             setup_timeout: Duration::from_secs(5),
             close_grace: Duration::from_secs(1),
+            drain_timeout: DEFAULT_DRAIN,
             coarse_poll: false,
             max_pending_setups: 64,
             max_connections: None,
@@ -81,6 +87,7 @@ impl fmt::Debug for Config {
             .field("table_elements_limit", &self.table_elements_limit)
             .field("setup_timeout", &self.setup_timeout)
             .field("close_grace", &self.close_grace)
+            .field("drain_timeout", &self.drain_timeout)
             .field("coarse_poll", &self.coarse_poll)
             .field("max_pending_setups", &self.max_pending_setups)
             .field("max_connections", &self.max_connections)
@@ -147,6 +154,15 @@ impl Config {
     /// none: it lives as long as its connection.
     pub fn setup_timeout(mut self, timeout: Duration) -> Self {
         self.setup_timeout = timeout;
+        self
+    }
+
+    /// How long [`Relay::serve`](crate::Relay::serve) and
+    /// [`Forwarder::serve`](crate::Forwarder::serve) let open connections
+    /// run on after their shutdown (default 10 s); then they are cancelled
+    /// and counted as cut. New connections are refused from the shutdown on.
+    pub fn drain_timeout(mut self, limit: Duration) -> Self {
+        self.drain_timeout = limit;
         self
     }
 

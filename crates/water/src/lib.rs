@@ -49,7 +49,7 @@ mod watm;
 pub use config::{Config, Connector, DialFilter, TransportArgs};
 pub use conn::Connection;
 pub use error::Error;
-pub use roles::{Dialer, Forwarder, Listener, Relay, Tunnel};
+pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
 pub use watm::{DEFAULT_POOL_SLOTS, Role, Watm};
 

@@ -359,18 +359,25 @@ impl Relay {
         Ok(self)
     }
 
-    /// Serves `listener` until `shutdown` completes, then cancels every
-    /// connection and waits for them (at most the close grace each).
-    /// Setups under way at once are bounded by `Config::max_pending_setups`
-    /// (beyond it, connections wait in the kernel's backlog).
+    /// Serves `listener` until `shutdown` completes, then drains: the
+    /// listener is closed and setups under way are abandoned, connections
+    /// that are set up go on until they end or `Config::drain_timeout`
+    /// passes, and those still open then are cancelled (dropped after the
+    /// close grace if their guest ignores it) and counted in the
+    /// [`Drained`] report. Setups under way at once are bounded by
+    /// `Config::max_pending_setups` (beyond it, connections wait in the
+    /// kernel's backlog). Dropping the future ends every connection at once.
     ///
     /// Per-connection failures are logged (`tracing`, target `water`) and do
     /// not stop the relay. Errors: only the listener's own.
-    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        serve_each(&self.watm, listener, shutdown, |stream, peer, cancel, permit| {
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<Drained> {
+        serve_each(&self.watm, listener, shutdown, |stream, peer, links, setup_stop, permit| {
             let _ = stream.set_nodelay(true);
             let setup = Setup::Associate { accepted: stream, target: self.remote.clone() };
-            let links = Links { closing: cancel, cancel: CancellationToken::new() };
             let label = label("relay");
             run_one(
                 self.watm.clone(),
@@ -378,6 +385,7 @@ impl Relay {
                 label,
                 peer,
                 links,
+                setup_stop,
                 self.pulled.clone(),
                 permit,
             )
@@ -433,11 +441,15 @@ impl Forwarder {
         Ok(self)
     }
 
-    /// Serves `listener` until `shutdown` completes, as [`Relay::serve`].
-    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        serve_each(&self.watm, listener, shutdown, |stream, peer, cancel, permit| {
+    /// Serves `listener` until `shutdown` completes, then drains, as
+    /// [`Relay::serve`].
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<Drained> {
+        serve_each(&self.watm, listener, shutdown, |stream, peer, links, setup_stop, permit| {
             let _ = stream.set_nodelay(true);
-            let links = Links { closing: cancel, cancel: CancellationToken::new() };
             let (upstream, limit) = (self.upstream.clone(), self.watm.inner.config.setup_timeout);
             let setup = async move {
                 let connect = tokio::time::timeout(limit, TcpStream::connect(upstream.as_str()));
@@ -454,27 +466,50 @@ impl Forwarder {
                 let _ = up.set_nodelay(true);
                 Ok(Setup::Accept { internal: Stream::Tcp(Arc::new(up)), accepted: stream })
             };
-            run_one(self.watm.clone(), setup, label("forward"), peer, links, self.pulled.clone(), permit)
+            run_one(
+                self.watm.clone(),
+                setup,
+                label("forward"),
+                peer,
+                links,
+                setup_stop,
+                self.pulled.clone(),
+                permit,
+            )
         })
         .await
     }
 }
 
+/// How a [`Relay::serve`] or [`Forwarder::serve`] ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Drained {
+    /// Connections that ended by themselves during the drain.
+    pub finished: usize,
+    /// Connections still open when `Config::drain_timeout` passed, and so
+    /// cancelled.
+    pub cut: usize,
+}
+
 /// Accepts on `listener` until `shutdown`, running `one` per connection as
-/// a task (with a permit of `max_pending_setups`, taken before the accept);
-/// then cancels them all and waits. Errors: only the listener's own.
+/// a task (with a permit of `max_pending_setups`, taken before the accept),
+/// then drains as [`Relay::serve`] says. Each task gets its `Links` (its
+/// cancel token a child of the one that cuts at the drain's end) and a
+/// token that stops its setup at shutdown. Errors: only the listener's
+/// own.
 async fn serve_each<F, Fut>(
     watm: &Watm,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     one: F,
-) -> io::Result<()>
+) -> io::Result<Drained>
 where
-    F: Fn(TcpStream, SocketAddr, CancellationToken, OwnedSemaphorePermit) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Links, CancellationToken, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let setups = Arc::new(Semaphore::new(watm.inner.config.max_pending_setups.max(1)));
-    let stop = CancellationToken::new();
+    let (setup_stop, cut) = (CancellationToken::new(), CancellationToken::new());
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     let result = loop {
@@ -487,7 +522,8 @@ where
             () = &mut shutdown => break Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tasks.spawn(one(stream, peer, stop.child_token(), permit));
+                    let links = Links { closing: CancellationToken::new(), cancel: cut.child_token() };
+                    tasks.spawn(one(stream, peer, links, setup_stop.child_token(), permit));
                 }
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(target: "water", error = %e, "accept failed; continuing");
@@ -498,21 +534,43 @@ where
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     };
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    result
+    // New connections are refused from here on; setups under way end.
+    drop(listener);
+    setup_stop.cancel();
+    let mut drained = Drained::default();
+    let drain = tokio::time::sleep(watm.inner.config.drain_timeout);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => match next {
+                Some(_) => drained.finished += 1,
+                None => break,
+            },
+            () = &mut drain => {
+                drained.cut = tasks.len();
+                cut.cancel();
+                // Each ends within the close grace of its cancel (a worker
+                // that ignores it is dropped then).
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    result.map(|()| drained)
 }
 
 /// One relayed or forwarded connection: the setup (`setup` makes its
 /// `Setup`), then the worker to its end, logged. Shutdown does not wait for
 /// a setup (a stuck one lasts the setup timeout); the setup permit is
 /// returned once the worker runs.
+#[allow(clippy::too_many_arguments)]
 async fn run_one(
     watm: Watm,
     setup: impl Future<Output = Result<Setup, Error>>,
     label: String,
     peer: SocketAddr,
     links: Links,
+    setup_stop: CancellationToken,
     pulled: Option<Arc<[u8]>>,
     permit: OwnedSemaphorePermit,
 ) {
@@ -532,7 +590,7 @@ async fn run_one(
     };
     let started = tokio::select! {
         r = async { Session::start(&watm, slot, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
-        () = links.closing.cancelled() => {
+        () = setup_stop.cancelled() => {
             tracing::debug!(target: "water", conn = %label, peer = %Scrubbed(peer), "stopped during setup");
             return;
         }

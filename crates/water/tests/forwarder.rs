@@ -37,7 +37,7 @@ fn module(accept: Option<&str>) -> Vec<u8> {
 /// Serves `forwarder` on a fresh port until the returned token is cancelled.
 async fn serve(
     forwarder: Forwarder,
-) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+) -> (std::net::SocketAddr, CancellationToken, tokio::task::JoinHandle<std::io::Result<water::Drained>>) {
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = front.local_addr().unwrap();
     let stop = CancellationToken::new();

@@ -1,0 +1,129 @@
+//! How `water client`, `server` and `relay` stop, run as an operator's
+//! service manager would stop them: the first SIGTERM closes the listener
+//! and lets open connections drain for at most `--drain`; those still open
+//! then are cut and counted; a second signal ends everything at once; a
+//! drain in which every connection finished is reported clean. Every wait
+//! is for an event, bounded by the harness's limit.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use common::*;
+
+/// A service that streams to each connection until the write fails.
+fn streaming_service() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                let chunk = pattern(64 << 10, 3);
+                while s.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+/// `water ROLE -t plain` in front of `service` with `--drain SECONDS`.
+fn tunnel(role: &str, service: SocketAddr, drain: &str) -> (Proc, SocketAddr) {
+    let to = if role == "server" { "--forward" } else { "--remote" };
+    Proc::listening_with(
+        &[role, "-t", "plain", "--listen", "127.0.0.1:0", to, &service.to_string(), "--drain", drain],
+        &[("WATER_LOG", "info")],
+    )
+}
+
+/// A client that is downloading: connected, and a first chunk in.
+fn downloading(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut first = [0u8; 4096];
+    s.read_exact(&mut first).unwrap();
+    s
+}
+
+/// Reads in a thread until the stream ends; joins to how it ended.
+fn keep_reading(mut s: TcpStream) -> std::thread::JoinHandle<std::io::Result<()>> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            if s.read(&mut buf)? == 0 {
+                return Ok(());
+            }
+        }
+    })
+}
+
+// Issue 16 item 2: `water server` in front of a streaming service with a
+// client downloading logged "stopping" on SIGTERM and was still alive 20 s
+// later (the serve loop waited without bound while bytes moved).
+#[test]
+fn sigterm_stops_a_busy_tunnel_after_the_drain_and_counts_what_it_cut() {
+    let service = streaming_service();
+    for role in ["server", "client", "relay"] {
+        let (mut p, addr) = tunnel(role, service, "1");
+        let reader = keep_reading(downloading(addr));
+        p.signal(libc::SIGTERM);
+        let exit = p.exited();
+        let log = p.stderr_so_far();
+        assert!(exit.success(), "{role}: {exit}\n{log}");
+        assert!(log.contains("1 connections still open after the drain (1s) were cut"), "{role}:\n{log}");
+        // The download ended with the process (a cut, not a hang).
+        let _ = reader.join().unwrap();
+    }
+}
+
+#[test]
+fn a_second_signal_ends_at_once_and_new_connections_are_refused_during_the_drain() {
+    let service = streaming_service();
+    for role in ["server", "client", "relay"] {
+        // A drain far longer than the harness waits.
+        let (mut p, addr) = tunnel(role, service, "3600");
+        let reader = keep_reading(downloading(addr));
+        p.signal(libc::SIGTERM);
+        p.wait_stderr(LIMIT, |l| l.contains("no new connections"))
+            .unwrap_or_else(|log| panic!("{role}: no drain started:\n{log}"));
+        // The listener closes: new connections are refused.
+        let deadline = std::time::Instant::now() + LIMIT;
+        while TcpStream::connect(addr).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "{role}: still accepting during the drain");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        p.signal(libc::SIGTERM);
+        let exit = p.exited();
+        let log = p.stderr_so_far();
+        assert!(exit.success() && log.contains("second signal"), "{role}: {exit}\n{log}");
+        let _ = reader.join().unwrap();
+    }
+}
+
+#[test]
+fn a_drain_in_which_every_connection_finishes_is_clean() {
+    let echo = echo_server();
+    for role in ["server", "client", "relay"] {
+        let (p, addr) = tunnel(role, echo, "3600");
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        let mut p = p;
+        p.signal(libc::SIGTERM);
+        p.wait_stderr(LIMIT, |l| l.contains("no new connections"))
+            .unwrap_or_else(|log| panic!("{role}: no drain started:\n{log}"));
+        // The open connection still works during the drain, then ends.
+        s.write_all(b"pong").unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"pong", "{role}");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+        let exit = p.exited();
+        let log = p.stderr_so_far();
+        assert!(exit.success(), "{role}: {exit}\n{log}");
+        assert!(log.contains("stopped: 1 open connections finished during the drain"), "{role}:\n{log}");
+    }
+}
