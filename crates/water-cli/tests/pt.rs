@@ -331,3 +331,31 @@ fn a_failed_connection_is_a_pt_log_line_for_tor_and_the_pt_serves_on() {
     assert!(pt.child.try_wait().unwrap().is_none(), "the PT exited");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// Issue 16: the first SIGINT's drain had no bound; an open connection kept
+// the PT alive for ever. `--drain` bounds it, and the cut is logged.
+#[test]
+fn the_first_sigints_drain_is_bounded() {
+    let dir = temp_dir("pt-drain");
+    let echo = echo_server();
+    let state = dir.join("state");
+    let mut pt = Proc::start(
+        WATER,
+        &["pt", "--drain", "1"],
+        &[
+            ("TOR_PT_MANAGED_TRANSPORT_VER", "1"),
+            ("TOR_PT_STATE_LOCATION", state.to_str().unwrap()),
+            ("TOR_PT_CLIENT_TRANSPORTS", "plain"),
+        ],
+    );
+    let lines = methods(&mut pt, "CMETHODS DONE");
+    let proxy: SocketAddr = lines[1].rsplit(' ').next().unwrap().parse().unwrap();
+    let mut open = socks_connect(proxy, echo).unwrap();
+    round_trip(&mut open, b"held open through the drain");
+    pt.signal(libc::SIGINT);
+    let status = pt.wait(LIMIT).expect("the drain did not end");
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(state.join("water-pt.log")).unwrap();
+    assert!(log.contains("1 connections still open after the drain were cut"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
