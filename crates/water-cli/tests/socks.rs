@@ -149,7 +149,7 @@ fn bridge_mode_credentials_are_the_guests_arguments_and_never_logged() {
     s.read_exact(&mut replies).unwrap();
     assert_eq!(replies[..6], [5, 2, 1, 0, 5, 5], "auth success, then connection refused");
     let line = client
-        .wait_stderr(LIMIT, |l| l.contains(&format!("dial 127.0.0.1:{closed}")))
+        .wait_stderr(LIMIT, |l| l.contains("connection failed: dial [scrubbed]"))
         .unwrap_or_else(|log| panic!("the failed dial was not logged:\n{log}"));
     assert!(!line.contains("hunter2"), "a secret argument reached the log: {line}");
 
@@ -187,16 +187,7 @@ fn proxy_mode_dials_remote_and_the_target_is_an_argument() {
 
 #[test]
 fn malformed_and_unsupported_requests_get_reply_codes_and_the_proxy_lives_on() {
-    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in echo.incoming().flatten() {
-            let mut r = s.try_clone().unwrap();
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut r, &mut s);
-            });
-        }
-    });
+    let echo_addr = echo_server();
     let (mut client, proxy) =
         Proc::listening(&["client", "-t", "plain", "--socks5", "--listen", "127.0.0.1:0"]);
     let reply = |code: u8| vec![5, 0, 5, code, 0, 1, 0, 0, 0, 0, 0, 0];
