@@ -33,7 +33,7 @@ fn tunnel(role: &str, service: SocketAddr, drain: &str) -> (Proc, SocketAddr) {
     let to = if role == "server" { "--forward" } else { "--remote" };
     Proc::listening_with(
         &[role, "-t", "plain", "--listen", "127.0.0.1:0", to, &service.to_string(), "--drain", drain],
-        &[("WATER_LOG", "info")],
+        &[("WATER_LOG", "info,water=debug")],
     )
 }
 
