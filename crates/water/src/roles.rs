@@ -105,13 +105,8 @@ impl Dialer {
         args: &TransportArgs,
     ) -> Result<Tunnel, Error> {
         let pulled = pulled_config(&self.watm, args)?;
-        let slot = Slot::take(&self.watm).inspect_err(|e| {
-            // Logged while `app` is open: its peer sees the close after.
-            logging::connection_warning(
-                e.kind_name(),
-                || tracing::warn!(target: "water", "connection refused: {e}"),
-            );
-        })?;
+        // Refused while `app` is open: its peer sees the close after the line.
+        let slot = admit(&self.watm, "dial", None)?;
         let (target, internal) = (addr.into(), Stream::Tcp(Arc::new(app)));
         let links = Links::default();
         let setup = Setup::Dial { internal, target };
@@ -281,18 +276,8 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let (watm, ready, stop, pulled) = (watm.clone(), ready.clone(), stop.clone(), pulled.clone());
         tokio::spawn(async move {
-            let slot = match Slot::take(&watm) {
-                Ok(slot) => slot,
-                Err(e) => {
-                    // Logged while `stream` is open: its peer sees the close after.
-                    let peer = Scrubbed(peer);
-                    logging::connection_warning(
-                        e.kind_name(),
-                        || tracing::warn!(target: "water", %peer, "connection refused: {e}"),
-                    );
-                    return;
-                }
-            };
+            // Refused while `stream` is open: its peer sees the close after the line.
+            let Ok(slot) = admit(&watm, "accept", Some(peer)) else { return };
             let setup = app_connection(
                 &watm,
                 slot,
@@ -559,6 +544,19 @@ where
     result.map(|()| drained)
 }
 
+/// Takes one of the module's `max_connections` slots for a connection the
+/// caller still holds; a refusal is logged first (rate-limited, the peer
+/// scrubbed), so that a peer who sees the close finds the line written.
+fn admit(watm: &Watm, conn: &str, peer: Option<SocketAddr>) -> Result<Slot, Error> {
+    Slot::take(watm).inspect_err(|e| {
+        let peer = peer.map(|p| Scrubbed(p).to_string()).unwrap_or_default();
+        logging::connection_warning(
+            e.kind_name(),
+            || tracing::warn!(target: "water", conn, peer, "connection refused: {e}"),
+        );
+    })
+}
+
 /// One relayed or forwarded connection: the setup (`setup` makes its
 /// `Setup`), then the worker to its end, logged. Shutdown does not wait for
 /// a setup (a stuck one lasts the setup timeout); the setup permit is
@@ -577,17 +575,7 @@ async fn run_one(
     // Before the setup runs (a forwarder's dials its upstream): a refused
     // connection costs nothing more, and is logged while its socket (in
     // `setup`) is still open.
-    let slot = match Slot::take(&watm) {
-        Ok(slot) => slot,
-        Err(e) => {
-            let peer = Scrubbed(peer);
-            logging::connection_warning(
-                e.kind_name(),
-                || tracing::warn!(target: "water", conn = %label, %peer, "connection refused: {e}"),
-            );
-            return;
-        }
-    };
+    let Ok(slot) = admit(&watm, &label, Some(peer)) else { return };
     let started = tokio::select! {
         r = async { Session::start(&watm, slot, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
         () = setup_stop.cancelled() => {
