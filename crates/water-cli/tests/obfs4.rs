@@ -1,0 +1,476 @@
+//! The `obfs4` transport against an independent implementation, obfs4proxy
+//! 0.0.14 (Debian's `obfs4proxy`), in Tor PT managed mode, on loopback:
+//! - `water client -t obfs4` (the bridge's `cert` and `iat-mode`) →
+//!   obfs4proxy server → echo;
+//! - obfs4proxy client (its SOCKS5 port, the bridge arguments in the SOCKS
+//!   credentials) → `water server -t obfs4` with the identity from the same
+//!   `obfs4_state.json` → echo;
+//! - iat-mode 0 with 64 MiB each way, iat-modes 1 and 2 with smaller
+//!   transfers written in random pieces (obfs4proxy sleeps up to 10 ms
+//!   between its MTU-sized writes in those modes);
+//! - probes side by side against obfs4proxy's server and ours with the same
+//!   identity: silence, garbage, a wrong cert.
+//!
+//! Every process is killed on drop, every wait is bounded, nothing leaves
+//! 127.0.0.1. The tests need obfs4proxy (cfg `peer_obfs4proxy`, see
+//! `build.rs`).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const WATER: &str = env!("CARGO_BIN_EXE_water");
+const LIMIT: Duration = Duration::from_secs(180);
+/// Bytes each way for the big transfers (iat-mode 0).
+const BIG: usize = 64 << 20;
+/// Bytes each way with iat-mode 1 or 2.
+const SMALL: usize = 1 << 20;
+
+/// A child process, killed on drop; its stdin is kept open (obfs4proxy
+/// exits when it closes).
+struct Proc {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `stdout` line by line until `done` returns a value; bounded.
+fn read_until<T>(stdout: &mut impl Read, what: &str, mut done: impl FnMut(&str) -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        assert!(start.elapsed() < LIMIT, "{what}: no line in time");
+        match stdout.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                line.clear();
+                if let Some(v) = done(&text) {
+                    return v;
+                }
+            }
+            Ok(1) => line.push(byte[0]),
+            _ => panic!("{what}: exited before it was ready"),
+        }
+    }
+}
+
+/// `water ARGS`, once it printed `listening on ADDR`.
+fn water(args: &[&str]) -> (Proc, SocketAddr) {
+    let mut child = Command::new(WATER)
+        .args(args)
+        .env("WATER_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn water");
+    let mut stdout = child.stdout.take().expect("piped");
+    let p = Proc { child, _stdin: None };
+    let addr = read_until(&mut stdout, "water", |l| {
+        l.trim().strip_prefix("listening on ").map(|a| a.parse().unwrap())
+    });
+    (p, addr)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("water-obfs4-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// obfs4proxy in managed mode with `env`; returns it and its stdout.
+fn obfs4proxy(state: &Path, env: &[(&str, String)]) -> (Proc, std::process::ChildStdout) {
+    let mut cmd = Command::new("obfs4proxy");
+    cmd.args(["-enableLogging", "-logLevel", "DEBUG"])
+        .env_clear()
+        .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
+        .env("TOR_PT_STATE_LOCATION", state)
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn obfs4proxy");
+    let stdout = child.stdout.take().expect("piped");
+    let stdin = child.stdin.take();
+    (Proc { child, _stdin: stdin }, stdout)
+}
+
+/// Keeps reading a managed transport's stdout: Go programs die of SIGPIPE
+/// when their stdout is closed and they write to it (obfs4proxy logs
+/// connection events there).
+fn drain(mut stdout: std::process::ChildStdout) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
+    });
+}
+
+/// An obfs4proxy bridge on a free port in front of `orport`; its address
+/// and the `cert` it publishes. `iat` overrides the state file's mode.
+fn obfs4proxy_server(state: &Path, orport: SocketAddr, iat: Option<u8>) -> (Proc, SocketAddr, String) {
+    let port = free_port();
+    let mut env = vec![
+        ("TOR_PT_SERVER_TRANSPORTS", "obfs4".to_string()),
+        ("TOR_PT_SERVER_BINDADDR", format!("obfs4-127.0.0.1:{port}")),
+        ("TOR_PT_ORPORT", orport.to_string()),
+    ];
+    if let Some(iat) = iat {
+        env.push(("TOR_PT_SERVER_TRANSPORT_OPTIONS", format!("obfs4:iat-mode={iat}")));
+    }
+    let (p, mut stdout) = obfs4proxy(state, &env);
+    let (addr, args) = read_until(&mut stdout, "obfs4proxy server", |l| {
+        assert!(!l.starts_with("SMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "obfs4proxy: {l}");
+        let rest = l.strip_prefix("SMETHOD obfs4 ")?;
+        let (addr, args) = rest.split_once(' ').unwrap();
+        Some((addr.parse().unwrap(), args.strip_prefix("ARGS:").unwrap().to_string()))
+    });
+    let cert = args.split(',').find_map(|a| a.strip_prefix("cert=")).unwrap().to_string();
+    drain(stdout);
+    (p, addr, cert)
+}
+
+/// An obfs4proxy client: its SOCKS5 address.
+fn obfs4proxy_client(state: &Path) -> (Proc, SocketAddr) {
+    let (p, mut stdout) = obfs4proxy(state, &[("TOR_PT_CLIENT_TRANSPORTS", "obfs4".to_string())]);
+    let addr = read_until(&mut stdout, "obfs4proxy client", |l| {
+        assert!(!l.starts_with("CMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "obfs4proxy: {l}");
+        l.strip_prefix("CMETHOD obfs4 socks5 ").map(|a| a.trim().parse().unwrap())
+    });
+    drain(stdout);
+    (p, addr)
+}
+
+/// Connects through a SOCKS5 proxy to `to`, with the bridge arguments
+/// `args` as Tor passes them: the first 255 bytes as the username, the rest
+/// (or a single NUL) as the password.
+fn socks5(proxy: SocketAddr, to: SocketAddr, args: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(&[5, 1, 2]).unwrap();
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 2], "SOCKS5 method");
+    let (user, pass) = if args.len() > 255 { args.split_at(255) } else { (args, "\0") };
+    let mut auth = vec![1, user.len() as u8];
+    auth.extend_from_slice(user.as_bytes());
+    auth.push(pass.len() as u8);
+    auth.extend_from_slice(pass.as_bytes());
+    s.write_all(&auth).unwrap();
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [1, 0], "SOCKS5 authentication");
+    let SocketAddr::V4(v4) = to else { panic!("IPv4 only") };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut resp = [0u8; 10];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(resp[1], 0, "SOCKS5 connect reply {resp:?}");
+    s
+}
+
+/// An echo service counting the bytes it read.
+struct Echo {
+    addr: SocketAddr,
+    bytes: Arc<AtomicUsize>,
+}
+
+fn echo() -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let counter = bytes.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            counter.fetch_add(n, Ordering::SeqCst);
+                            if w.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Echo { addr, bytes }
+}
+
+/// Deterministic bytes (xorshift).
+struct Pattern(u64);
+
+impl Pattern {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next() as u8;
+        }
+    }
+}
+
+/// Sends `len` pattern bytes in pieces of `piece(i)` bytes and reads them
+/// back, comparing as they come; closes only after everything is back.
+fn round_trip(stream: TcpStream, len: usize, seed: u64, random_pieces: bool) -> Result<(), String> {
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let (mut p, mut sizes) = (Pattern(seed), Pattern(seed ^ 0x5555));
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            let want = if random_pieces { 1 + (sizes.next() % 5000) as usize } else { buf.len() };
+            let n = want.min(len - sent);
+            p.fill(&mut buf[..n]);
+            if w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n;
+        }
+    });
+    let mut r = stream;
+    let mut want = Pattern(seed);
+    let (mut got, mut expect) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut matched = 0;
+    let result = loop {
+        if matched == len {
+            break Ok(());
+        }
+        let n = match r.read(&mut got[..(len - matched).min(64 * 1024)]) {
+            Ok(0) => break Err(format!("EOF after {matched} of {len} bytes")),
+            Ok(n) => n,
+            Err(e) => break Err(format!("{e} after {matched} of {len} bytes")),
+        };
+        want.fill(&mut expect[..n]);
+        if got[..n] != expect[..n] {
+            let at = got.iter().zip(&expect[..n]).position(|(a, b)| a != b).unwrap();
+            break Err(format!("CORRUPT byte at {}", matched + at));
+        }
+        matched += n;
+    };
+    let _ = r.shutdown(Shutdown::Both);
+    let _ = writer.join();
+    result
+}
+
+/// obfs4proxy's `obfs4_state.json` as the `key=value` config of a `water
+/// server -t obfs4` (the file is one flat JSON object of strings and one
+/// number).
+fn state_to_config(json: &str) -> String {
+    let body = json.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut out = String::new();
+    for pair in body.split(',') {
+        let (k, v) = pair.split_once(':').unwrap();
+        let (k, v) = (k.trim().trim_matches('"'), v.trim().trim_matches('"'));
+        out += &format!("{k}={v}\n");
+    }
+    out
+}
+
+struct Bridge {
+    _dir: PathBuf,
+    _proc: Proc,
+    addr: SocketAddr,
+    cert: String,
+    /// The same identity as a `water server` config.
+    config: String,
+}
+
+fn bridge(tag: &str, orport: SocketAddr, iat: Option<u8>) -> Bridge {
+    let dir = temp_dir(tag);
+    let (proc, addr, cert) = obfs4proxy_server(&dir, orport, iat);
+    let state = std::fs::read_to_string(dir.join("obfs4_state.json")).unwrap();
+    let config = state_to_config(&state);
+    for key in ["node-id=", "private-key=", "public-key=", "drbg-seed=", "iat-mode="] {
+        assert!(config.lines().any(|l| l.starts_with(key)), "{key} missing from the state file");
+    }
+    Bridge { _dir: dir, _proc: proc, addr, cert, config }
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn water_client(dir: &Path, cert: &str, iat: u8, remote: SocketAddr) -> (Proc, SocketAddr) {
+    let cfg = write_config(dir, &format!("client-{iat}.conf"), &format!("cert={cert}\niat-mode={iat}\n"));
+    water(&[
+        "client",
+        "-t",
+        "obfs4",
+        "--config",
+        &cfg,
+        "--listen",
+        "127.0.0.1:0",
+        "--remote",
+        &remote.to_string(),
+    ])
+}
+
+fn water_server(dir: &Path, config: &str, forward: SocketAddr) -> (Proc, SocketAddr) {
+    let cfg = write_config(dir, "server.conf", config);
+    water(&[
+        "server",
+        "-t",
+        "obfs4",
+        "--config",
+        &cfg,
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &forward.to_string(),
+    ])
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_client_through_obfs4proxy_server_64_mib_each_way() {
+    let echo = echo();
+    let b = bridge("client0", echo.addr, None);
+    let dir = temp_dir("client0-cfg");
+    let (_client, addr) = water_client(&dir, &b.cert, 0, b.addr);
+    let start = Instant::now();
+    round_trip(TcpStream::connect(addr).unwrap(), BIG, 1, false).unwrap();
+    eprintln!("water client -> obfs4proxy server, 64 MiB each way: {:?}", start.elapsed());
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), BIG);
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn obfs4proxy_client_through_water_server_64_mib_each_way() {
+    let echo = echo();
+    // The identity obfs4proxy generated, served by water instead.
+    let b = bridge("server0", echo.addr, None);
+    let dir = temp_dir("server0-cfg");
+    let (_server, server) = water_server(&dir, &b.config, echo.addr);
+    let (_client, socks) = obfs4proxy_client(&temp_dir("server0-client"));
+    let start = Instant::now();
+    let s = socks5(socks, server, &format!("cert={};iat-mode=0", b.cert));
+    round_trip(s, BIG, 2, false).unwrap();
+    eprintln!("obfs4proxy client -> water server, 64 MiB each way: {:?}", start.elapsed());
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), BIG);
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn iat_modes_1_and_2_both_ways_in_random_pieces() {
+    let echo = echo();
+    for iat in [1u8, 2] {
+        let b = bridge(&format!("iat{iat}"), echo.addr, Some(iat));
+        // obfs4proxy records the mode it was given in its state file.
+        assert!(b.config.contains(&format!("iat-mode={iat}")), "{}", b.config);
+        let dir = temp_dir(&format!("iat{iat}-cfg"));
+        // water client (iat-mode n) → obfs4proxy server (iat-mode n).
+        let (_client, addr) = water_client(&dir, &b.cert, iat, b.addr);
+        round_trip(TcpStream::connect(addr).unwrap(), SMALL, 10 + iat as u64, true)
+            .unwrap_or_else(|e| panic!("iat-mode {iat}, water client: {e}"));
+        // obfs4proxy client (iat-mode n) → water server (iat-mode n).
+        let (_server, server) = water_server(&dir, &b.config, echo.addr);
+        let (_c, socks) = obfs4proxy_client(&temp_dir(&format!("iat{iat}-client")));
+        let s = socks5(socks, server, &format!("cert={};iat-mode={iat}", b.cert));
+        round_trip(s, SMALL, 20 + iat as u64, true)
+            .unwrap_or_else(|e| panic!("iat-mode {iat}, water server: {e}"));
+    }
+}
+
+/// What a probe saw: bytes that came back within `wait`, and whether the
+/// server closed in that time.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    bytes: usize,
+    closed: bool,
+}
+
+fn probe(addr: SocketAddr, send: &[u8], wait: Duration) -> Seen {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.write_all(send).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut bytes = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Seen { bytes, closed: false };
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Seen { bytes, closed: true },
+            Ok(n) => bytes += n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return Seen { bytes, closed: false };
+            }
+            Err(_) => return Seen { bytes, closed: true },
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn probes_get_what_obfs4proxy_gives_them() {
+    let echo = echo();
+    let b = bridge("probe", echo.addr, None);
+    let dir = temp_dir("probe-cfg");
+    let (_server, ours) = water_server(&dir, &b.config, echo.addr);
+    let mut garbage = vec![0u8; 10_000];
+    Pattern(99).fill(&mut garbage);
+    // Both servers, the same identity, the same probes. obfs4proxy closes a
+    // failed connection only 30 to 89 s after it opened; over a few seconds
+    // both say nothing and keep the connection open.
+    let wait = Duration::from_secs(3);
+    for (what, send) in [("silence", &[][..]), ("100 bytes", &garbage[..100]), ("10000 bytes", &garbage[..])]
+    {
+        let theirs = probe(b.addr, send, wait);
+        let mine = probe(ours, send, wait);
+        eprintln!("{what}: obfs4proxy {theirs:?}, water {mine:?}");
+        assert_eq!(theirs, Seen { bytes: 0, closed: false }, "{what}: obfs4proxy");
+        assert_eq!(mine, theirs, "{what}");
+    }
+    // A client with a wrong cert (another bridge's) gets silence from both.
+    let other = bridge("probe-other", echo.addr, None);
+    for (name, server) in [("obfs4proxy", b.addr), ("water", ours)] {
+        let (_client, addr) = water_client(&dir, &other.cert, 0, server);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"hello").unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 16];
+        let got = s.read(&mut buf);
+        assert!(matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{name}: {got:?}");
+    }
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), 0, "no probe reached the service");
+}
