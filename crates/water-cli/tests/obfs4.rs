@@ -286,38 +286,21 @@ fn round_trip(stream: TcpStream, len: usize, seed: u64, random_pieces: bool) -> 
     result
 }
 
-/// obfs4proxy's `obfs4_state.json` as the `key=value` config of a `water
-/// server -t obfs4` (the file is one flat JSON object of strings and one
-/// number).
-fn state_to_config(json: &str) -> String {
-    let body = json.trim().trim_start_matches('{').trim_end_matches('}');
-    let mut out = String::new();
-    for pair in body.split(',') {
-        let (k, v) = pair.split_once(':').unwrap();
-        let (k, v) = (k.trim().trim_matches('"'), v.trim().trim_matches('"'));
-        out += &format!("{k}={v}\n");
-    }
-    out
-}
-
 struct Bridge {
     _dir: PathBuf,
     _proc: Proc,
     addr: SocketAddr,
     cert: String,
-    /// The same identity as a `water server` config.
-    config: String,
+    /// obfs4proxy's state file: the same identity as a `water server
+    /// --config` (the CLI reads the JSON).
+    state: PathBuf,
 }
 
 fn bridge(tag: &str, orport: SocketAddr, iat: Option<u8>) -> Bridge {
     let dir = temp_dir(tag);
     let (proc, addr, cert) = obfs4proxy_server(&dir, orport, iat);
-    let state = std::fs::read_to_string(dir.join("obfs4_state.json")).unwrap();
-    let config = state_to_config(&state);
-    for key in ["node-id=", "private-key=", "public-key=", "drbg-seed=", "iat-mode="] {
-        assert!(config.lines().any(|l| l.starts_with(key)), "{key} missing from the state file");
-    }
-    Bridge { _dir: dir, _proc: proc, addr, cert, config }
+    let state = dir.join("obfs4_state.json");
+    Bridge { _dir: dir, _proc: proc, addr, cert, state }
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> String {
@@ -341,14 +324,14 @@ fn water_client(dir: &Path, cert: &str, iat: u8, remote: SocketAddr) -> (Proc, S
     ])
 }
 
-fn water_server(dir: &Path, config: &str, forward: SocketAddr) -> (Proc, SocketAddr) {
-    let cfg = write_config(dir, "server.conf", config);
+fn water_server(state: &Path, forward: SocketAddr) -> (Proc, SocketAddr) {
+    let cfg = state.to_str().unwrap();
     water(&[
         "server",
         "-t",
         "obfs4",
         "--config",
-        &cfg,
+        cfg,
         "--listen",
         "127.0.0.1:0",
         "--forward",
@@ -375,8 +358,7 @@ fn obfs4proxy_client_through_water_server_64_mib_each_way() {
     let echo = echo();
     // The identity obfs4proxy generated, served by water instead.
     let b = bridge("server0", echo.addr, None);
-    let dir = temp_dir("server0-cfg");
-    let (_server, server) = water_server(&dir, &b.config, echo.addr);
+    let (_server, server) = water_server(&b.state, echo.addr);
     let (_client, socks) = obfs4proxy_client(&temp_dir("server0-client"));
     let start = Instant::now();
     let s = socks5(socks, server, &format!("cert={};iat-mode=0", b.cert));
@@ -392,14 +374,15 @@ fn iat_modes_1_and_2_both_ways_in_random_pieces() {
     for iat in [1u8, 2] {
         let b = bridge(&format!("iat{iat}"), echo.addr, Some(iat));
         // obfs4proxy records the mode it was given in its state file.
-        assert!(b.config.contains(&format!("iat-mode={iat}")), "{}", b.config);
+        let json = std::fs::read_to_string(&b.state).unwrap();
+        assert!(json.contains(&format!("\"iat-mode\":{iat}")), "{json}");
         let dir = temp_dir(&format!("iat{iat}-cfg"));
         // water client (iat-mode n) → obfs4proxy server (iat-mode n).
         let (_client, addr) = water_client(&dir, &b.cert, iat, b.addr);
         round_trip(TcpStream::connect(addr).unwrap(), SMALL, 10 + iat as u64, true)
             .unwrap_or_else(|e| panic!("iat-mode {iat}, water client: {e}"));
         // obfs4proxy client (iat-mode n) → water server (iat-mode n).
-        let (_server, server) = water_server(&dir, &b.config, echo.addr);
+        let (_server, server) = water_server(&b.state, echo.addr);
         let (_c, socks) = obfs4proxy_client(&temp_dir(&format!("iat{iat}-client")));
         let s = socks5(socks, server, &format!("cert={};iat-mode={iat}", b.cert));
         round_trip(s, SMALL, 20 + iat as u64, true)
@@ -446,7 +429,7 @@ fn probes_get_what_obfs4proxy_gives_them() {
     let echo = echo();
     let b = bridge("probe", echo.addr, None);
     let dir = temp_dir("probe-cfg");
-    let (_server, ours) = water_server(&dir, &b.config, echo.addr);
+    let (_server, ours) = water_server(&b.state, echo.addr);
     let mut garbage = vec![0u8; 10_000];
     Pattern(99).fill(&mut garbage);
     // Both servers, the same identity, the same probes. obfs4proxy closes a
