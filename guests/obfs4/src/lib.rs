@@ -393,4 +393,6 @@ impl Transport for Obfs4 {
 water_guest::export_transport!(Obfs4);
 
 #[cfg(test)]
+mod kat;
+#[cfg(test)]
 mod tests;

@@ -374,3 +374,66 @@ proptest! {
         prop_assert!(down == down_data);
     }
 }
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+/// obfs4proxy's state file as a config (the CLI's conversion, by hand).
+fn kat_server() -> Obfs4 {
+    let body = crate::kat::KAT_STATE.trim_matches(|c| c == '{' || c == '}');
+    let config: String = body
+        .split(',')
+        .map(|p| {
+            let (k, v) = p.split_once(':').unwrap();
+            format!("{}={}\n", k.trim_matches('"'), v.trim_matches('"'))
+        })
+        .collect();
+    Obfs4::from_config(config.as_bytes()).unwrap()
+}
+
+#[test]
+fn known_answer_our_key_derivation_gives_obfs4proxys_cert() {
+    let mut cert = [0u8; 70];
+    cert_string(&kat_server().identity().unwrap().bridge, &mut cert);
+    assert_eq!(core::str::from_utf8(&cert).unwrap(), crate::kat::KAT_CERT);
+}
+
+#[test]
+fn known_answer_obfs4proxy_bridge_reply_and_frames() {
+    use crate::kat::*;
+    let client = Obfs4::from_config(format!("cert={KAT_CERT};iat-mode=0").as_bytes()).unwrap();
+    let private: [u8; 32] = unhex(KAT_CLIENT_PRIVATE).try_into().unwrap();
+    let session = Session::from_private(private, KAT_CLIENT_TWEAK).unwrap();
+    let mut hs = ClientHandshake::new(*client.bridge().unwrap(), session, 100, KAT_HOUR, [0; 24]);
+    hs.step(&mut [], &mut [0u8; 9000]).unwrap();
+    let mut stream = unhex(KAT_SERVER_STREAM);
+    let step = hs.step(&mut stream, &mut [0u8; 9000]).unwrap();
+    assert!(step.done, "obfs4proxy's reply: MAC_S, Y' and AUTH check out");
+    let keys = hs.keys();
+    // The PRNG-seed frame carried the bridge's drbg-seed.
+    let seed = kat_server().identity().unwrap().drbg_seed;
+    assert_eq!(keys.dist_seed, seed);
+    // The rest: obfs4proxy's frames of the echoed message, and padding.
+    let got = pump(Decoder::new(&keys), &stream[step.consumed..], &Segmentation::default()).unwrap();
+    assert_eq!(got, KAT_MESSAGE);
+    // Off by one hour, the MAC no longer matches.
+    let session = Session::from_private(private, KAT_CLIENT_TWEAK).unwrap();
+    let mut hs = ClientHandshake::new(*client.bridge().unwrap(), session, 100, KAT_HOUR + 1, [0; 24]);
+    hs.step(&mut [], &mut [0u8; 9000]).unwrap();
+    assert_eq!(hs.step(&mut unhex(KAT_SERVER_STREAM), &mut [0u8; 9000]), Err(handshake::AUTH_FAILED));
+}
+
+#[test]
+fn known_answer_obfs4proxy_client_request() {
+    use crate::kat::*;
+    let server = kat_server();
+    let mut request = unhex(KAT_CLIENT_REQUEST);
+    let mut hs = server_hs(&server, KAT_CLIENT_HOUR + 1);
+    let step = hs.step(&mut request, &mut [0u8; 9000]).unwrap();
+    assert!(step.done && step.produced > 0, "obfs4proxy's request: X', M_C and MAC_C check out");
+    let mut request = unhex(KAT_CLIENT_REQUEST);
+    let mut hs = server_hs(&server, KAT_CLIENT_HOUR + 2);
+    hs.step(&mut request, &mut [0u8; 9000]).unwrap();
+    assert!(hs.failed(), "two hours off");
+}
