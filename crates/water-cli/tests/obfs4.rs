@@ -457,3 +457,98 @@ fn probes_get_what_obfs4proxy_gives_them() {
     }
     assert_eq!(echo.bytes.load(Ordering::SeqCst), 0, "no probe reached the service");
 }
+
+/// `water pt` serving obfs4 (managed mode) in front of `orport`; its
+/// address and the SMETHOD line's `ARGS:` text.
+fn water_pt(state: &Path, orport: SocketAddr, options: Option<&str>) -> (Proc, SocketAddr, String) {
+    let port = free_port();
+    let mut cmd = Command::new(WATER);
+    cmd.arg("pt")
+        .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
+        .env("TOR_PT_STATE_LOCATION", state)
+        .env("TOR_PT_SERVER_TRANSPORTS", "obfs4")
+        .env("TOR_PT_SERVER_BINDADDR", format!("obfs4-127.0.0.1:{port}"))
+        .env("TOR_PT_ORPORT", orport.to_string())
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(o) = options {
+        cmd.env("TOR_PT_SERVER_TRANSPORT_OPTIONS", o);
+    }
+    let mut child = cmd.spawn().expect("spawn water pt");
+    let mut stdout = child.stdout.take().expect("piped");
+    let stdin = child.stdin.take();
+    let p = Proc { child, _stdin: stdin };
+    let (addr, args) = read_until(&mut stdout, "water pt", |l| {
+        assert!(!l.starts_with("SMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "water pt: {l}");
+        let rest = l.strip_prefix("SMETHOD obfs4 ")?;
+        let (addr, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        Some((addr.parse().unwrap(), args.strip_prefix("ARGS:").unwrap_or("").to_string()))
+    });
+    drain(stdout);
+    (p, addr, args)
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_pt_serves_the_identity_obfs4proxy_made() {
+    let echo = echo();
+    let b = bridge("pt-theirs", echo.addr, None);
+    let state_dir = b.state.parent().unwrap().to_path_buf();
+    let (_pt, addr, args) = water_pt(&state_dir, echo.addr, None);
+    // Only what a bridge line needs: the same cert, the mode.
+    assert_eq!(args, format!("cert={},iat-mode=0", b.cert));
+    let (_c, socks) = obfs4proxy_client(&temp_dir("pt-theirs-client"));
+    let s = socks5(socks, addr, &format!("cert={};iat-mode=0", b.cert));
+    round_trip(s, SMALL, 30, true).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_pt_makes_an_identity_obfs4proxy_serves_unchanged() {
+    let echo = echo();
+    let dir = temp_dir("pt-ours");
+    let (pt, _, args) = water_pt(&dir, echo.addr, None);
+    drop(pt);
+    let cert = args.strip_prefix("cert=").and_then(|a| a.strip_suffix(",iat-mode=0")).unwrap().to_string();
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.join("obfs4_state.json")).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode, 0o600, "the state file holds the private key");
+    let line = std::fs::read_to_string(dir.join("obfs4_bridgeline.txt")).unwrap();
+    assert!(line.contains(&format!("cert={cert} iat-mode=0")), "{line}");
+    // obfs4proxy, on the state water made, publishes the same cert and
+    // serves a water client that knows it.
+    let (_proxy, addr, theirs) = obfs4proxy_server(&dir, echo.addr, None);
+    assert_eq!(theirs, cert);
+    let (_client, local) = water_client(&temp_dir("pt-ours-cfg"), &cert, 0, addr);
+    round_trip(TcpStream::connect(local).unwrap(), SMALL, 31, true).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_pt_takes_the_identity_from_options_and_never_publishes_the_key() {
+    let echo = echo();
+    // An identity obfs4proxy made, given as options instead of a state file.
+    let b = bridge("pt-options", echo.addr, None);
+    let json = std::fs::read_to_string(&b.state).unwrap();
+    let field = |k: &str| {
+        let at = json.find(&format!("\"{k}\":\"")).unwrap() + k.len() + 4;
+        json[at..at + json[at..].find('"').unwrap()].to_string()
+    };
+    let options = format!(
+        "obfs4:node-id={};obfs4:private-key={};obfs4:drbg-seed={};obfs4:iat-mode=1",
+        field("node-id"),
+        field("private-key"),
+        field("drbg-seed")
+    );
+    let dir = temp_dir("pt-options-state");
+    let (_pt, addr, args) = water_pt(&dir, echo.addr, Some(&options));
+    assert_eq!(args, format!("cert={},iat-mode=1", b.cert));
+    assert!(!dir.join("obfs4_state.json").exists(), "no state file beside options");
+    let (_c, socks) = obfs4proxy_client(&temp_dir("pt-options-client"));
+    let s = socks5(socks, addr, &format!("cert={};iat-mode=1", b.cert));
+    round_trip(s, SMALL, 32, true).unwrap();
+}

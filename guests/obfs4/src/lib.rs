@@ -43,6 +43,17 @@ pub enum IatMode {
     Paranoid,
 }
 
+impl IatMode {
+    /// The mode's number in configs and bridge lines.
+    pub const fn number(self) -> u8 {
+        match self {
+            IatMode::None => 0,
+            IatMode::Enabled => 1,
+            IatMode::Paranoid => 2,
+        }
+    }
+}
+
 /// The config keys.
 pub const KEYS: [&str; 6] = ["cert", "node-id", "public-key", "private-key", "drbg-seed", "iat-mode"];
 
@@ -140,6 +151,11 @@ impl Obfs4 {
     /// The bridge a client end dials, if configured.
     pub fn bridge(&self) -> Option<&Bridge> {
         self.bridge.as_ref()
+    }
+
+    /// The `iat-mode`.
+    pub fn iat_mode(&self) -> IatMode {
+        self.iat
     }
 
     /// The server identity, if configured.
