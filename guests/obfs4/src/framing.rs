@@ -7,9 +7,8 @@
 //! counter starting at 1. Inside the box is a packet: type, 2-byte payload
 //! length, payload, zero padding.
 
-use crypto_secretbox::XSalsa20Poly1305;
-use crypto_secretbox::aead::{AeadInPlace, KeyInit};
 use siphasher::sip::SipHasher24;
+use watm_aead::salsa::XSalsa20Poly1305;
 
 /// Longest frame on the wire (obfs4proxy's `MaximumSegmentLength`,
 /// 1500 - 52): length field and box.
@@ -100,7 +99,7 @@ impl FrameKeys {
     pub fn new(material: &[u8]) -> FrameKeys {
         let key: &[u8; 32] = material[..32].try_into().expect("32 bytes");
         FrameKeys {
-            cipher: XSalsa20Poly1305::new(key.into()),
+            cipher: XSalsa20Poly1305::new(key),
             prefix: material[32..48].try_into().expect("16 bytes"),
             counter: 1,
             drbg: Drbg::new(material[48..KEY_MATERIAL].try_into().expect("24 bytes")),
@@ -126,8 +125,7 @@ impl FrameKeys {
         let nonce = self.nonce().expect("the nonce counter does not wrap");
         self.counter = self.counter.wrapping_add(1);
         let (head, packet) = frame[..FRAME_OVERHEAD + len].split_at_mut(FRAME_OVERHEAD);
-        let tag =
-            self.cipher.encrypt_in_place_detached(&nonce.into(), &[], packet).expect("a packet is small");
+        let tag = self.cipher.seal(&nonce, packet);
         head[LEN_FIELD..].copy_from_slice(&tag);
         let mask = self.drbg.next_block();
         let obfuscated = ((TAG + len) as u16) ^ u16::from_be_bytes([mask[0], mask[1]]);
@@ -157,9 +155,7 @@ impl FrameKeys {
         let nonce = self.nonce()?;
         let (tag, packet) = boxed.split_at_mut(TAG);
         let tag: &[u8; TAG] = (&*tag).try_into().expect("16 bytes");
-        self.cipher
-            .decrypt_in_place_detached(&nonce.into(), &[], packet, tag.into())
-            .map_err(|_| BadFrame)?;
+        self.cipher.open(&nonce, packet, tag).map_err(|_| BadFrame)?;
         self.counter = self.counter.wrapping_add(1);
         Ok(())
     }
