@@ -552,3 +552,42 @@ fn water_pt_takes_the_identity_from_options_and_never_publishes_the_key() {
     let s = socks5(socks, addr, &format!("cert={};iat-mode=1", b.cert));
     round_trip(s, SMALL, 32, true).unwrap();
 }
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_pt_client_reaches_an_obfs4proxy_bridge_with_the_bridge_line_args() {
+    // As tor runs a client PT: no config, the bridge line's cert and
+    // iat-mode in the SOCKS5 credentials of each connection.
+    let echo = echo();
+    let b = bridge("pt-client", echo.addr, None);
+    let mut child = Command::new(WATER)
+        .arg("pt")
+        .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
+        .env("TOR_PT_STATE_LOCATION", temp_dir("pt-client-state"))
+        .env("TOR_PT_CLIENT_TRANSPORTS", "obfs4")
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn water pt");
+    let mut stdout = child.stdout.take().expect("piped");
+    let stdin = child.stdin.take();
+    let _pt = Proc { child, _stdin: stdin };
+    let socks = read_until(&mut stdout, "water pt", |l| {
+        assert!(!l.starts_with("CMETHOD-ERROR"), "water pt: {l}");
+        l.strip_prefix("CMETHOD obfs4 socks5 ").map(|a| a.trim().parse::<SocketAddr>().unwrap())
+    });
+    drain(stdout);
+    let s = socks5(socks, b.addr, &format!("cert={};iat-mode=0", b.cert));
+    round_trip(s, SMALL, 33, true).unwrap();
+    // A wrong cert: the bridge stays silent and nothing reaches the service.
+    let other = bridge("pt-client-other", echo.addr, None);
+    let before = echo.bytes.load(Ordering::SeqCst);
+    let mut s = socks5(socks, b.addr, &format!("cert={};iat-mode=0", other.cert));
+    s.write_all(b"hello").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let got = s.read(&mut [0u8; 16]);
+    assert!(matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{got:?}");
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), before);
+}
