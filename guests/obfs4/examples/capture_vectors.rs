@@ -23,6 +23,9 @@ use water_guest::{Handshake, Role, Transport};
 use watm_obfs4::handshake::{ClientHandshake, Session};
 use watm_obfs4::{IatMode, Obfs4};
 
+/// How many times the message is sent.
+const MESSAGES: usize = 8;
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -102,11 +105,16 @@ fn main() {
             break hs.keys();
         }
     };
+    // Eight messages, apart in time, so that the bridge echoes each in a
+    // burst of its own (each padded to a length from its distribution).
     let message = b"known answer through obfs4proxy";
     let mut wire = vec![0u8; 8192];
     let mut enc = client.encoder(Role::Dialer, &keys);
-    let p = water_guest::Codec::transform(&mut enc, message, &mut wire).unwrap();
-    s.write_all(&wire[..p.produced]).unwrap();
+    for _ in 0..MESSAGES {
+        let p = water_guest::Codec::transform(&mut enc, message, &mut wire).unwrap();
+        s.write_all(&wire[..p.produced]).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // Everything the bridge sends for a second (the echo and its padding).
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     while let Ok(k) = s.read(&mut buf) {
@@ -172,6 +180,7 @@ fn main() {
     println!("const KAT_CLIENT_TWEAK: u8 = {tweak:#04x};");
     println!("const KAT_HOUR: u64 = {hour};");
     println!("const KAT_MESSAGE: &[u8] = b\"{}\";", std::str::from_utf8(message).unwrap());
+    println!("const KAT_MESSAGES: usize = {MESSAGES};");
     println!("const KAT_SERVER_STREAM: &str = \"{}\";", hex(&got));
     println!("const KAT_CLIENT_HOUR: u64 = {chour};");
     println!("const KAT_CLIENT_REQUEST: &str = \"{}\";", hex(&request));

@@ -6,7 +6,8 @@
 //! its unbiased one: Go's `math/rand` (`Perm`, `Intn`, `Float64`) over
 //! obfs4proxy's SipHash DRBG, then uniform weights. Both ends of a
 //! connection draw from the bridge's seed (the server sends it in its first
-//! frame), so the client's padding looks like the bridge's. The samples
+//! frame), so the client's padding looks like the bridge's (the known
+//! answers check the table against obfs4proxy's padding). The samples
 //! themselves come from a per-connection DRBG seeded by the host's
 //! randomness, where obfs4proxy uses the system's CSPRNG.
 

@@ -416,7 +416,7 @@ fn known_answer_obfs4proxy_bridge_reply_and_frames() {
     assert_eq!(keys.dist_seed, seed);
     // The rest: obfs4proxy's frames of the echoed message, and padding.
     let got = pump(Decoder::new(&keys), &stream[step.consumed..], &Segmentation::default()).unwrap();
-    assert_eq!(got, KAT_MESSAGE);
+    assert_eq!(got, KAT_MESSAGE.repeat(KAT_MESSAGES));
     // Off by one hour, the MAC no longer matches.
     let session = Session::from_private(private, KAT_CLIENT_TWEAK).unwrap();
     let mut hs = ClientHandshake::new(*client.bridge().unwrap(), session, 100, KAT_HOUR + 1, [0; 24]);
@@ -436,4 +436,49 @@ fn known_answer_obfs4proxy_client_request() {
     let mut hs = server_hs(&server, KAT_CLIENT_HOUR + 2);
     hs.step(&mut request, &mut [0u8; 9000]).unwrap();
     assert!(hs.failed(), "two hours off");
+}
+
+#[test]
+fn known_answer_obfs4proxy_pads_to_our_port_of_its_length_distribution() {
+    // The bridge echoed each message in a burst of its own: payload, then
+    // padding to a length drawn from the bridge's distribution, so each
+    // burst's length ends on one of the table's values. A check that this
+    // port of Go's math/rand and of WeightedDist builds obfs4proxy's table:
+    // a wrong table of n values would pass each burst by chance with
+    // probability about 2n/1448.
+    use crate::kat::*;
+    let client = Obfs4::from_config(format!("cert={KAT_CERT};iat-mode=0").as_bytes()).unwrap();
+    let private: [u8; 32] = unhex(KAT_CLIENT_PRIVATE).try_into().unwrap();
+    let session = Session::from_private(private, KAT_CLIENT_TWEAK).unwrap();
+    let mut hs = ClientHandshake::new(*client.bridge().unwrap(), session, 100, KAT_HOUR, [0; 24]);
+    hs.step(&mut [], &mut [0u8; 9000]).unwrap();
+    let mut stream = unhex(KAT_SERVER_STREAM);
+    let consumed = hs.step(&mut stream, &mut [0u8; 9000]).unwrap().consumed;
+    let mut keys = hs.keys().receive;
+    // Cut the frames into bursts: a burst starts with a frame that carries
+    // payload after one that carried none.
+    let (mut bursts, mut at, mut last_was_padding) = (Vec::<usize>::new(), consumed, true);
+    while at < stream.len() {
+        let (len, valid) = keys.open_len([stream[at], stream[at + 1]]);
+        assert!(valid);
+        let mut boxed = stream[at + 2..at + 2 + len].to_vec();
+        keys.open(&mut boxed).unwrap();
+        let (_, payload) = framing::parse_packet(&boxed[framing::TAG..]).unwrap();
+        if !payload.is_empty() && last_was_padding {
+            bursts.push(0);
+        }
+        last_was_padding = payload.is_empty();
+        *bursts.last_mut().unwrap() += 2 + len;
+        at += 2 + len;
+    }
+    assert_eq!(bursts.len(), KAT_MESSAGES);
+    let table = dist::LenDist::new(&kat_server().identity().unwrap().drbg_seed);
+    for burst in bursts {
+        let tail = burst % MAX_SEGMENT;
+        let fits = table.values().iter().any(|&v| {
+            let v = v as usize;
+            tail == v % MAX_SEGMENT || tail == (v + framing::HEADER) % MAX_SEGMENT
+        });
+        assert!(fits, "a burst of {burst} bytes (tail {tail}) is padded to none of {:?}", table.values());
+    }
 }
