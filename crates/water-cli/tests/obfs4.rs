@@ -618,3 +618,73 @@ fn water_check_passes_every_role_with_a_config_for_both_ends() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(!text.contains("FAIL") && text.contains("PASS associate large"), "{text}");
 }
+
+/// An obfs4proxy client's handshake request to `bridge`, recorded by a
+/// listener that stands in for the bridge.
+fn recorded_request(cert: &str) -> Vec<u8> {
+    let rec = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_c, socks) = obfs4proxy_client(&temp_dir("replay-client"));
+    let to = rec.local_addr().unwrap();
+    let cert = cert.to_string();
+    // obfs4proxy answers the SOCKS request only after the handshake, which
+    // never comes (it then fails the request): ask from a thread, step by
+    // step as `socks5` does but without its assertions.
+    std::thread::spawn(move || {
+        let Ok(mut s) = TcpStream::connect(socks) else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let args = format!("cert={cert};iat-mode=0");
+        let mut auth = vec![1, args.len() as u8];
+        auth.extend_from_slice(args.as_bytes());
+        auth.extend_from_slice(&[1, 0]);
+        let SocketAddr::V4(v4) = to else { return };
+        let mut connect = vec![5, 1, 0, 1];
+        connect.extend_from_slice(&v4.ip().octets());
+        connect.extend_from_slice(&v4.port().to_be_bytes());
+        for (send, reply) in [(&[5u8, 1, 2][..], 2), (&auth[..], 2), (&connect[..], 10)] {
+            if s.write_all(send).is_err() || s.read_exact(&mut vec![0u8; reply]).is_err() {
+                return;
+            }
+        }
+    });
+    rec.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut r = loop {
+        match rec.accept() {
+            Ok((r, _)) => break r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(start.elapsed() < LIMIT, "obfs4proxy's client never connected");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    r.set_nonblocking(false).unwrap();
+    r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 9000];
+    while let Ok(n @ 1..) = r.read(&mut buf) {
+        request.extend_from_slice(&buf[..n]);
+    }
+    request
+}
+
+/// Today's gap, checked so that it is known: obfs4proxy refuses a replayed
+/// handshake (it remembers MAC_C for three hours), ours answers every copy,
+/// because a WATM v0 instance lives for one connection and the host's
+/// replay filter does not exist yet (guests/obfs4/README.md). When it does,
+/// the water half of this test is to flip.
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn a_replayed_handshake_obfs4proxy_ignores_is_answered_by_water_until_the_host_filters() {
+    let echo = echo();
+    let b = bridge("replay", echo.addr, None);
+    let (_server, ours) = water_server(&b.state, echo.addr);
+    let request = recorded_request(&b.cert);
+    assert!(request.len() >= 64 + 77, "a whole request: {} bytes", request.len());
+    let wait = Duration::from_secs(2);
+    let theirs = [probe(b.addr, &request, wait), probe(b.addr, &request, wait)];
+    assert!(theirs[0].bytes > 0, "obfs4proxy answers the first copy: {:?}", theirs[0]);
+    assert_eq!(theirs[1].bytes, 0, "obfs4proxy ignores the replay");
+    let mine = [probe(ours, &request, wait), probe(ours, &request, wait)];
+    assert!(mine[0].bytes > 0 && mine[1].bytes > 0, "water answers both copies today: {mine:?}");
+}
