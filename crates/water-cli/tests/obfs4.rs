@@ -291,8 +291,8 @@ struct Bridge {
     _proc: Proc,
     addr: SocketAddr,
     cert: String,
-    /// obfs4proxy's state file: the same identity as a `water server
-    /// --config` (the CLI reads the JSON).
+    /// A copy of obfs4proxy's state file, alone in its directory: the same
+    /// identity as a `water server --config` (the CLI reads the JSON).
     state: PathBuf,
 }
 
@@ -308,7 +308,14 @@ fn bridge_with(tag: &str, orport: SocketAddr, iat: Option<u8>, state: Option<&st
         std::fs::write(dir.join("obfs4_state.json"), state).unwrap();
     }
     let (proc, addr, cert) = obfs4proxy_server(&dir, orport, iat);
-    let state = dir.join("obfs4_state.json");
+    // obfs4proxy (re)writes its state before it prints SMETHOD; water gets
+    // a copy of what it wrote, checked whole, so that no later write of
+    // obfs4proxy's can be read half done.
+    let json = std::fs::read_to_string(dir.join("obfs4_state.json")).unwrap();
+    let trimmed = json.trim();
+    assert!(trimmed.starts_with('{') && trimmed.ends_with('}'), "obfs4proxy's state after SMETHOD: {json:?}");
+    let state = temp_dir(&format!("{tag}-copy")).join("obfs4_state.json");
+    std::fs::write(&state, &json).unwrap();
     Bridge { _dir: dir, _proc: proc, addr, cert, state }
 }
 
