@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,7 +253,7 @@ fn run(transports: Vec<String>, configs: Vec<String>, drain: Duration) -> Result
             pt.start_clients(&names, &own).await;
         }
         if let Some(names) = server {
-            pt.start_servers(&names, &own).await?;
+            pt.start_servers(&names, &own, &state).await?;
         }
         pt.run().await;
         Ok(())
@@ -307,13 +307,25 @@ impl Pt {
         say("CMETHODS DONE");
     }
 
-    async fn start_servers(&self, names: &str, own: &Modules) -> Result<(), Reported> {
+    async fn start_servers(&self, names: &str, own: &Modules, state: &Path) -> Result<(), Reported> {
         let upstream = Upstream::from_env()?;
         let binds = parse_bindaddrs(env("TOR_PT_SERVER_BINDADDR").as_deref().unwrap_or(""));
         let options = parse_options(env("TOR_PT_SERVER_TRANSPORT_OPTIONS").as_deref().unwrap_or(""))
             .map_err(|e| env_error(format_args!("TOR_PT_SERVER_TRANSPORT_OPTIONS: {e}")))?;
         for name in own.requested(names) {
-            let args = options.get(&name).cloned().unwrap_or_default();
+            let mut args = options.get(&name).cloned().unwrap_or_default();
+            // What the SMETHOD line publishes: the options, except for the
+            // built-in obfs4, whose options and state hold its private key.
+            let mut published = args.clone();
+            if name == "obfs4" && !own.paths.contains_key(&name) {
+                match obfs4_server(state, &args, own.configs.get(&name).map(PathBuf::as_path)) {
+                    Ok((guest, public)) => (args, published) = (guest, public),
+                    Err(e) => {
+                        say(format_args!("SMETHOD-ERROR {name} {}", one_line(&format!("{e:#}"))));
+                        continue;
+                    }
+                }
+            }
             let bind = binds.get(&name).cloned().unwrap_or_else(|| "127.0.0.1:0".into());
             let started = async {
                 let watm = match own.load(&name) {
@@ -334,7 +346,7 @@ impl Pt {
             match started.await {
                 Ok(listener) => {
                     let addr = listener.local_addr().expect("bound");
-                    say(format_args!("SMETHOD {name} {addr}{}", smethod_args(&args)));
+                    say(format_args!("SMETHOD {name} {addr}{}", smethod_args(&published)));
                     tracing::info!(transport = %name, %addr, "server transport listening");
                     let (name, upstream) = (name.clone(), upstream.clone());
                     self.tasks.spawn(self.clone_handles().serve_transport(name, listener, upstream));
@@ -559,6 +571,96 @@ fn parse_bindaddrs(text: &str) -> BTreeMap<String, String> {
         .filter_map(|item| item.split_once('-'))
         .map(|(name, addr)| (name.to_string(), addr.to_string()))
         .collect()
+}
+
+/// obfs4proxy's state file in the PT state directory.
+pub const OBFS4_STATE: &str = "obfs4_state.json";
+/// obfs4proxy's bridge line file, written beside it.
+pub const OBFS4_BRIDGELINE: &str = "obfs4_bridgeline.txt";
+
+/// The built-in obfs4 as a server, the way obfs4proxy finds its identity:
+/// from the options (`private-key`, `node-id`, `drbg-seed`, `iat-mode`), or
+/// the transport's `--config obfs4=FILE`, or `obfs4_state.json` in the state
+/// directory, made (with `obfs4_bridgeline.txt`) on first run. The options
+/// win key by key. Returns the arguments every connection's guest gets and
+/// the ones to publish: only `cert` and `iat-mode`, never a key.
+fn obfs4_server(
+    state: &Path,
+    options: &TransportArgs,
+    config: Option<&Path>,
+) -> anyhow::Result<(TransportArgs, TransportArgs)> {
+    let has = |key: &str| Args::new(options.as_bytes()).flatten().any(|a| a.key.eq_bytes(key.as_bytes()));
+    let base: Vec<u8> = if has("private-key") {
+        Vec::new()
+    } else if let Some(config) = config {
+        let bytes = std::fs::read(config).with_context(|| format!("cannot read {}", config.display()))?;
+        if bytes.trim_ascii_start().starts_with(b"{") {
+            transport::obfs4_state_to_config(&bytes)?
+        } else {
+            bytes
+        }
+    } else {
+        let path = state.join(OBFS4_STATE);
+        if !path.exists() {
+            new_obfs4_state(state)?;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        transport::obfs4_state_to_config(&bytes).with_context(|| format!("{}", path.display()))?
+    };
+    let guest = TransportArgs::parse(base.clone())
+        .map_err(|e| anyhow::anyhow!("obfs4 identity: {e}"))?
+        .extend(options);
+    let parsed = watm_obfs4::Obfs4::from_config(guest.as_bytes())
+        .map_err(|e| anyhow::anyhow!("obfs4 identity: {}", e.message()))?;
+    let identity = parsed.identity().context("obfs4: no private-key, node-id and drbg-seed")?;
+    let mut cert = [0u8; 70];
+    watm_obfs4::cert_string(&identity.bridge, &mut cert);
+    let published =
+        TransportArgs::new().arg("cert", cert).arg("iat-mode", parsed.iat_mode().number().to_string());
+    Ok((guest, published))
+}
+
+/// A new obfs4 bridge identity in obfs4proxy's state file format (which
+/// obfs4proxy reads as is), and its bridge line file; the state file is
+/// readable by its owner only. `public-key` is the key obfs4proxy derives
+/// from `private-key` on load.
+fn new_obfs4_state(state: &Path) -> anyhow::Result<()> {
+    let mut secret = [0u8; 20 + 32 + 24];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+    let (node_id, rest) = secret.split_at(20);
+    let (private, seed) = rest.split_at(32);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let identity = watm_obfs4::handshake::Identity::new(
+        node_id.try_into().expect("20"),
+        private.try_into().expect("32"),
+        seed.try_into().expect("24"),
+    );
+    let json = format!(
+        "{{\"node-id\":\"{}\",\"private-key\":\"{}\",\"public-key\":\"{}\",\"drbg-seed\":\"{}\",\"iat-mode\":0}}",
+        hex(node_id),
+        hex(private),
+        hex(&identity.bridge.public),
+        hex(seed)
+    );
+    let path = state.join(OBFS4_STATE);
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+    }
+    .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(json.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut cert = [0u8; 70];
+    watm_obfs4::cert_string(&identity.bridge, &mut cert);
+    let line = format!(
+        "# obfs4 torrc client bridge line, written by water pt (as obfs4proxy writes it).\n\
+         # Replace <IP ADDRESS>, <PORT> and <FINGERPRINT> with the bridge's.\n\n\
+         Bridge obfs4 <IP ADDRESS>:<PORT> <FINGERPRINT> cert={} iat-mode=0\n",
+        String::from_utf8_lossy(&cert)
+    );
+    std::fs::write(state.join(OBFS4_BRIDGELINE), line)
+        .with_context(|| format!("cannot write {}", state.join(OBFS4_BRIDGELINE).display()))?;
+    tracing::info!(state = %path.display(), "new obfs4 bridge identity");
+    Ok(())
 }
 
 /// `TOR_PT_SERVER_TRANSPORT_OPTIONS`: `name:key=value;name:key=value`, with

@@ -42,6 +42,12 @@ pub fn load_with(name_or_path: &str, config: Option<&Path>, mut cfg: Config) -> 
     if let Some(path) = config {
         let bytes = read_capped(path, MAX_CONFIG_FILE)
             .with_context(|| format!("cannot read config {}", path.display()))?;
+        let bytes = if name_or_path == "obfs4" && bytes.trim_ascii_start().starts_with(b"{") {
+            obfs4_state_to_config(&bytes)
+                .with_context(|| format!("cannot read {} as obfs4_state.json", path.display()))?
+        } else {
+            bytes
+        };
         cfg = cfg.transport_config(bytes);
     }
     let looks_like_path = name_or_path.contains('/') || name_or_path.ends_with(".wasm");
@@ -62,4 +68,51 @@ pub fn load_with(name_or_path: &str, config: Option<&Path>, mut cfg: Config) -> 
     let bytes = read_capped(Path::new(name_or_path), cfg.module_size_limit())
         .with_context(|| format!("cannot read {name_or_path}"))?;
     Watm::new(&bytes, cfg).with_context(|| name_or_path.to_string())
+}
+
+/// obfs4proxy's `obfs4_state.json` (one flat JSON object: `node-id`,
+/// `private-key`, `public-key`, `drbg-seed` as strings, `iat-mode` as a
+/// number) as the built-in obfs4's `key=value` config, so that a bridge
+/// identity moves between obfs4proxy and `water` unchanged. Strings with
+/// escapes, nested values and anything else are refused.
+pub fn obfs4_state_to_config(json: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let text = std::str::from_utf8(json).context("not UTF-8")?.trim();
+    let body = text.strip_prefix('{').and_then(|t| t.strip_suffix('}')).context("not a JSON object")?;
+    let mut out = Vec::new();
+    for pair in body.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once(':').with_context(|| format!("`{pair}` is not \"key\": value"))?;
+        let unquote =
+            |s: &str| s.trim().strip_prefix('"').and_then(|s| s.strip_suffix('"')).map(str::to_string);
+        let key = unquote(key).with_context(|| format!("key `{}` is not a string", key.trim()))?;
+        let value = match unquote(value) {
+            Some(v) => v,
+            None if value.trim().bytes().all(|b| b.is_ascii_digit()) => value.trim().to_string(),
+            None => bail!("value of `{key}` is neither a string nor a number"),
+        };
+        let plain = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !plain(&key) || !plain(&value) {
+            bail!("`{key}`: unexpected characters (escapes are not supported)");
+        }
+        out.extend_from_slice(format!("{key}={value}\n").as_bytes());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obfs4_state_files_become_configs() {
+        let json =
+            br#"{"node-id":"0e65","private-key":"0cea","public-key":"3aaf","drbg-seed":"0e90","iat-mode":1}"#;
+        let config = obfs4_state_to_config(json).unwrap();
+        assert_eq!(
+            String::from_utf8(config).unwrap(),
+            "node-id=0e65\nprivate-key=0cea\npublic-key=3aaf\ndrbg-seed=0e90\niat-mode=1\n"
+        );
+        assert!(obfs4_state_to_config(b"node-id=1").is_err());
+        assert!(obfs4_state_to_config(br#"{"a":"b\"c"}"#).is_err());
+        assert!(obfs4_state_to_config(br#"{"a":{"b":1}}"#).is_err());
+    }
 }

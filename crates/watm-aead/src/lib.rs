@@ -27,6 +27,7 @@ pub mod chacha;
 pub mod chunk;
 mod lanes;
 pub mod poly;
+pub mod salsa;
 
 use chacha::ChaCha20;
 use poly::Poly1305;

@@ -17,7 +17,7 @@
 //! gives Poly1305. Not constant-time concerns beyond the usual: no branch or
 //! index depends on secret data.
 
-use crate::lanes::{LIMB as M, Pair32, Pair64, block_limbs};
+use crate::lanes::{HIBIT, LIMB as M, Pair32, Pair64, block_limbs};
 
 /// `h · r mod p`, partly reduced: limbs below 2²⁶ except limb 1, which may
 /// be a little above. `h` limbs below 2²⁸, `r` limbs below 2²⁷.
@@ -144,6 +144,24 @@ impl Poly1305 {
             let mut last = [0u8; 16];
             last[..data.len() - whole].copy_from_slice(&data[whole..]);
             self.block(&last);
+        }
+    }
+
+    /// `data` as the whole message: whole blocks, then a last partial block
+    /// closed by a `1` byte and without the 2¹²⁸ bit (RFC 8439 §2.5's plain
+    /// Poly1305, as NaCl's secretbox uses it).
+    pub fn update_final(&mut self, data: &[u8]) {
+        let whole = data.len() / 16 * 16;
+        self.blocks(&data[..whole]);
+        if whole < data.len() {
+            let mut last = [0u8; 16];
+            let n = data.len() - whole;
+            last[..n].copy_from_slice(&data[whole..]);
+            last[n] = 1;
+            let mut m = block_limbs(&last);
+            m[4] -= HIBIT;
+            let h: [u64; 5] = core::array::from_fn(|i| self.h[i] + u64::from(m[i]));
+            self.h = mul(h, &self.r);
         }
     }
 

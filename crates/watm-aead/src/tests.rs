@@ -285,3 +285,56 @@ fn a_zero_length_is_an_authentication_failure() {
     let mut opener = Chunks::new(ChaCha20Poly1305::new(&[9; 32]));
     assert_eq!(opener.open_len(&block), Err(AuthError));
 }
+
+fn oracle_secretbox(key: &[u8; 32], nonce: &[u8; 24], data: &mut [u8]) -> [u8; 16] {
+    use crypto_secretbox::aead::{AeadInPlace, KeyInit};
+    let c = crypto_secretbox::XSalsa20Poly1305::new(key.into());
+    c.encrypt_in_place_detached(nonce.into(), &[], data).unwrap().into()
+}
+
+#[test]
+fn secretbox_every_short_length_matches_the_crate() {
+    let (key, nonce) = ([3u8; 32], [9u8; 24]);
+    for len in 0..700 {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+        let (mut ours, mut theirs) = (data.clone(), data.clone());
+        let tag = crate::salsa::XSalsa20Poly1305::new(&key).seal(&nonce, &mut ours);
+        assert_eq!((tag, &ours), (oracle_secretbox(&key, &nonce, &mut theirs), &theirs), "length {len}");
+        crate::salsa::XSalsa20Poly1305::new(&key).open(&nonce, &mut ours, &tag).unwrap();
+        assert_eq!(ours, data);
+    }
+}
+
+proptest! {
+    #[test]
+    fn secretbox_matches_the_crate(
+        key in any::<[u8; 32]>(),
+        nonce in any::<[u8; 24]>(),
+        data in proptest::collection::vec(any::<u8>(), 0..5000),
+        flip in any::<usize>(),
+    ) {
+        let (mut ours, mut theirs) = (data.clone(), data.clone());
+        let b = crate::salsa::XSalsa20Poly1305::new(&key);
+        let tag = b.seal(&nonce, &mut ours);
+        prop_assert_eq!(tag, oracle_secretbox(&key, &nonce, &mut theirs));
+        prop_assert_eq!(&ours, &theirs);
+        if !ours.is_empty() {
+            let mut bad = ours.clone();
+            bad[flip % ours.len()] ^= 1;
+            prop_assert!(b.open(&nonce, &mut bad, &tag).is_err());
+        }
+        b.open(&nonce, &mut ours, &tag).unwrap();
+        prop_assert_eq!(ours, data);
+    }
+}
+
+#[test]
+fn salsa20_keystream_crosses_the_32_bit_counter() {
+    // Blocks 2^32 - 2 .. 2^32 + 2: the high counter word carries per lane.
+    let s = crate::salsa::Salsa20::new(&[5; 32], &[6; 8]);
+    let wide = s.keystream_wide((1 << 32) - 2);
+    for b in 0..4u64 {
+        let one = s.keystream_wide((1 << 32) - 2 + b);
+        assert_eq!(wide[64 * b as usize..][..64], one[..64], "block {b}");
+    }
+}

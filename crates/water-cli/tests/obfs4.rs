@@ -1,0 +1,731 @@
+//! The `obfs4` transport against an independent implementation, obfs4proxy
+//! 0.0.14 (Debian's `obfs4proxy`), in Tor PT managed mode, on loopback:
+//! - `water client -t obfs4` (the bridge's `cert` and `iat-mode`) →
+//!   obfs4proxy server → echo;
+//! - obfs4proxy client (its SOCKS5 port, the bridge arguments in the SOCKS
+//!   credentials) → `water server -t obfs4` with the identity from the same
+//!   `obfs4_state.json` → echo;
+//! - iat-mode 0 with 64 MiB each way, iat-modes 1 and 2 with smaller
+//!   transfers written in random pieces (obfs4proxy sleeps up to 10 ms
+//!   between its MTU-sized writes in those modes);
+//! - probes side by side against obfs4proxy's server and ours with the same
+//!   identity: silence, garbage, a wrong cert.
+//!
+//! Every process is killed on drop, every wait is bounded, nothing leaves
+//! 127.0.0.1. The tests need obfs4proxy (cfg `peer_obfs4proxy`, see
+//! `build.rs`).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const WATER: &str = env!("CARGO_BIN_EXE_water");
+const LIMIT: Duration = Duration::from_secs(180);
+/// Bytes each way for the big transfers (iat-mode 0).
+const BIG: usize = 64 << 20;
+/// Bytes each way with iat-mode 1 or 2.
+const SMALL: usize = 1 << 20;
+
+/// A child process, killed on drop; its stdin is kept open (obfs4proxy
+/// exits when it closes).
+struct Proc {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `stdout` line by line until `done` returns a value; bounded.
+fn read_until<T>(stdout: &mut impl Read, what: &str, mut done: impl FnMut(&str) -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        assert!(start.elapsed() < LIMIT, "{what}: no line in time");
+        match stdout.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => {
+                let text = String::from_utf8_lossy(&line).into_owned();
+                line.clear();
+                if let Some(v) = done(&text) {
+                    return v;
+                }
+            }
+            Ok(1) => line.push(byte[0]),
+            _ => panic!("{what}: exited before it was ready"),
+        }
+    }
+}
+
+/// `water ARGS`, once it printed `listening on ADDR`.
+fn water(args: &[&str]) -> (Proc, SocketAddr) {
+    let mut child = Command::new(WATER)
+        .args(args)
+        .env("WATER_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn water");
+    let mut stdout = child.stdout.take().expect("piped");
+    let p = Proc { child, _stdin: None };
+    let addr = read_until(&mut stdout, "water", |l| {
+        l.trim().strip_prefix("listening on ").map(|a| a.parse().unwrap())
+    });
+    (p, addr)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("water-obfs4-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// obfs4proxy in managed mode with `env`; returns it and its stdout.
+fn obfs4proxy(state: &Path, env: &[(&str, String)]) -> (Proc, std::process::ChildStdout) {
+    let mut cmd = Command::new("obfs4proxy");
+    cmd.args(["-enableLogging", "-logLevel", "DEBUG"])
+        .env_clear()
+        .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
+        .env("TOR_PT_STATE_LOCATION", state)
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn obfs4proxy");
+    let stdout = child.stdout.take().expect("piped");
+    let stdin = child.stdin.take();
+    (Proc { child, _stdin: stdin }, stdout)
+}
+
+/// Keeps reading a managed transport's stdout: Go programs die of SIGPIPE
+/// when their stdout is closed and they write to it (obfs4proxy logs
+/// connection events there).
+fn drain(mut stdout: std::process::ChildStdout) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
+    });
+}
+
+/// An obfs4proxy bridge on a free port in front of `orport`; its address
+/// and the `cert` it publishes. `iat` overrides the state file's mode.
+fn obfs4proxy_server(state: &Path, orport: SocketAddr, iat: Option<u8>) -> (Proc, SocketAddr, String) {
+    let port = free_port();
+    let mut env = vec![
+        ("TOR_PT_SERVER_TRANSPORTS", "obfs4".to_string()),
+        ("TOR_PT_SERVER_BINDADDR", format!("obfs4-127.0.0.1:{port}")),
+        ("TOR_PT_ORPORT", orport.to_string()),
+    ];
+    if let Some(iat) = iat {
+        env.push(("TOR_PT_SERVER_TRANSPORT_OPTIONS", format!("obfs4:iat-mode={iat}")));
+    }
+    let (p, mut stdout) = obfs4proxy(state, &env);
+    let (addr, args) = read_until(&mut stdout, "obfs4proxy server", |l| {
+        assert!(!l.starts_with("SMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "obfs4proxy: {l}");
+        let rest = l.strip_prefix("SMETHOD obfs4 ")?;
+        let (addr, args) = rest.split_once(' ').unwrap();
+        Some((addr.parse().unwrap(), args.strip_prefix("ARGS:").unwrap().to_string()))
+    });
+    let cert = args.split(',').find_map(|a| a.strip_prefix("cert=")).unwrap().to_string();
+    drain(stdout);
+    (p, addr, cert)
+}
+
+/// An obfs4proxy client: its SOCKS5 address.
+fn obfs4proxy_client(state: &Path) -> (Proc, SocketAddr) {
+    let (p, mut stdout) = obfs4proxy(state, &[("TOR_PT_CLIENT_TRANSPORTS", "obfs4".to_string())]);
+    let addr = read_until(&mut stdout, "obfs4proxy client", |l| {
+        assert!(!l.starts_with("CMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "obfs4proxy: {l}");
+        l.strip_prefix("CMETHOD obfs4 socks5 ").map(|a| a.trim().parse().unwrap())
+    });
+    drain(stdout);
+    (p, addr)
+}
+
+/// Connects through a SOCKS5 proxy to `to`, with the bridge arguments
+/// `args` as Tor passes them: the first 255 bytes as the username, the rest
+/// (or a single NUL) as the password.
+fn socks5(proxy: SocketAddr, to: SocketAddr, args: &str) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(&[5, 1, 2]).unwrap();
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 2], "SOCKS5 method");
+    let (user, pass) = if args.len() > 255 { args.split_at(255) } else { (args, "\0") };
+    let mut auth = vec![1, user.len() as u8];
+    auth.extend_from_slice(user.as_bytes());
+    auth.push(pass.len() as u8);
+    auth.extend_from_slice(pass.as_bytes());
+    s.write_all(&auth).unwrap();
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [1, 0], "SOCKS5 authentication");
+    let SocketAddr::V4(v4) = to else { panic!("IPv4 only") };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut resp = [0u8; 10];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(resp[1], 0, "SOCKS5 connect reply {resp:?}");
+    s
+}
+
+/// An echo service counting the bytes it read.
+struct Echo {
+    addr: SocketAddr,
+    bytes: Arc<AtomicUsize>,
+}
+
+fn echo() -> Echo {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let counter = bytes.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            counter.fetch_add(n, Ordering::SeqCst);
+                            if w.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Echo { addr, bytes }
+}
+
+/// Deterministic bytes (xorshift).
+struct Pattern(u64);
+
+impl Pattern {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next() as u8;
+        }
+    }
+}
+
+/// Sends `len` pattern bytes in pieces of `piece(i)` bytes and reads them
+/// back, comparing as they come; closes only after everything is back.
+fn round_trip(stream: TcpStream, len: usize, seed: u64, random_pieces: bool) -> Result<(), String> {
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let (mut p, mut sizes) = (Pattern(seed), Pattern(seed ^ 0x5555));
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            let want = if random_pieces { 1 + (sizes.next() % 5000) as usize } else { buf.len() };
+            let n = want.min(len - sent);
+            p.fill(&mut buf[..n]);
+            if w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n;
+        }
+    });
+    let mut r = stream;
+    let mut want = Pattern(seed);
+    let (mut got, mut expect) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let mut matched = 0;
+    let result = loop {
+        if matched == len {
+            break Ok(());
+        }
+        let n = match r.read(&mut got[..(len - matched).min(64 * 1024)]) {
+            Ok(0) => break Err(format!("EOF after {matched} of {len} bytes")),
+            Ok(n) => n,
+            Err(e) => break Err(format!("{e} after {matched} of {len} bytes")),
+        };
+        want.fill(&mut expect[..n]);
+        if got[..n] != expect[..n] {
+            let at = got.iter().zip(&expect[..n]).position(|(a, b)| a != b).unwrap();
+            break Err(format!("CORRUPT byte at {}", matched + at));
+        }
+        matched += n;
+    };
+    let _ = r.shutdown(Shutdown::Both);
+    let _ = writer.join();
+    result
+}
+
+struct Bridge {
+    _dir: PathBuf,
+    _proc: Proc,
+    addr: SocketAddr,
+    cert: String,
+    /// A copy of obfs4proxy's state file, alone in its directory: the same
+    /// identity as a `water server --config` (the CLI reads the JSON).
+    state: PathBuf,
+}
+
+fn bridge(tag: &str, orport: SocketAddr, iat: Option<u8>) -> Bridge {
+    bridge_with(tag, orport, iat, None)
+}
+
+/// A bridge with the identity of `state` (an `obfs4_state.json`) if given,
+/// else the one obfs4proxy generates.
+fn bridge_with(tag: &str, orport: SocketAddr, iat: Option<u8>, state: Option<&str>) -> Bridge {
+    let dir = temp_dir(tag);
+    if let Some(state) = state {
+        std::fs::write(dir.join("obfs4_state.json"), state).unwrap();
+    }
+    let (proc, addr, cert) = obfs4proxy_server(&dir, orport, iat);
+    // obfs4proxy (re)writes its state before it prints SMETHOD; water gets
+    // a copy of what it wrote, checked whole, so that no later write of
+    // obfs4proxy's can be read half done.
+    let json = std::fs::read_to_string(dir.join("obfs4_state.json")).unwrap();
+    let trimmed = json.trim();
+    assert!(trimmed.starts_with('{') && trimmed.ends_with('}'), "obfs4proxy's state after SMETHOD: {json:?}");
+    let state = temp_dir(&format!("{tag}-copy")).join("obfs4_state.json");
+    std::fs::write(&state, &json).unwrap();
+    Bridge { _dir: dir, _proc: proc, addr, cert, state }
+}
+
+/// The iat test's bridge identity in obfs4proxy's `obfs4_state.json`
+/// format; its `drbg-seed`'s length table has no 0.
+fn iat_state(iat: u8) -> String {
+    format!(
+        concat!(
+            r#"{{"node-id":"d43baf97267ebc275bc0fa510c6d7189bfa2db26","#,
+            r#""private-key":"ed8b0185a78f656166bcee253c4158873f279e573f9907e8349f787b961d8479","#,
+            r#""public-key":"0941965232a81a54ecc4ee9264c8041ff5bfdc0cf0576105e1def321ec727606","#,
+            r#""drbg-seed":"{}","iat-mode":{}}}"#
+        ),
+        IAT_DRBG_SEED, iat
+    )
+}
+
+/// See [`iat_state`]; the guest's tests check its table.
+const IAT_DRBG_SEED: &str = "5e1a887b34dbf3e55b377f7b008e006e969cc18f6d2f4e4c";
+
+fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn water_client(dir: &Path, cert: &str, iat: u8, remote: SocketAddr) -> (Proc, SocketAddr) {
+    let cfg = write_config(dir, &format!("client-{iat}.conf"), &format!("cert={cert}\niat-mode={iat}\n"));
+    water(&[
+        "client",
+        "-t",
+        "obfs4",
+        "--config",
+        &cfg,
+        "--listen",
+        "127.0.0.1:0",
+        "--remote",
+        &remote.to_string(),
+    ])
+}
+
+fn water_server(state: &Path, forward: SocketAddr) -> (Proc, SocketAddr) {
+    let cfg = state.to_str().unwrap();
+    water(&[
+        "server",
+        "-t",
+        "obfs4",
+        "--config",
+        cfg,
+        "--listen",
+        "127.0.0.1:0",
+        "--forward",
+        &forward.to_string(),
+    ])
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_client_through_obfs4proxy_server_64_mib_each_way() {
+    let echo = echo();
+    let b = bridge("client0", echo.addr, None);
+    let dir = temp_dir("client0-cfg");
+    let (_client, addr) = water_client(&dir, &b.cert, 0, b.addr);
+    let start = Instant::now();
+    round_trip(TcpStream::connect(addr).unwrap(), BIG, 1, false).unwrap();
+    eprintln!("water client -> obfs4proxy server, 64 MiB each way: {:?}", start.elapsed());
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), BIG);
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn obfs4proxy_client_through_water_server_64_mib_each_way() {
+    let echo = echo();
+    // The identity obfs4proxy generated, served by water instead.
+    let b = bridge("server0", echo.addr, None);
+    let (_server, server) = water_server(&b.state, echo.addr);
+    let (_client, socks) = obfs4proxy_client(&temp_dir("server0-client"));
+    let start = Instant::now();
+    let s = socks5(socks, server, &format!("cert={};iat-mode=0", b.cert));
+    round_trip(s, BIG, 2, false).unwrap();
+    eprintln!("obfs4proxy client -> water server, 64 MiB each way: {:?}", start.elapsed());
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), BIG);
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn iat_modes_1_and_2_both_ways_in_random_pieces() {
+    let echo = echo();
+    for iat in [1u8, 2] {
+        // A fixed identity whose length table has no 0: obfs4proxy 0.0.14
+        // panics ("BUG: Write(), iat length was 0", the whole process) when
+        // in iat-mode 2 it samples a 0-byte write, and a fresh identity has
+        // 0 in its table about once in 30 (see
+        // `iat_test_identity_has_no_zero_length` in the guest's tests).
+        let state = iat_state(iat);
+        let b = bridge_with(&format!("iat{iat}"), echo.addr, Some(iat), Some(&state));
+        // obfs4proxy records the mode it was given in its state file.
+        let json = std::fs::read_to_string(&b.state).unwrap();
+        assert!(json.contains(&format!("\"iat-mode\":{iat}")), "{json}");
+        let dir = temp_dir(&format!("iat{iat}-cfg"));
+        // water client (iat-mode n) → obfs4proxy server (iat-mode n).
+        let (_client, addr) = water_client(&dir, &b.cert, iat, b.addr);
+        round_trip(TcpStream::connect(addr).unwrap(), SMALL, 10 + iat as u64, true)
+            .unwrap_or_else(|e| panic!("iat-mode {iat}, water client: {e}"));
+        // obfs4proxy client (iat-mode n) → water server (iat-mode n), the
+        // same identity from the test's own copy of the state, which no
+        // obfs4proxy rewrites.
+        let (_server, server) = water_server(Path::new(&write_config(&dir, "state.json", &state)), echo.addr);
+        let (_c, socks) = obfs4proxy_client(&temp_dir(&format!("iat{iat}-client")));
+        let s = socks5(socks, server, &format!("cert={};iat-mode={iat}", b.cert));
+        round_trip(s, SMALL, 20 + iat as u64, true)
+            .unwrap_or_else(|e| panic!("iat-mode {iat}, water server: {e}"));
+    }
+}
+
+/// What a probe saw: bytes that came back within `wait`, and whether the
+/// server closed in that time.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    bytes: usize,
+    closed: bool,
+}
+
+fn probe(addr: SocketAddr, send: &[u8], wait: Duration) -> Seen {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.write_all(send).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut bytes = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Seen { bytes, closed: false };
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Seen { bytes, closed: true },
+            Ok(n) => bytes += n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return Seen { bytes, closed: false };
+            }
+            Err(_) => return Seen { bytes, closed: true },
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn probes_get_what_obfs4proxy_gives_them() {
+    let echo = echo();
+    let b = bridge("probe", echo.addr, None);
+    let dir = temp_dir("probe-cfg");
+    let (_server, ours) = water_server(&b.state, echo.addr);
+    let mut garbage = vec![0u8; 10_000];
+    Pattern(99).fill(&mut garbage);
+    // Both servers, the same identity, the same probes. obfs4proxy closes a
+    // failed connection only 30 to 89 s after it opened; over a few seconds
+    // both say nothing and keep the connection open.
+    let wait = Duration::from_secs(3);
+    for (what, send) in [("silence", &[][..]), ("100 bytes", &garbage[..100]), ("10000 bytes", &garbage[..])]
+    {
+        let theirs = probe(b.addr, send, wait);
+        let mine = probe(ours, send, wait);
+        eprintln!("{what}: obfs4proxy {theirs:?}, water {mine:?}");
+        assert_eq!(theirs, Seen { bytes: 0, closed: false }, "{what}: obfs4proxy");
+        assert_eq!(mine, theirs, "{what}");
+    }
+    // A client with a wrong cert (another bridge's) gets silence from both.
+    let other = bridge("probe-other", echo.addr, None);
+    for (name, server) in [("obfs4proxy", b.addr), ("water", ours)] {
+        let (_client, addr) = water_client(&dir, &other.cert, 0, server);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"hello").unwrap();
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 16];
+        let got = s.read(&mut buf);
+        assert!(matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{name}: {got:?}");
+    }
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), 0, "no probe reached the service");
+}
+
+/// `water pt` serving obfs4 (managed mode) in front of `orport`; its
+/// address and the SMETHOD line's `ARGS:` text.
+fn water_pt(state: &Path, orport: SocketAddr, options: Option<&str>) -> (Proc, SocketAddr, String) {
+    let port = free_port();
+    let mut cmd = Command::new(WATER);
+    cmd.arg("pt")
+        .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
+        .env("TOR_PT_STATE_LOCATION", state)
+        .env("TOR_PT_SERVER_TRANSPORTS", "obfs4")
+        .env("TOR_PT_SERVER_BINDADDR", format!("obfs4-127.0.0.1:{port}"))
+        .env("TOR_PT_ORPORT", orport.to_string())
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(o) = options {
+        cmd.env("TOR_PT_SERVER_TRANSPORT_OPTIONS", o);
+    }
+    let mut child = cmd.spawn().expect("spawn water pt");
+    let mut stdout = child.stdout.take().expect("piped");
+    let stdin = child.stdin.take();
+    let p = Proc { child, _stdin: stdin };
+    let (addr, args) = read_until(&mut stdout, "water pt", |l| {
+        assert!(!l.starts_with("SMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "water pt: {l}");
+        let rest = l.strip_prefix("SMETHOD obfs4 ")?;
+        let (addr, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        Some((addr.parse().unwrap(), args.strip_prefix("ARGS:").unwrap_or("").to_string()))
+    });
+    drain(stdout);
+    (p, addr, args)
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_pt_serves_the_identity_obfs4proxy_made() {
+    let echo = echo();
+    let b = bridge("pt-theirs", echo.addr, None);
+    let state_dir = b.state.parent().unwrap().to_path_buf();
+    let (_pt, addr, args) = water_pt(&state_dir, echo.addr, None);
+    // Only what a bridge line needs: the same cert, the mode.
+    assert_eq!(args, format!("cert={},iat-mode=0", b.cert));
+    let (_c, socks) = obfs4proxy_client(&temp_dir("pt-theirs-client"));
+    let s = socks5(socks, addr, &format!("cert={};iat-mode=0", b.cert));
+    round_trip(s, SMALL, 30, true).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_pt_makes_an_identity_obfs4proxy_serves_unchanged() {
+    let echo = echo();
+    let dir = temp_dir("pt-ours");
+    let (pt, _, args) = water_pt(&dir, echo.addr, None);
+    drop(pt);
+    let cert = args.strip_prefix("cert=").and_then(|a| a.strip_suffix(",iat-mode=0")).unwrap().to_string();
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.join("obfs4_state.json")).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode, 0o600, "the state file holds the private key");
+    let line = std::fs::read_to_string(dir.join("obfs4_bridgeline.txt")).unwrap();
+    assert!(line.contains(&format!("cert={cert} iat-mode=0")), "{line}");
+    // obfs4proxy, on the state water made, publishes the same cert and
+    // serves a water client that knows it.
+    let (_proxy, addr, theirs) = obfs4proxy_server(&dir, echo.addr, None);
+    assert_eq!(theirs, cert);
+    let (_client, local) = water_client(&temp_dir("pt-ours-cfg"), &cert, 0, addr);
+    round_trip(TcpStream::connect(local).unwrap(), SMALL, 31, true).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_pt_takes_the_identity_from_options_and_never_publishes_the_key() {
+    let echo = echo();
+    // An identity obfs4proxy made, given as options instead of a state file.
+    let b = bridge("pt-options", echo.addr, None);
+    let json = std::fs::read_to_string(&b.state).unwrap();
+    let field = |k: &str| {
+        let at = json.find(&format!("\"{k}\":\"")).unwrap() + k.len() + 4;
+        json[at..at + json[at..].find('"').unwrap()].to_string()
+    };
+    let options = format!(
+        "obfs4:node-id={};obfs4:private-key={};obfs4:drbg-seed={};obfs4:iat-mode=1",
+        field("node-id"),
+        field("private-key"),
+        field("drbg-seed")
+    );
+    let dir = temp_dir("pt-options-state");
+    let (_pt, addr, args) = water_pt(&dir, echo.addr, Some(&options));
+    assert_eq!(args, format!("cert={},iat-mode=1", b.cert));
+    assert!(!dir.join("obfs4_state.json").exists(), "no state file beside options");
+    let (_c, socks) = obfs4proxy_client(&temp_dir("pt-options-client"));
+    let s = socks5(socks, addr, &format!("cert={};iat-mode=1", b.cert));
+    round_trip(s, SMALL, 32, true).unwrap();
+}
+
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_pt_client_reaches_an_obfs4proxy_bridge_with_the_bridge_line_args() {
+    // As tor runs a client PT: no config, the bridge line's cert and
+    // iat-mode in the SOCKS5 credentials of each connection.
+    let echo = echo();
+    let b = bridge("pt-client", echo.addr, None);
+    let mut child = Command::new(WATER)
+        .arg("pt")
+        .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
+        .env("TOR_PT_STATE_LOCATION", temp_dir("pt-client-state"))
+        .env("TOR_PT_CLIENT_TRANSPORTS", "obfs4")
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn water pt");
+    let mut stdout = child.stdout.take().expect("piped");
+    let stdin = child.stdin.take();
+    let _pt = Proc { child, _stdin: stdin };
+    let socks = read_until(&mut stdout, "water pt", |l| {
+        assert!(!l.starts_with("CMETHOD-ERROR"), "water pt: {l}");
+        l.strip_prefix("CMETHOD obfs4 socks5 ").map(|a| a.trim().parse::<SocketAddr>().unwrap())
+    });
+    drain(stdout);
+    let s = socks5(socks, b.addr, &format!("cert={};iat-mode=0", b.cert));
+    round_trip(s, SMALL, 33, true).unwrap();
+    // A wrong cert: the bridge stays silent and nothing reaches the service.
+    let other = bridge("pt-client-other", echo.addr, None);
+    let before = echo.bytes.load(Ordering::SeqCst);
+    let mut s = socks5(socks, b.addr, &format!("cert={};iat-mode=0", other.cert));
+    s.write_all(b"hello").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let got = s.read(&mut [0u8; 16]);
+    assert!(matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{got:?}");
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), before);
+}
+
+/// `water check obfs4` runs every role against itself; one config holds
+/// both ends' keys. The cert was computed apart from this code (Python's
+/// `cryptography`, X25519 of the private key), so the check passing also
+/// says our key derivation agrees with it.
+#[test]
+fn water_check_passes_every_role_with_a_config_for_both_ends() {
+    let dir = temp_dir("check");
+    let cfg = write_config(
+        &dir,
+        "both.conf",
+        "node-id=000102030405060708090a0b0c0d0e0f10111213\n\
+         private-key=a8abf8b3b6d7f5e0a6ac1d7ac3bfa1c0d9e0ac1c2b3a495867768594a3b2c1d0\n\
+         drbg-seed=0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778\n\
+         iat-mode=0\n\
+         cert=AAECAwQFBgcICQoLDA0ODxAREhP/SpIifuh6/jTmf7S+YETpDkLX26AP8V+jAHU+aPqpAQ\n",
+    );
+    let out = Command::new(WATER)
+        .args(["check", "obfs4", "--config", &cfg])
+        .env("WATER_LOG", "error")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run water check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("FAIL") && text.contains("PASS associate large"), "{text}");
+}
+
+/// An obfs4proxy client's handshake request to `bridge`, recorded by a
+/// listener that stands in for the bridge.
+fn recorded_request(cert: &str) -> Vec<u8> {
+    let rec = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_c, socks) = obfs4proxy_client(&temp_dir("replay-client"));
+    let to = rec.local_addr().unwrap();
+    let cert = cert.to_string();
+    // obfs4proxy answers the SOCKS request only after the handshake, which
+    // never comes (it then fails the request): ask from a thread, step by
+    // step as `socks5` does but without its assertions.
+    std::thread::spawn(move || {
+        let Ok(mut s) = TcpStream::connect(socks) else { return };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let args = format!("cert={cert};iat-mode=0");
+        let mut auth = vec![1, args.len() as u8];
+        auth.extend_from_slice(args.as_bytes());
+        auth.extend_from_slice(&[1, 0]);
+        let SocketAddr::V4(v4) = to else { return };
+        let mut connect = vec![5, 1, 0, 1];
+        connect.extend_from_slice(&v4.ip().octets());
+        connect.extend_from_slice(&v4.port().to_be_bytes());
+        for (send, reply) in [(&[5u8, 1, 2][..], 2), (&auth[..], 2), (&connect[..], 10)] {
+            if s.write_all(send).is_err() || s.read_exact(&mut vec![0u8; reply]).is_err() {
+                return;
+            }
+        }
+    });
+    rec.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    let mut r = loop {
+        match rec.accept() {
+            Ok((r, _)) => break r,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(start.elapsed() < LIMIT, "obfs4proxy's client never connected");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    r.set_nonblocking(false).unwrap();
+    r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 9000];
+    while let Ok(n @ 1..) = r.read(&mut buf) {
+        request.extend_from_slice(&buf[..n]);
+    }
+    request
+}
+
+/// Today's gap, checked so that it is known: obfs4proxy refuses a replayed
+/// handshake (it remembers MAC_C for three hours), ours answers every copy,
+/// because a WATM v0 instance lives for one connection and the host's
+/// replay filter does not exist yet (guests/obfs4/README.md). When it does,
+/// the water half of this test is to flip.
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn a_replayed_handshake_obfs4proxy_ignores_is_answered_by_water_until_the_host_filters() {
+    let echo = echo();
+    let b = bridge("replay", echo.addr, None);
+    let (_server, ours) = water_server(&b.state, echo.addr);
+    let request = recorded_request(&b.cert);
+    assert!(request.len() >= 64 + 77, "a whole request: {} bytes", request.len());
+    let wait = Duration::from_secs(2);
+    let theirs = [probe(b.addr, &request, wait), probe(b.addr, &request, wait)];
+    assert!(theirs[0].bytes > 0, "obfs4proxy answers the first copy: {:?}", theirs[0]);
+    assert_eq!(theirs[1].bytes, 0, "obfs4proxy ignores the replay");
+    let mine = [probe(ours, &request, wait), probe(ours, &request, wait)];
+    assert!(mine[0].bytes > 0 && mine[1].bytes > 0, "water answers both copies today: {mine:?}");
+}
