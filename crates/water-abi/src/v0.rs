@@ -65,6 +65,17 @@ pub const ASSOCIATE: FuncSig = export("_water_associate", NONE, I32);
 /// life of the connection.
 pub const WORKER: FuncSig = export("_water_worker", NONE, I32);
 
+/// `_water_unique_prefix() -> count` (our extension; other hosts ignore
+/// it, so a module that exports it stays a portable v0 module): how many
+/// leading bytes of an inbound connection, as the client sends them, are
+/// unique to that connection (a random salt, an ephemeral key), so that a
+/// server host can refuse a connection that repeats them (a replay).
+/// Called after `_water_init`; 0 or a negative result: none.
+pub const UNIQUE_PREFIX: FuncSig = export("_water_unique_prefix", NONE, I32);
+
+/// Exports of our extensions: optional, checked when present.
+pub const EXTENSION_EXPORTS: &[FuncSig] = &[UNIQUE_PREFIX];
+
 /// Exports every v0 module must have (besides [`VERSION_EXPORT`]).
 pub const REQUIRED_EXPORTS: &[FuncSig] = &[INIT, CANCEL_WITH, WORKER];
 

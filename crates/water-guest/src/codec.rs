@@ -155,6 +155,16 @@ pub trait Transport: Sized + 'static {
 
     /// The decoder for the connection's wire → plain direction.
     fn decoder(&self, role: Role, keys: &Keys<Self>) -> Self::Decoder;
+
+    /// How many leading bytes of what a client sends are unique to its
+    /// connection (a random salt, an ephemeral key), at most 64: a host
+    /// with a replay filter (ours) refuses a connection that repeats them,
+    /// as a failed handshake, before the server's guest sees a byte of it.
+    /// 0 (the default): no such bytes. Exported as `_water_unique_prefix`,
+    /// which other hosts ignore.
+    fn unique_prefix(&self) -> usize {
+        0
+    }
 }
 
 /// Longest [`InitError`] message; longer ones are cut. Small enough that an

@@ -138,6 +138,11 @@ macro_rules! export_transport {
             pub extern "C" fn _water_worker() -> i32 {
                 RUNTIME.worker()
             }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn _water_unique_prefix() -> i32 {
+                RUNTIME.unique_prefix()
+            }
         };
     };
 }

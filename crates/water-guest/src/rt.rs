@@ -96,6 +96,17 @@ impl<T: Transport> Runtime<T> {
         }
     }
 
+    /// `_water_unique_prefix`: see [`Transport::unique_prefix`]; 0 before
+    /// `_water_init` succeeded.
+    pub fn unique_prefix(&self) -> i32 {
+        // SAFETY: single-threaded, and no mutable reference into the cell is
+        // live during this call.
+        match unsafe { &*self.transport.get() } {
+            Some(t) => t.unique_prefix().min(64) as i32,
+            None => 0,
+        }
+    }
+
     fn init_with_config(&self) -> Result<T, InitError> {
         let fd = match sys::pull_config() {
             Ok(fd) => fd,

@@ -29,6 +29,17 @@ pub type DialFilter = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
 /// progress to finish, short enough for a service manager's stop.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
+/// [`Config::handshake_timeout`]'s default, with
+/// [`DEFAULT_HANDSHAKE_JITTER`]: shadowsocks-libev's (60 s + 0–59 s), so a
+/// `water server -t ss` closes a silent or failed connection when
+/// `ss-server` would; long enough for a client behind a slow, lossy path to
+/// finish any handshake (obfs4proxy allows 30 s plus its close delay).
+pub const DEFAULT_HANDSHAKE: Duration = Duration::from_secs(60);
+
+/// The random part added to each connection's handshake deadline (uniform
+/// from 0 up to this), so that the close time is not a fingerprint.
+pub const DEFAULT_HANDSHAKE_JITTER: Duration = Duration::from_secs(60);
+
 /// Options for a [`crate::Watm`]. Every field has a sensible default;
 /// set what you need with the builder methods.
 #[derive(Clone)]
@@ -50,6 +61,8 @@ pub struct Config {
     pub(crate) spin_limit: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) orphan_timeout: Option<Duration>,
+    pub(crate) handshake_timeout: Option<Duration>,
+    pub(crate) handshake_jitter: Duration,
 }
 
 impl Default for Config {
@@ -72,6 +85,8 @@ impl Default for Config {
             spin_limit: Duration::from_secs(1),
             idle_timeout: None,
             orphan_timeout: Some(Duration::from_secs(60)),
+            handshake_timeout: Some(DEFAULT_HANDSHAKE),
+            handshake_jitter: DEFAULT_HANDSHAKE_JITTER,
         }
     }
 }
@@ -96,6 +111,8 @@ impl fmt::Debug for Config {
             .field("spin_limit", &self.spin_limit)
             .field("idle_timeout", &self.idle_timeout)
             .field("orphan_timeout", &self.orphan_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("handshake_jitter", &self.handshake_jitter)
             .finish()
     }
 }
@@ -188,10 +205,15 @@ impl Config {
 
     /// Most connections alive at once through this module, in every role
     /// together, from the start of setup to the end of the worker (default:
-    /// no limit). Past it a dial fails with
-    /// [`crate::Error::TooManyConnections`], and a listener or relay closes
-    /// the new connection at once, with a log line, instead of accepting it
-    /// and starving the others.
+    /// no limit; [`crate::fd_budget`] derives one from the fd limit). When
+    /// full, a new connection takes the place of the oldest one a server's
+    /// guest has not yet taken in (see [`Config::handshake_timeout`]), which
+    /// is closed as a failed handshake ([`crate::Error::Shed`]): connections
+    /// that never finish a handshake cannot lock real clients out. Only when
+    /// every live connection is taken in is the new one refused: a dial
+    /// fails with [`crate::Error::TooManyConnections`], and a listener,
+    /// forwarder or relay closes the new connection at once, with a log
+    /// line.
     pub fn max_connections(mut self, connections: usize) -> Self {
         self.max_connections = Some(connections);
         self
@@ -219,6 +241,23 @@ impl Config {
     /// module from somewhere and want to stop reading at it.
     pub fn module_size_limit(&self) -> u64 {
         self.max_module_size as u64
+    }
+
+    /// How long a server's guest (the accept role: [`crate::Listener`],
+    /// [`crate::Forwarder`]) has, from the end of setup, to take its peer
+    /// in, that is to move a first byte across the plain side (the
+    /// application's end, or the upstream), plus a random part drawn per
+    /// connection up to `jitter`. A connection not taken in by then is
+    /// closed as its guest closes a failed handshake (its network socket
+    /// gets a FIN after the guest read what came) and ends with
+    /// [`crate::Error::Unauthenticated`]. `None` turns it off. Default
+    /// [`DEFAULT_HANDSHAKE`] + [`DEFAULT_HANDSHAKE_JITTER`]. The same
+    /// "taken in" decides which connection is shed when
+    /// [`Config::max_connections`] is reached.
+    pub fn handshake_timeout(mut self, limit: Option<Duration>, jitter: Duration) -> Self {
+        self.handshake_timeout = limit;
+        self.handshake_jitter = jitter;
+        self
     }
 
     /// Longest the worker may run without waiting for anything (I/O, a

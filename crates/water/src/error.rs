@@ -96,8 +96,19 @@ pub enum Error {
     /// was dropped with the runtime it ran on.
     #[error("the connection's worker task vanished (panicked, or its runtime shut down)")]
     WorkerLost,
-    /// The module already carries `Config::max_connections` connections;
-    /// this one was refused before anything was set up.
+    /// The guest had not taken the peer in (no byte crossed the plain
+    /// side) within the handshake deadline (`Config::handshake_timeout`
+    /// plus its random part): closed as a failed handshake.
+    #[error("no handshake within {0:?}; closed as a failed handshake")]
+    Unauthenticated(Duration),
+    /// The module carried `Config::max_connections` connections when a new
+    /// one came, and this one, the oldest not yet taken in by its guest,
+    /// was closed to make room.
+    #[error("closed before its handshake ended, to make room for a new connection (max_connections {0})")]
+    Shed(usize),
+    /// The module already carries `Config::max_connections` connections,
+    /// every one taken in by its guest; this one was refused before
+    /// anything was set up.
     #[error("refused: already {0} live connections (max_connections)")]
     TooManyConnections(usize),
     /// The host ran out of a resource (memory, mappings) for this
@@ -141,6 +152,8 @@ impl Error {
             Error::Cut { .. } => "Cut",
             Error::WorkerLost => "WorkerLost",
             Error::TooManyConnections(_) => "TooManyConnections",
+            Error::Unauthenticated(_) => "Unauthenticated",
+            Error::Shed(_) => "Shed",
             Error::Exhausted(_) => "Exhausted",
             Error::ConfigNotKeyValue(_) => "ConfigNotKeyValue",
             Error::Io(_) => "Io",
@@ -166,7 +179,9 @@ impl From<Error> for io::Error {
             | Error::Stuck(_)
             | Error::Cut { .. }
             | Error::Idle(_)
-            | Error::Orphaned(_) => io::ErrorKind::TimedOut,
+            | Error::Orphaned(_)
+            | Error::Unauthenticated(_) => io::ErrorKind::TimedOut,
+            Error::Shed(_) => io::ErrorKind::ConnectionAborted,
             Error::WorkerLost => io::ErrorKind::ConnectionAborted,
             Error::NotWasm | Error::Invalid(_) | Error::NotV0 | Error::OverLimit { .. } => {
                 io::ErrorKind::InvalidData

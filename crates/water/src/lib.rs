@@ -41,14 +41,16 @@ mod conn;
 mod duplex;
 mod error;
 pub mod logging;
+mod policy;
 mod roles;
 mod v0;
 mod wasi;
 mod watm;
 
-pub use config::{Config, Connector, DialFilter, TransportArgs};
+pub use config::{Config, Connector, DEFAULT_HANDSHAKE, DEFAULT_HANDSHAKE_JITTER, DialFilter, TransportArgs};
 pub use conn::Connection;
 pub use error::Error;
+pub use policy::admission::fd_budget;
 pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
 pub use watm::{DEFAULT_POOL_SLOTS, Role, Watm};

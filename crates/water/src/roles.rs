@@ -16,7 +16,9 @@ use crate::conn::Connection;
 use crate::duplex;
 use crate::error::Error;
 use crate::logging::{self, Scrubbed};
-use crate::v0::{Done, Links, Session, Setup, Slot, finished, spawn_worker};
+use crate::policy::admission::{Kind, Slot};
+use crate::v0::{Done, Links, Session, Setup, finished, spawn_worker};
+use crate::wasi::lazy::LazyTcp;
 use crate::wasi::table::Stream;
 use crate::watm::{Role, Watm};
 
@@ -84,7 +86,7 @@ impl Dialer {
     ) -> Result<Connection, Error> {
         let pulled = pulled_config(&self.watm, args)?;
         let target = addr.into();
-        let slot = Slot::take(&self.watm)?;
+        let slot = self.watm.admit(Kind::Dialed)?;
         app_connection(&self.watm, slot, |internal| Setup::Dial { internal, target }, "dial", pulled).await
     }
 
@@ -106,7 +108,7 @@ impl Dialer {
     ) -> Result<Tunnel, Error> {
         let pulled = pulled_config(&self.watm, args)?;
         // Refused while `app` is open: its peer sees the close after the line.
-        let slot = admit(&self.watm, "dial", None)?;
+        let slot = admit(&self.watm, Kind::Dialed, "dial", None)?;
         let (target, internal) = (addr.into(), Stream::Tcp(Arc::new(app)));
         let links = Links::default();
         let setup = Setup::Dial { internal, target };
@@ -277,7 +279,7 @@ async fn accept_loop(
         let (watm, ready, stop, pulled) = (watm.clone(), ready.clone(), stop.clone(), pulled.clone());
         tokio::spawn(async move {
             // Refused while `stream` is open: its peer sees the close after the line.
-            let Ok(slot) = admit(&watm, "accept", Some(peer)) else { return };
+            let Ok(slot) = admit(&watm, Kind::Accepted, "accept", Some(peer)) else { return };
             let setup = app_connection(
                 &watm,
                 slot,
@@ -366,6 +368,8 @@ impl Relay {
             let label = label("relay");
             run_one(
                 self.watm.clone(),
+                // The relay's client is taken in as the application's own.
+                Kind::Dialed,
                 std::future::ready(Ok(setup)),
                 label,
                 peer,
@@ -387,11 +391,15 @@ impl Relay {
 /// chunk: ~10–20 % of a Shadowsocks server's throughput, BENCHMARKS.md).
 /// What `water server` runs.
 ///
-/// The upstream connection is made when a connection is accepted, before
-/// the guest's `_water_accept` (the plain side must exist then), so it is
-/// made for a connection that then fails the transport's handshake too; if
-/// the upstream refuses or does not answer within the setup timeout, the
-/// accepted connection is closed.
+/// The upstream connection is made when the guest first reads, writes or
+/// waits on its plain side, which a server's guest does only once its
+/// handshake has taken the client in: a prober's connection (silence,
+/// garbage, a wrong key) causes no upstream connection, and an upstream
+/// that is down changes nothing a prober sees. A guest that touches its
+/// plain side at once (a foreign one, say) gets the upstream at once. If
+/// the upstream refuses or does not answer within `Config::connect_timeout`,
+/// the guest's next use of the plain side fails with that error, which
+/// ends the connection as [`Error::Io`].
 #[derive(Clone)]
 pub struct Forwarder {
     watm: Watm,
@@ -435,24 +443,25 @@ impl Forwarder {
     ) -> io::Result<Drained> {
         serve_each(&self.watm, listener, shutdown, |stream, peer, links, setup_stop, permit| {
             let _ = stream.set_nodelay(true);
-            let (upstream, limit) = (self.upstream.clone(), self.watm.inner.config.setup_timeout);
-            let setup = async move {
-                let connect = tokio::time::timeout(limit, TcpStream::connect(upstream.as_str()));
-                let up = match connect.await {
-                    Ok(Ok(up)) => up,
-                    Ok(Err(e)) => {
-                        return Err(Error::Io(io::Error::new(e.kind(), format!("upstream {upstream}: {e}"))));
-                    }
-                    Err(_) => {
-                        let msg = format!("upstream {upstream}: no connection within {limit:?}");
-                        return Err(Error::Io(io::Error::new(io::ErrorKind::TimedOut, msg)));
-                    }
-                };
-                let _ = up.set_nodelay(true);
-                Ok(Setup::Accept { internal: Stream::Tcp(Arc::new(up)), accepted: stream })
+            let (upstream, limit) = (self.upstream.clone(), self.watm.inner.config.connect_timeout);
+            // Dialed when the guest first uses its plain side, which it does
+            // once its handshake has taken the client in: a prober causes
+            // no upstream connection.
+            let connect = async move {
+                match tokio::time::timeout(limit, TcpStream::connect(upstream.as_str())).await {
+                    Ok(Ok(up)) => Ok(up),
+                    Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("upstream {upstream}: {e}"))),
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("upstream {upstream}: no connection within {limit:?}"),
+                    )),
+                }
             };
+            let internal = Stream::Lazy(LazyTcp::new(connect));
+            let setup = std::future::ready(Ok(Setup::Accept { internal, accepted: stream }));
             run_one(
                 self.watm.clone(),
+                Kind::Accepted,
                 setup,
                 label("forward"),
                 peer,
@@ -547,8 +556,8 @@ where
 /// Takes one of the module's `max_connections` slots for a connection the
 /// caller still holds; a refusal is logged first (rate-limited, the peer
 /// scrubbed), so that a peer who sees the close finds the line written.
-fn admit(watm: &Watm, conn: &str, peer: Option<SocketAddr>) -> Result<Slot, Error> {
-    Slot::take(watm).inspect_err(|e| {
+fn admit(watm: &Watm, kind: Kind, conn: &str, peer: Option<SocketAddr>) -> Result<Slot, Error> {
+    watm.admit(kind).inspect_err(|e| {
         let peer = peer.map(|p| Scrubbed(p).to_string()).unwrap_or_default();
         logging::connection_warning(
             e.kind_name(),
@@ -564,6 +573,7 @@ fn admit(watm: &Watm, conn: &str, peer: Option<SocketAddr>) -> Result<Slot, Erro
 #[allow(clippy::too_many_arguments)]
 async fn run_one(
     watm: Watm,
+    kind: Kind,
     setup: impl Future<Output = Result<Setup, Error>>,
     label: String,
     peer: SocketAddr,
@@ -575,7 +585,7 @@ async fn run_one(
     // Before the setup runs (a forwarder's dials its upstream): a refused
     // connection costs nothing more, and is logged while its socket (in
     // `setup`) is still open.
-    let Ok(slot) = admit(&watm, &label, Some(peer)) else { return };
+    let Ok(slot) = admit(&watm, kind, &label, Some(peer)) else { return };
     let started = tokio::select! {
         r = async { Session::start(&watm, slot, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
         () = setup_stop.cancelled() => {

@@ -9,7 +9,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -20,9 +19,15 @@ use water_abi::{Errno, status, v0 as abi};
 use crate::config::Config;
 use crate::duplex::DuplexEnd;
 use crate::error::Error;
+use crate::policy::admission::Slot;
+use crate::policy::handshake;
+use crate::policy::linger::{Ending, Watched, until_silent, until_still, watch};
+use crate::policy::replay::Filter;
+use crate::policy::throttle::{Counters, Throttle, Verdict};
+use crate::wasi::gate::{Gated, MAX_NEED};
 use crate::wasi::p1::GuestExit;
 use crate::wasi::table::{Desc, Stream};
-use crate::wasi::{Activity, WasiCtx, WasiView, errno};
+use crate::wasi::{WasiCtx, WasiView, errno};
 use crate::watm::{EPOCH_TICK, Inner, Linked};
 use crate::watm::{Role, Watm};
 
@@ -40,6 +45,10 @@ pub struct Ctx {
     /// The connection `host_accept` hands out (accepted by the host before
     /// the instance was created).
     pending_accept: Option<TcpStream>,
+    /// How many leading bytes of the accepted connection the replay filter
+    /// checks before the guest sees them (the guest's
+    /// `_water_unique_prefix`; `None`: none).
+    unique_prefix: Option<usize>,
     /// The host-side error of the last failed `host_dial`, so the
     /// application sees `ConnectionRefused` rather than a bare errno.
     dial_error: Option<io::Error>,
@@ -49,14 +58,14 @@ pub struct Ctx {
     accepted_fd: Option<u32>,
     /// Deadline of the current setup call; `None` while the worker runs.
     deadline: Option<Instant>,
-    /// Since when the worker has run without waiting or moving a byte.
-    spinning_since: Option<Instant>,
-    /// Ticks the worker has run without waiting, and `wasi.waits` at the
-    /// last tick.
-    run_ticks: u32,
-    seen_waits: u64,
-    seen_moved: u64,
-    seen_polls: u64,
+    /// Nanoseconds the current setup step's limit is extended by, for the
+    /// host's own waits (a dial's connect).
+    extended: Arc<std::sync::atomic::AtomicU64>,
+    /// The worker's CPU policy.
+    throttle: Throttle,
+    /// When the worker last resumed after a yield or a pause (set by the
+    /// yield's own future, which completes when the task runs again).
+    resumed: Arc<std::sync::Mutex<Instant>>,
 }
 
 impl WasiView for Ctx {
@@ -74,10 +83,11 @@ impl std::fmt::Debug for Ctx {
 impl Ctx {
     /// Hands a socket to the guest.
     fn insert_socket(&mut self, stream: TcpStream) -> Result<u32, Errno> {
-        let fd = self
-            .wasi
-            .table
-            .insert(Desc::Stream { stream: Stream::Tcp(Arc::new(stream)), nonblocking: false })?;
+        self.insert_stream(Stream::Tcp(Arc::new(stream)))
+    }
+
+    fn insert_stream(&mut self, stream: Stream) -> Result<u32, Errno> {
+        let fd = self.wasi.table.insert(Desc::Stream { stream, nonblocking: false })?;
         self.sockets.push(fd);
         Ok(fd)
     }
@@ -95,7 +105,17 @@ pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
     linker.func_wrap(abi::IMPORT_MODULE, abi::HOST_ACCEPT.name, |mut caller: Caller<'_, Ctx>| -> i32 {
         let ctx = caller.data_mut();
         status::encode(match ctx.pending_accept.take() {
-            Some(stream) => ctx.insert_socket(stream).inspect(|&fd| ctx.accepted_fd = Some(fd)),
+            Some(stream) => {
+                let stream = Arc::new(stream);
+                let stream = match ctx.unique_prefix {
+                    // A replay is refused before the guest sees a byte of it.
+                    Some(need) => {
+                        Stream::Gated(Gated::new(stream, need, Box::new(|p| Filter::global().fresh(p))))
+                    }
+                    None => Stream::Tcp(stream),
+                };
+                ctx.insert_stream(stream).inspect(|&fd| ctx.accepted_fd = Some(fd))
+            }
             // Not a listener or relay, or the one connection was taken.
             None => Err(Errno::NOTCONN),
         })
@@ -123,7 +143,20 @@ async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
         return Err(Errno::NOTSUP);
     };
     let config = ctx.config.clone();
-    match connect(&config, &target).await {
+    // The connect's time is the host's, not the guest's: the setup step's
+    // wall-clock limit is extended by the connect's own limit while it
+    // runs, then by what it took.
+    let extended = ctx.extended.clone();
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    extended.fetch_add(nanos(config.connect_timeout), std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let connected = connect(&config, &target).await;
+    let took = started.elapsed().min(config.connect_timeout);
+    extended.fetch_sub(nanos(config.connect_timeout - took), std::sync::atomic::Ordering::Relaxed);
+    if let Some(deadline) = &mut caller.data_mut().deadline {
+        *deadline += took;
+    }
+    match connected {
         Ok(stream) => {
             let _ = stream.set_nodelay(true);
             let ctx = caller.data_mut();
@@ -199,31 +232,10 @@ pub(crate) struct Session {
     store: Store<Ctx>,
     worker: TypedFunc<(), i32>,
     cancel: CancellationToken,
-    _slot: Slot,
-}
-
-/// One of a module's `Config::max_connections`, held from the start of
-/// setup until the session is dropped (the worker's end). Taken by the
-/// caller of [`Session::start`] before it gives up anything of the
-/// connection, so that a refusal is logged while the refused socket is
-/// still open (a peer that sees the close finds the log line written).
-pub(crate) struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    pub(crate) fn take(watm: &Watm) -> Result<Slot, Error> {
-        let before = watm.inner.live.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(watm.inner.live.clone());
-        match watm.inner.config.max_connections {
-            Some(max) if before >= max => Err(Error::TooManyConnections(max)),
-            _ => Ok(slot),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+    /// The deadline for the guest to take the peer in, from the worker's
+    /// start (a server's connections only).
+    handshake: Option<Duration>,
+    slot: Slot,
 }
 
 impl std::fmt::Debug for Session {
@@ -266,67 +278,33 @@ fn classify(export: &'static str, e: wasmtime::Error, limit: Duration) -> Error 
     }
 }
 
-/// Ticks a worker may run without waiting for anything before it is
-/// throttled.
-const THROTTLE_AFTER: u32 = 5;
-
-/// Longest pause, in ticks, of a throttled worker between two ticks of
-/// running: a worker that never waits gets about a twentieth of a thread.
-const MAX_PAUSE: u32 = 19;
-
-/// Bytes a worker must move in one epoch tick (10 ms) that it spends
-/// running without waiting, for that tick not to count as hogging: a
-/// healthy connection under load may never have to wait, but then it moves
-/// a lot. The floor is far below any real codec's pace (the `ss` guest,
-/// AES-GCM in wasm, moves ~100 MiB/s, ~1 MiB a tick; a codec a hundred
-/// times slower still moves ~10 KiB), and far above what a guest that
-/// spins and trickles a byte now and then, to look busy, moves: that one
-/// is throttled like any other hog.
-const MOVER_FLOOR: u64 = 4 << 10;
-
-/// The worker's epoch tick. A worker that runs without waiting for I/O, a
-/// timer or a cancel, and without moving at least [`MOVER_FLOOR`] bytes in
-/// the tick, is hogging: after [`THROTTLE_AFTER`] ticks of it, it is
-/// throttled, and after `Config::spin_limit` without even a `poll_oneoff`
-/// or a byte moved, stopped (`Spun`), other host calls or not. Throttled,
-/// it sleeps between ticks, twice as long each time it keeps busy (up
-/// to [`MAX_PAUSE`]), which leaves the runtime's threads to the connections
-/// that have I/O to do. A worker that waits, or moves bytes at a codec's
-/// pace, starts afresh.
+/// The worker's epoch tick: [`Throttle`] judges it, and a pause is slept
+/// here (which leaves the runtime's threads to the connections that have
+/// I/O to do). Every yield's future notes when the worker resumes, so that
+/// time queued behind other tasks is not counted as the guest's.
 fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
     let now = Instant::now();
-    // Waiting, or moving bytes in earnest (a healthy connection under load
-    // may never have to wait), is not hogging.
-    let moved = data.wasi.activity.moved();
-    let delta = moved.wrapping_sub(data.seen_moved);
-    let not_hogging = data.wasi.waits != data.seen_waits || delta >= MOVER_FLOOR;
-    data.seen_waits = data.wasi.waits;
-    data.seen_moved = moved;
-    if not_hogging {
-        data.run_ticks = 1;
-        data.spinning_since = None;
-        return Ok(UpdateDeadline::Yield(1));
-    }
-    data.run_ticks = data.run_ticks.saturating_add(1);
-    // A worker that polls, or moves a few bytes, is throttled, not
-    // stopped: tokio guests ask for write readiness on sockets that are
-    // always writable, and so find something ready on every poll even
-    // when idle.
-    let polled = data.wasi.polls != data.seen_polls || delta > 0;
-    data.seen_polls = data.wasi.polls;
-    if polled {
-        data.spinning_since = None;
-    } else if now.duration_since(*data.spinning_since.get_or_insert(now)) > data.config.spin_limit {
-        return Err(wasmtime::Error::new(Spun));
-    }
-    if data.run_ticks <= THROTTLE_AFTER {
-        return Ok(UpdateDeadline::Yield(1));
-    }
-    // Doubling: a worker that keeps busy is at the longest pause within a
-    // few of them.
-    let pause = 1u32.checked_shl(data.run_ticks - THROTTLE_AFTER - 1).unwrap_or(u32::MAX).min(MAX_PAUSE);
+    let resumed = *data.resumed.lock().unwrap_or_else(|e| e.into_inner());
+    let counters =
+        Counters { waited: data.wasi.waited, polls: data.wasi.polls, moved: data.wasi.activity.moved() };
+    let pause = match data.throttle.tick(now, resumed, counters) {
+        Verdict::Stop => return Err(wasmtime::Error::new(Spun)),
+        Verdict::Run => Duration::ZERO,
+        Verdict::Pause(ticks) => EPOCH_TICK * ticks,
+    };
+    let resumed = data.resumed.clone();
     // The new deadline counts from the end of the pause: one tick of work.
-    Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(EPOCH_TICK * pause))))
+    Ok(UpdateDeadline::YieldCustom(
+        1,
+        Box::pin(async move {
+            if pause.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(pause).await;
+            }
+            *resumed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }),
+    ))
 }
 
 /// A store for `ctx` in `engine`, with the limits and the epoch deadline.
@@ -385,6 +363,30 @@ async fn step<T>(
     tokio::time::timeout(limit, work).await.unwrap_or(Err(Error::Timeout { export, limit }))
 }
 
+/// [`step`], whose limit grows by what `extended` holds (nanoseconds the
+/// host's own waits took, see `host_dial`).
+async fn step_extended<T>(
+    limit: Duration,
+    extended: &std::sync::atomic::AtomicU64,
+    export: &'static str,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let start = tokio::time::Instant::now();
+    let deadline =
+        || start + limit + Duration::from_nanos(extended.load(std::sync::atomic::Ordering::Relaxed));
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            () = tokio::time::sleep_until(deadline()) => {
+                if tokio::time::Instant::now() >= deadline() {
+                    return Err(Error::Timeout { export, limit });
+                }
+            }
+        }
+    }
+}
+
 /// An instance whose `_start` and `_water_init` have run.
 struct Initialized<'a> {
     store: Store<Ctx>,
@@ -403,15 +405,16 @@ impl<'a> Initialized<'a> {
         watm: &'a Watm,
         label: String,
         pulled_config: Option<Arc<[u8]>>,
+        activity: Arc<crate::wasi::Activity>,
     ) -> Result<Initialized<'a>, Error> {
         let inner = &watm.inner;
         let mut config = inner.config.clone();
         if pulled_config.is_some() {
             config.transport_config = pulled_config;
         }
-        let limit = config.setup_timeout;
+        let (limit, spin_limit) = (config.setup_timeout, config.spin_limit);
         let ctx = Ctx {
-            wasi: WasiCtx::new(label).coarse_poll(config.coarse_poll),
+            wasi: WasiCtx::new(label).coarse_poll(config.coarse_poll).with_activity(activity),
             limits: StoreLimitsBuilder::new()
                 .memory_size(config.memory_limit)
                 .memories(crate::watm::MAX_MEMORIES)
@@ -423,15 +426,14 @@ impl<'a> Initialized<'a> {
             dial_target: None,
             dialed: None,
             pending_accept: None,
+            unique_prefix: None,
             dial_error: None,
             sockets: Vec::new(),
             accepted_fd: None,
             deadline: Some(Instant::now() + limit),
-            spinning_since: None,
-            run_ticks: 0,
-            seen_waits: 0,
-            seen_moved: 0,
-            seen_polls: 0,
+            extended: Arc::default(),
+            throttle: Throttle::new(spin_limit),
+            resumed: Arc::new(std::sync::Mutex::new(Instant::now())),
         };
         let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
         let mut this = Initialized { store, instance, linked, limit };
@@ -473,8 +475,14 @@ impl<'a> Initialized<'a> {
     }
 
     /// Calls a setup export (`() -> i32` or `(i32) -> i32`) under the limit.
+    ///
+    /// The time of a dial's connect (bounded by `Config::connect_timeout`)
+    /// is the host's, not the guest's: `host_dial` extends the limit by it,
+    /// so that the connect's own limit can fire.
     async fn call(&mut self, name: &'static str, arg: Option<i32>) -> Result<i32, Error> {
         let limit = self.limit;
+        let extended = self.store.data().extended.clone();
+        extended.store(0, std::sync::atomic::Ordering::Relaxed);
         self.store.data_mut().deadline = Some(Instant::now() + limit);
         let f = self.func(name);
         let store = &mut self.store;
@@ -485,7 +493,7 @@ impl<'a> Initialized<'a> {
             };
             r.map_err(|e| classify(name, e, limit))
         };
-        step(limit, name, run).await
+        step_extended(limit, &extended, name, run).await
     }
 
     /// The guest's failure, with its last stderr line.
@@ -498,7 +506,7 @@ impl<'a> Initialized<'a> {
 /// drops it: what the first connection would meet, checked up front (a bad
 /// transport config, a module that traps at start).
 pub(crate) async fn dry_init(watm: &Watm) -> Result<(), Error> {
-    Initialized::new(watm, "check".into(), None).await.map(drop)
+    Initialized::new(watm, "check".into(), None, Arc::default()).await.map(drop)
 }
 
 impl Session {
@@ -506,6 +514,9 @@ impl Session {
     /// each step (instantiation included) under the setup time limit.
     /// `pulled_config`, when given, replaces the module's config as what
     /// `pull_config` reads.
+    ///
+    /// A connection shed to make room (see `policy::admission`) while its
+    /// setup runs ends with [`Error::Shed`].
     pub(crate) async fn start(
         watm: &Watm,
         slot: Slot,
@@ -514,7 +525,24 @@ impl Session {
         label: String,
         pulled_config: Option<Arc<[u8]>>,
     ) -> Result<Session, Error> {
-        let mut this = Initialized::new(watm, label, pulled_config).await?;
+        let shed = slot.entry().shed().clone();
+        let max = watm.inner.config.max_connections.unwrap_or_default();
+        tokio::select! {
+            r = Session::start_unshed(watm, slot, setup, cancel, label, pulled_config) => r,
+            () = shed.cancelled() => Err(Error::Shed(max)),
+        }
+    }
+
+    async fn start_unshed(
+        watm: &Watm,
+        slot: Slot,
+        setup: Setup,
+        cancel: CancellationToken,
+        label: String,
+        pulled_config: Option<Arc<[u8]>>,
+    ) -> Result<Session, Error> {
+        let activity = slot.entry().activity().clone();
+        let mut this = Initialized::new(watm, label, pulled_config, activity).await?;
 
         let role = match &setup {
             Setup::Dial { .. } => Role::Dialer,
@@ -526,6 +554,13 @@ impl Session {
             Setup::Accept { internal, accepted } => (Some(internal), Some(accepted), None),
             Setup::Associate { accepted, target } => (None, Some(accepted), Some(target)),
         };
+        // A server's guest may name the bytes that make a connection
+        // unique, for the replay filter.
+        if role == Role::Listener && watm.inner.exports.unique_prefix {
+            let n = this.call(abi::UNIQUE_PREFIX.name, None).await?;
+            this.store.data_mut().unique_prefix =
+                usize::try_from(n).ok().filter(|&n| n > 0).map(|n| n.min(MAX_NEED));
+        }
         let ctx = this.store.data_mut();
         ctx.pending_accept = accepted;
         ctx.dial_target = target;
@@ -591,7 +626,16 @@ impl Session {
         };
         this.store.data_mut().deadline = None;
         let worker = this.func(abi::WORKER.name).typed::<(), i32>(&this.store).expect("validated");
-        Ok(Session { store: this.store, worker, cancel, _slot: slot })
+        // A server's connection must be taken in by its guest within the
+        // handshake deadline.
+        let config = &this.store.data().config;
+        let handshake = match (role, config.handshake_timeout) {
+            (Role::Listener, Some(limit)) if !slot.entry().authenticated() => {
+                Some(handshake::draw(limit, config.handshake_jitter))
+            }
+            _ => None,
+        };
+        Ok(Session { store: this.store, worker, cancel, handshake, slot })
     }
 
     /// The fds bytes reach the guest through: the application's end and
@@ -612,9 +656,13 @@ impl Session {
     fn reset_plain_side(&self) {
         let data = self.store.data();
         let Some(fd) = data.wasi.internal_fd.or(data.accepted_fd) else { return };
-        if let Some(Stream::Tcp(socket)) = self.stream(fd) {
+        if let Some(socket) = self.stream(fd).and_then(|s| s.tcp()) {
             let _ = socket.set_zero_linger();
         }
+    }
+
+    fn plain_connect_failure(&self) -> Option<io::Error> {
+        self.stream(self.store.data().wasi.internal_fd?)?.connect_failure()
     }
 
     fn stream(&self, fd: u32) -> Option<Stream> {
@@ -626,13 +674,13 @@ impl Session {
         self.inbound_fds().into_iter().filter_map(|fd| self.stream(fd)).collect()
     }
 
-    /// Each application side, with the fd its EOF should be passed on to:
-    /// the application's end and the network, or both ways between a
-    /// relay's sockets.
+    /// Each side, with the fd its EOF should be passed on to: the
+    /// application's end to the network and the network to the
+    /// application's end, or both ways between a relay's sockets.
     fn eof_paths(&self) -> Vec<(Stream, u32)> {
         let data = self.store.data();
         let pairs = match (data.wasi.internal_fd, data.wasi.net_fd, data.sockets.as_slice()) {
-            (Some(internal), Some(net), _) => vec![(internal, net)],
+            (Some(internal), Some(net), _) => vec![(internal, net), (net, internal)],
             (None, _, &[a, b]) => vec![(a, b), (b, a)],
             _ => Vec::new(),
         };
@@ -656,6 +704,9 @@ impl Session {
         match status::decode(r) {
             Ok(_) => Ok(()),
             Err(Errno::CANCELED) if self.cancel.is_cancelled() => Ok(()),
+            // A plain side connected on first use (a forwarder's upstream)
+            // that could not be: that is the news, not the guest's errno.
+            Err(_) if let Some(e) = self.plain_connect_failure() => Err(Error::Io(e)),
             Err(errno) => Err(Error::Guest {
                 export: abi::WORKER.name,
                 errno,
@@ -683,6 +734,10 @@ enum Stop {
     Cut,
     Idle,
     Orphaned,
+    /// Not taken in by the handshake deadline.
+    Unauthenticated(Duration),
+    /// Shed to make room for a new connection.
+    Shed,
 }
 
 /// How a worker task ended, as its owner receives it.
@@ -728,101 +783,6 @@ impl Drop for Report {
     }
 }
 
-/// Resolves once `count` has not changed for `every` (checked every
-/// `every`, so after between one and two of them).
-async fn until_still(count: impl Fn() -> u64, every: Duration) {
-    let mut last = count();
-    loop {
-        tokio::time::sleep(every).await;
-        let now = count();
-        if now == last {
-            return;
-        }
-        last = now;
-    }
-}
-
-/// What [`watch`] saw end a worker's usefulness.
-enum Ending {
-    /// Every inbound stream has hung up: nothing more can reach the guest.
-    BothHungUp,
-    /// A read or write of the application side failed (reset, broken
-    /// pipe): the application is gone, as if its owner had closed.
-    AppGone,
-    /// The application side sent EOF, the guest did not pass it on, and no
-    /// byte moved for the orphan limit.
-    Orphaned,
-}
-
-/// The worker's streams, as [`watch`] looks at them.
-struct Watched {
-    inbound: Vec<Stream>,
-    /// Application side → the fd its EOF is passed on to.
-    eof_paths: Vec<(Stream, u32)>,
-    activity: Arc<Activity>,
-    /// Calls of `progress` that found bytes waiting for a slow reader.
-    waiting: AtomicU64,
-}
-
-impl Watched {
-    /// Bytes moved through the guest, plus one for every call that found
-    /// bytes a slow reader has yet to take (progress to come, not a stall).
-    fn progress(&self) -> u64 {
-        if self.inbound.iter().any(Stream::unsent) {
-            self.waiting.fetch_add(1, Ordering::Relaxed);
-        }
-        self.activity.moved() + self.waiting.load(Ordering::Relaxed)
-    }
-
-    /// Whether an application side has sent EOF that the guest has not
-    /// passed on (shut down or closed the other side).
-    fn eof_held(&self) -> bool {
-        self.eof_paths.iter().any(|(from, to)| from.hung_up() && !self.activity.write_ended(*to))
-    }
-}
-
-/// Looks at the worker's streams every `every` (no syscall, except the
-/// send-queue check of `progress` while a side holds an EOF back) and
-/// resolves with the first [`Ending`] it sees. With `orphan: None`, only
-/// `BothHungUp` and `AppGone`.
-async fn watch(w: &Watched, orphan: Option<Duration>, every: Duration) -> Ending {
-    // Since when an EOF has been held back with no progress, and the
-    // progress count then.
-    let mut held: Option<(Instant, u64)> = None;
-    loop {
-        tokio::time::sleep(every).await;
-        if !w.inbound.is_empty() && w.inbound.iter().all(Stream::hung_up) {
-            return Ending::BothHungUp;
-        }
-        if w.activity.app_gone() {
-            return Ending::AppGone;
-        }
-        let Some(limit) = orphan else { continue };
-        if !w.eof_held() {
-            held = None;
-            continue;
-        }
-        let progress = w.progress();
-        match held {
-            Some((since, seen)) if seen == progress => {
-                if since.elapsed() >= limit {
-                    return Ending::Orphaned;
-                }
-            }
-            _ => held = Some((Instant::now(), progress)),
-        }
-    }
-}
-
-/// Resolves once no byte has moved through the guest's streams, either
-/// way, for `limit` (never, without one).
-async fn until_silent(activity: &Activity, limit: Option<Duration>) {
-    match limit {
-        Some(limit) => until_still(|| activity.moved(), limit).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs a session's worker as its own task. After `links.closing`, the
 /// worker may go on while it makes progress (writes to the network); once
 /// it has made none for `grace`, it is cancelled, and if it had not
@@ -844,12 +804,12 @@ pub(crate) fn spawn_worker(
     let activity = session.store.data().wasi.activity.clone();
     let config = &session.store.data().config;
     let (idle_timeout, orphan_timeout) = (config.idle_timeout, config.orphan_timeout);
-    let watched = Watched {
-        inbound: session.inbound(),
-        eof_paths: session.eof_paths(),
-        activity: activity.clone(),
-        waiting: AtomicU64::new(0),
-    };
+    // A reader who takes none of the bytes waiting for it for the orphan
+    // limit (a minute without one) is stalled.
+    let patience = orphan_timeout.unwrap_or(Duration::from_secs(60));
+    let watched = Watched::new(session.inbound(), session.eof_paths(), activity.clone(), patience);
+    let (handshake, entry) = (session.handshake, session.slot.entry().clone());
+    let max = config.max_connections.unwrap_or_default();
     // Often enough for the orphan limit to be kept to a quarter of itself.
     let every = orphan_timeout.map_or(grace, |limit| grace.min(limit / 4)).max(EPOCH_TICK);
     tokio::spawn(async move {
@@ -888,6 +848,13 @@ pub(crate) fn spawn_worker(
                     () = cancel.cancelled() => Stop::Done,
                     why = linger => why,
                     () = until_silent(&activity, idle_timeout) => Stop::Idle,
+                    () = async {
+                        match handshake {
+                            Some(limit) => handshake::expired(&entry, limit).await,
+                            None => std::future::pending().await,
+                        }
+                    } => Stop::Unauthenticated(handshake.unwrap_or_default()),
+                    () = entry.shed().cancelled() => Stop::Shed,
                 };
                 cancel.cancel();
                 tokio::time::sleep(grace).await;
@@ -905,6 +872,10 @@ pub(crate) fn spawn_worker(
             (Ok(()) | Err(Error::Stuck(_)), Stop::Orphaned) => {
                 Err(Error::Orphaned(orphan_timeout.unwrap_or_default()))
             }
+            // The guest's end after the cancel does not matter: it had not
+            // taken its peer in.
+            (_, Stop::Unauthenticated(limit)) => Err(Error::Unauthenticated(limit)),
+            (_, Stop::Shed) => Err(Error::Shed(max)),
             (other, _) => other,
         };
         if result.is_err() {

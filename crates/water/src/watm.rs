@@ -176,6 +176,8 @@ pub(crate) struct Exports {
     pub dial: bool,
     pub accept: bool,
     pub associate: bool,
+    /// `_water_unique_prefix` (our extension, for the replay filter).
+    pub unique_prefix: bool,
 }
 
 /// The functions the host calls, resolved once per module so that setting
@@ -186,7 +188,7 @@ impl ExportIndex {
     fn new(module: &Module) -> Self {
         let names = [abi::INITIALIZE_EXPORT, abi::START_EXPORT]
             .into_iter()
-            .chain(abi::EXPORTS.iter().map(|sig| sig.name));
+            .chain(abi::EXPORTS.iter().chain(abi::EXTENSION_EXPORTS).map(|sig| sig.name));
         ExportIndex(names.filter_map(|name| Some((name, module.get_export_index(name)?))).collect())
     }
 
@@ -237,7 +239,7 @@ pub(crate) struct Inner {
     pub config: Config,
     /// Connections alive (from setup to the worker's end), for
     /// `Config::max_connections`.
-    pub live: Arc<std::sync::atomic::AtomicUsize>,
+    pub admission: Arc<crate::policy::admission::Admission>,
 }
 
 /// A compiled, validated WATM v0 module, ready to be instantiated once per
@@ -306,7 +308,7 @@ impl Watm {
         check_resources(&module, &config)?;
         let on_demand = Linked::new(&engines.on_demand, &module)?;
         let pooled = engines.pooled.as_ref().and_then(|engine| Linked::pooled(engine, &module));
-        Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config, live: Arc::default() }) })
+        Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config, admission: Arc::default() }) })
     }
 
     /// Reads and loads a `.wasm` file; see [`Watm::new`].
@@ -346,6 +348,14 @@ impl Watm {
     /// The options it was loaded with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Takes a connection slot (see `policy::admission`).
+    pub(crate) fn admit(
+        &self,
+        kind: crate::policy::admission::Kind,
+    ) -> Result<crate::policy::admission::Slot, Error> {
+        crate::policy::admission::Slot::take(&self.inner.admission, self.inner.config.max_connections, kind)
     }
 
     pub(crate) fn require(&self, role: Role) -> Result<(), Error> {
@@ -429,6 +439,7 @@ fn validate(module: &Module) -> Result<Exports, Error> {
         dial: check(&abi::DIAL, false)?,
         accept: check(&abi::ACCEPT, false)?,
         associate: check(&abi::ASSOCIATE, false)?,
+        unique_prefix: check(&abi::UNIQUE_PREFIX, false)?,
     };
     match module.get_export("memory") {
         Some(ExternType::Memory(_)) => {}

@@ -23,6 +23,7 @@ fn module(accept: Option<&str>) -> Vec<u8> {
     wat::parse_str(format!(
         r#"(module
           (import "env" "host_dial" (func $host_dial (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
           (memory (export "memory") 1)
           (func (export "_water_v0"))
           (func (export "_water_init") (result i32) i32.const 0)
@@ -100,9 +101,15 @@ async fn setups_under_way_are_bounded() {
     bounded(async {
         let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up_addr = upstream.local_addr().unwrap();
-        // _water_accept never returns (until the setup timeout stops it).
+        // _water_accept writes a byte to its plain side (which connects the
+        // upstream, made on first use), then never returns (until the
+        // setup timeout stops it).
         let watm = Watm::new(
-            &module(Some("(loop (br 0)) i32.const 0")),
+            &module(Some(
+                "(i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 1))
+                 (drop (call $fd_write (local.get 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+                 (loop (br 0)) i32.const 0",
+            )),
             Config::default().max_pending_setups(1).setup_timeout(Duration::from_secs(2)),
         )
         .unwrap();

@@ -34,6 +34,7 @@ fn roles_wat(init: &str, dial: &str, accept: &str, associate: &str, worker: &str
           (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
           (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
           (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))
           (memory (export "memory") 1)
           (global $cancel (mut i32) (i32.const -1))
           (global $app (mut i32) (i32.const -1))
@@ -414,12 +415,15 @@ async fn max_connections_refuses_beyond_the_cap() {
         assert!(exchange(c, &sent).await.unwrap() == sent);
         b.abort().await.unwrap();
 
-        // A listener closes the connection past its cap at once.
+        // A listener whose every connection is taken in by its guest (a
+        // byte crossed) closes the connection past its cap at once.
         let watm = Watm::new(&plain, Config::default().max_connections(1)).unwrap();
         let listener = Listener::bind(&watm, "127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let first = connect(addr).await;
-        let (held, _) = listener.accept().await.unwrap();
+        let mut first = connect(addr).await;
+        let (mut held, _) = listener.accept().await.unwrap();
+        first.write_all(b"x").await.unwrap();
+        held.read_exact(&mut [0u8; 1]).await.unwrap();
         let mut refused = connect(addr).await;
         let mut buf = [0u8; 1];
         let n = tokio::time::timeout(Duration::from_secs(10), refused.read(&mut buf))
@@ -1186,4 +1190,57 @@ fn a_busy_worker_that_trickles_bytes_is_throttled() {
             assert!(matches!(mover.abort().await, Err(Error::Stuck(_))));
         }
     }));
+}
+
+// Issue 16, item 10: a guest's `fd_close` of its network socket sent no
+// FIN while the worker ran (the host's own handles kept the socket open):
+// the peer waited for the worker's end. Now the close ends it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_the_guest_closes_ends_at_its_peer_while_the_worker_runs() {
+    bounded(async {
+        let (remote, closed_at) = holder().await;
+        let dial = "(global.set $net (call $host_dial)) (global.get $net)";
+        let worker = format!("(drop (call $fd_close (global.get $net))) {SLEEP_AN_HOUR} i32.const 0");
+        let watm = Watm::new(
+            &module(OK, dial, OK, &worker),
+            Config::default().close_grace(Duration::from_millis(100)),
+        )
+        .unwrap();
+        let conn = Dialer::new(&watm).unwrap().dial(remote.to_string()).await.unwrap();
+        // The remote reads EOF while the worker sleeps its hour.
+        closed_at.await.unwrap();
+        let _ = conn.abort().await;
+    })
+    .await;
+}
+
+// Issue 16, item 11: `connect_timeout` (10 s) could never fire under the
+// 5 s setup limit, so a dial that timed out was a setup timeout of the
+// guest's (and SOCKS answered "general failure"). The connect's time is
+// the host's now: its own limit fires, as a TimedOut I/O error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_that_times_out_is_a_timed_out_dial_not_a_setup_timeout() {
+    bounded(async {
+        // A listener that never accepts, its queue filled: a further connect
+        // gets no answer (its SYN is dropped).
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let full = socket.listen(1).unwrap();
+        let addr = full.local_addr().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            match tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await
+            {
+                Ok(Ok(s)) => queued.push(s),
+                _ => break,
+            }
+        }
+        let config =
+            Config::default().connect_timeout(Duration::from_secs(2)).setup_timeout(Duration::from_secs(1));
+        let watm = Watm::new(&watm_artifacts::Guest::named("plain").unwrap().bytes(), config).unwrap();
+        let r = Dialer::new(&watm).unwrap().dial(addr.to_string()).await;
+        assert!(matches!(&r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut), "{r:?}");
+        drop((queued, full));
+    })
+    .await;
 }

@@ -44,7 +44,8 @@ fn every_guest_exports_the_v0_set_with_exact_signatures() {
     for guest in GUESTS {
         let module = Module::new(&engine, guest.bytes()).unwrap();
         assert!(module.get_export(v0::VERSION_EXPORT).is_some(), "{}: no {}", guest.name, v0::VERSION_EXPORT);
-        for sig in v0::EXPORTS {
+        // Our extensions too: every SDK guest exports them.
+        for sig in v0::EXPORTS.iter().chain(v0::EXTENSION_EXPORTS) {
             match module.get_export(sig.name) {
                 Some(ExternType::Func(ty)) => {
                     assert!(matches(&ty, sig), "{}: {} is {ty:?}, want {sig}", guest.name, sig.name)

@@ -747,6 +747,12 @@ impl Transport for Ss {
         }
     }
 
+    /// The client's salt: shadowsocks-libev refuses a repeated one, and so
+    /// does a host with a replay filter, before this guest sees it.
+    fn unique_prefix(&self) -> usize {
+        self.method.key_len()
+    }
+
     fn handshake(&self, role: Role) -> Result<AnyHandshake, Errno> {
         let mut salt = [0u8; MAX_KEY];
         water_guest::random(&mut salt[..self.method.key_len()])?;

@@ -141,6 +141,12 @@ impl Transport for Hello {
         Ok(Hello { fixed_nonce: None })
     }
 
+    /// The client's hello (the magic byte and its random nonce): a host's
+    /// replay filter refuses a connection that repeats one.
+    fn unique_prefix(&self) -> usize {
+        1 + NONCE
+    }
+
     fn handshake(&self, role: Role) -> Result<HelloHandshake, Errno> {
         let nonce = match self.fixed_nonce {
             Some(nonce) => nonce,

@@ -17,6 +17,8 @@
 //!
 
 pub mod errno;
+pub mod gate;
+pub mod lazy;
 pub mod memory;
 pub mod output;
 pub mod p1;
@@ -55,26 +57,28 @@ pub struct WasiCtx {
     pub app_fds: Vec<u32>,
     /// What the guest has done, readable while it runs.
     pub activity: Arc<Activity>,
-    /// Times a host call of the guest had to wait (for I/O, a timer, a
-    /// cancel): a worker that never waits is a busy one.
-    pub waits: u64,
+    /// Time the guest's host calls spent waiting (for I/O, a timer, a
+    /// cancel): the rest of a worker's time it had a thread.
+    pub waited: std::time::Duration,
     /// `poll_oneoff` calls: a worker that polls, even one that finds
     /// something ready every time (tokio guests do), is not spinning blind.
     pub polls: u64,
 }
 
-/// Awaits `f`; also says whether it had to wait (was pending at least
-/// once) rather than being ready at once.
-pub async fn watched<F: std::future::Future>(f: F) -> (F::Output, bool) {
+/// Awaits `f`; also says how long it waited: from the first time it was
+/// pending to its end (zero if it was ready at once).
+pub async fn watched<F: std::future::Future>(f: F) -> (F::Output, std::time::Duration) {
     let mut f = std::pin::pin!(f);
-    let mut waited = false;
+    let mut since = None;
     let out = std::future::poll_fn(|cx| {
         let p = f.as_mut().poll(cx);
-        waited |= p.is_pending();
+        if p.is_pending() {
+            since.get_or_insert_with(Instant::now);
+        }
         p
     })
     .await;
-    (out, waited)
+    (out, since.map(|t| t.elapsed()).unwrap_or_default())
 }
 
 /// What a running guest has done, shared with the task that owns it, which
@@ -96,6 +100,9 @@ pub struct Activity {
     /// A read or write of the application side failed with a reset or a
     /// broken pipe: the application is gone, not just half-closed.
     app_gone: AtomicBool,
+    /// A byte crossed the application side (the guest read or wrote it):
+    /// the guest has taken the peer in (a server's handshake is done).
+    taken_in: AtomicBool,
 }
 
 impl Activity {
@@ -119,12 +126,37 @@ impl Activity {
     pub fn app_gone(&self) -> bool {
         self.app_gone.load(Ordering::Relaxed)
     }
+
+    /// Whether a byte has crossed the application side.
+    pub fn taken_in(&self) -> bool {
+        self.taken_in.load(Ordering::Relaxed)
+    }
+
+    /// Counts the peer as taken in without a byte (the application's own
+    /// connections).
+    pub fn take_in(&self) {
+        self.taken_in.store(true, Ordering::Relaxed);
+    }
+
+    /// Notes that the guest shut down `fd` for writing, or closed it.
+    pub fn end_write(&self, fd: u32) {
+        if fd < 64 {
+            self.write_ended.fetch_or(1 << fd, Ordering::Relaxed);
+        }
+    }
 }
 
 impl WasiCtx {
     /// Sets [`WasiCtx::coarse_poll`].
     pub fn coarse_poll(mut self, on: bool) -> Self {
         self.coarse_poll = on;
+        self
+    }
+
+    /// Shares `activity` (made before the instance, see
+    /// `policy::admission`).
+    pub fn with_activity(mut self, activity: Arc<Activity>) -> Self {
+        self.activity = activity;
         self
     }
 
@@ -139,14 +171,22 @@ impl WasiCtx {
             net_fd: None,
             app_fds: Vec::new(),
             activity: Arc::default(),
-            waits: 0,
+            waited: std::time::Duration::ZERO,
             polls: 0,
         }
     }
 
-    /// Counts `n` bytes the guest read from a stream.
-    pub fn note_read(&self, n: usize) {
+    /// Counts time a host call of the guest spent waiting.
+    pub fn note_wait(&mut self, waited: std::time::Duration) {
+        self.waited += waited;
+    }
+
+    /// Counts `n` bytes the guest read from stream `fd`.
+    pub fn note_read(&self, fd: u32, n: usize) {
         self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 && Some(fd) == self.internal_fd {
+            self.activity.taken_in.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Counts `n` bytes the guest wrote to `fd`.
@@ -154,6 +194,8 @@ impl WasiCtx {
         self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
         if Some(fd) != self.internal_fd {
             self.activity.sent.fetch_add(n as u64, Ordering::Relaxed);
+        } else if n > 0 {
+            self.activity.taken_in.store(true, Ordering::Relaxed);
         }
     }
 
@@ -162,9 +204,7 @@ impl WasiCtx {
         if Some(fd) == self.net_fd {
             self.activity.delivered.store(true, Ordering::Relaxed);
         }
-        if fd < 64 {
-            self.activity.write_ended.fetch_or(1 << fd, Ordering::Relaxed);
-        }
+        self.activity.end_write(fd);
     }
 
     /// Notes a failed read or write of stream `fd`: on the application

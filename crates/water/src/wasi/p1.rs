@@ -100,7 +100,15 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
     )?;
     linker.func_wrap(MODULE, "fd_close", |mut caller: Caller<'_, T>, fd: i32| -> i32 {
         let wasi = caller.data_mut().wasi();
-        let closed = wasi.table.remove(fd as u32).map(drop);
+        let closed = wasi.table.remove(fd as u32).map(|desc| {
+            // The host holds other handles of a stream (to watch it, to
+            // reset it on failure), so dropping the guest's would not close
+            // it: end it both ways as a close does, so that the peer reads
+            // EOF now, not when the worker ends.
+            if let Desc::Stream { stream, .. } = desc {
+                let _ = stream.shutdown(true, true);
+            }
+        });
         if closed.is_ok() {
             wasi.note_write_end(fd as u32);
         }
@@ -271,14 +279,14 @@ async fn fd_read<T: WasiView>(
                 }
                 let token = token.clone();
                 let ((), waited) = super::watched(token.cancelled()).await;
-                caller.data_mut().wasi().waits += u64::from(waited);
+                caller.data_mut().wasi().note_wait(waited);
                 continue;
             }
             Desc::Stream { stream, nonblocking } => (stream.clone(), *nonblocking),
         };
         match stream.try_read(mem.slice_mut(ptr, len)?) {
             Ok(k) => {
-                wasi.note_read(k);
+                wasi.note_read(fd, k);
                 return mem.write_u32(nread, k as u32);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -286,7 +294,7 @@ async fn fd_read<T: WasiView>(
                     return Err(Errno::AGAIN);
                 }
                 let (ready, waited) = super::watched(stream.readable()).await;
-                caller.data_mut().wasi().waits += u64::from(waited);
+                caller.data_mut().wasi().note_wait(waited);
                 ready.map_err(|e| errno::from_io(&e))?;
             }
             Err(e) => {
@@ -336,7 +344,7 @@ pub(super) async fn fd_write<T: WasiView>(
                     return Err(Errno::AGAIN);
                 }
                 let (ready, waited) = super::watched(stream.writable()).await;
-                caller.data_mut().wasi().waits += u64::from(waited);
+                caller.data_mut().wasi().note_wait(waited);
                 ready.map_err(|e| errno::from_io(&e))?;
             }
             Err(e) => {

@@ -245,7 +245,7 @@ pub async fn poll_oneoff<T: WasiView>(
     for fd in events.iter().filter_map(|e| e.wrote_fd) {
         wasi.table.write_reported(fd, now);
     }
-    wasi.waits += u64::from(waited);
+    wasi.note_wait(waited);
     for (i, e) in events.iter().enumerate() {
         let mut raw = [0u8; EVENT_SIZE as usize];
         raw[0..8].copy_from_slice(&e.userdata.to_le_bytes());

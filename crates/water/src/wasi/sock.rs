@@ -86,7 +86,7 @@ async fn sock_recv<T: WasiView>(
         match got {
             Ok(k) => {
                 if !peek {
-                    wasi.note_read(k);
+                    wasi.note_read(fd, k);
                 }
                 filled += k as u32;
                 // A peek never waits for more: the bytes it saw stay queued.
@@ -99,7 +99,7 @@ async fn sock_recv<T: WasiView>(
                     return if filled > 0 { Ok(filled) } else { Err(Errno::AGAIN) };
                 }
                 let (ready, waited) = super::watched(stream.readable()).await;
-                caller.data_mut().wasi().waits += u64::from(waited);
+                caller.data_mut().wasi().note_wait(waited);
                 ready.map_err(|e| errno::from_io(&e))?;
             }
             Err(e) => {

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use water_abi::Errno;
 
 use crate::duplex::{DuplexEnd, ReadReadiness};
+use crate::wasi::gate::Gated;
+use crate::wasi::lazy::LazyTcp;
 
 /// Most fds one instance may hold (a guest needs five or six).
 pub const MAX_FDS: usize = 64;
@@ -22,11 +24,50 @@ pub const MAX_FDS: usize = 64;
 pub enum Stream {
     Tcp(Arc<TcpStream>),
     Duplex(Arc<DuplexEnd>),
+    /// A TCP connection made when the guest first uses it.
+    Lazy(Arc<LazyTcp>),
+    /// A socket whose first bytes a check sees before the guest.
+    Gated(Arc<Gated>),
+}
+
+/// What a lazy stream is now: connected (as a `Tcp` stream), failed, or
+/// not yet.
+fn now_or_would_block(lazy: &Arc<LazyTcp>) -> io::Result<Stream> {
+    match lazy.poll_connected(None) {
+        Poll::Ready(r) => r.map(Stream::Tcp),
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+/// `Ready` with the connected lazy stream (as a `Tcp` stream), or its
+/// failure; `Pending` while it connects.
+fn poll_lazy(lazy: &Arc<LazyTcp>, cx: &mut Context<'_>) -> Poll<io::Result<Stream>> {
+    lazy.poll_connected(Some(cx)).map_ok(Stream::Tcp)
 }
 
 impl Stream {
+    /// The socket, if this is one (a lazy one once connected).
+    pub fn tcp(&self) -> Option<Arc<TcpStream>> {
+        match self {
+            Stream::Tcp(s) => Some(s.clone()),
+            Stream::Lazy(l) => l.get(),
+            Stream::Gated(g) => Some(g.socket().clone()),
+            Stream::Duplex(_) => None,
+        }
+    }
+
+    /// A lazy stream's connect error, if it failed.
+    pub fn connect_failure(&self) -> Option<io::Error> {
+        match self {
+            Stream::Lazy(l) => l.failure(),
+            _ => None,
+        }
+    }
+
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
+            Stream::Lazy(l) => now_or_would_block(l)?.try_read(buf),
+            Stream::Gated(g) => g.try_read(buf),
             Stream::Tcp(s) => {
                 // A short read drained the socket: forget its readiness now,
                 // as tokio's own `poll_read` does, so the guest's next read
@@ -63,6 +104,8 @@ impl Stream {
                 }
             }
             Stream::Duplex(d) => d.try_peek(buf),
+            Stream::Lazy(l) => now_or_would_block(l)?.try_peek(buf),
+            Stream::Gated(g) => g.try_peek(buf),
         }
     }
 
@@ -70,6 +113,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.try_write(data),
             Stream::Duplex(d) => d.try_write(data),
+            Stream::Lazy(l) => now_or_would_block(l)?.try_write(data),
+            Stream::Gated(g) => g.socket().try_write(data),
         }
     }
 
@@ -95,6 +140,8 @@ impl Stream {
                 Poll::Ready(Ok(ReadReadiness { available, closed: true }))
             }
             Stream::Duplex(d) => d.poll_read_ready(cx).map(Ok),
+            Stream::Lazy(l) => std::task::ready!(poll_lazy(l, cx))?.poll_read_ready(cx),
+            Stream::Gated(g) => g.poll_read_ready(cx, false),
         }
     }
 
@@ -107,6 +154,12 @@ impl Stream {
     /// worker then deadlocks). Non-blocking guests get `again` instead and
     /// keep the syscall-free path.
     pub fn poll_read_ready_exact(&self, cx: &mut Context<'_>) -> Poll<io::Result<ReadReadiness>> {
+        if let Stream::Lazy(l) = self {
+            return std::task::ready!(poll_lazy(l, cx))?.poll_read_ready_exact(cx);
+        }
+        if let Stream::Gated(g) = self {
+            return g.poll_read_ready(cx, true);
+        }
         let Stream::Tcp(s) = self else {
             return self.poll_read_ready(cx);
         };
@@ -129,6 +182,8 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.poll_write_ready(cx).map_ok(|()| 0),
             Stream::Duplex(d) => d.poll_write_ready(cx).map(Ok),
+            Stream::Lazy(l) => std::task::ready!(poll_lazy(l, cx))?.poll_write_ready(cx),
+            Stream::Gated(g) => g.socket().poll_write_ready(cx).map_ok(|()| 0),
         }
     }
 
@@ -143,6 +198,9 @@ impl Stream {
                 std::future::poll_fn(|cx| d.poll_write_ready(cx)).await;
                 Ok(())
             }
+            Stream::Lazy(_) | Stream::Gated(_) => {
+                std::future::poll_fn(|cx| self.poll_write_ready(cx).map_ok(|_| ())).await
+            }
         }
     }
 
@@ -153,13 +211,15 @@ impl Stream {
         match self {
             Stream::Tcp(s) => read_closed(s),
             Stream::Duplex(d) => d.peer_write_closed(),
+            Stream::Lazy(l) => l.get().is_some_and(|s| read_closed(&s)),
+            Stream::Gated(g) => read_closed(g.socket()),
         }
     }
 
-    /// Whether bytes written to it still wait for the other side to take
-    /// them (a slow reader): in the duplex's buffer, or in the socket's
-    /// send queue (`TIOCOUTQ`, one syscall).
-    pub fn unsent(&self) -> bool {
+    /// Bytes written to it that still wait for the other side to take them
+    /// (a slow reader): in the duplex's buffer, or in the socket's send
+    /// queue (`TIOCOUTQ`, one syscall).
+    pub fn unsent(&self) -> usize {
         match self {
             Stream::Tcp(s) => {
                 use std::os::fd::AsRawFd;
@@ -167,9 +227,11 @@ impl Stream {
                 // SAFETY: TIOCOUTQ writes one int, to the one we own; the fd
                 // is open for as long as `s` is borrowed.
                 let ok = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } == 0;
-                ok && queued > 0
+                if ok { queued.max(0) as usize } else { 0 }
             }
-            Stream::Duplex(d) => d.unread_by_peer() > 0,
+            Stream::Duplex(d) => d.unread_by_peer(),
+            Stream::Lazy(l) => l.get().map_or(0, |s| Stream::Tcp(s).unsent()),
+            Stream::Gated(g) => Stream::Tcp(g.socket().clone()).unsent(),
         }
     }
 
@@ -194,6 +256,11 @@ impl Stream {
                 }
                 Ok(())
             }
+            Stream::Gated(g) => Stream::Tcp(g.socket().clone()).shutdown(read, write),
+            Stream::Lazy(l) => match l.shutdown(read, write)? {
+                Some(s) => Stream::Tcp(s).shutdown(read, write),
+                None => Ok(()),
+            },
         }
     }
 }
