@@ -55,17 +55,34 @@ struct TransportArgs {
     /// File whose bytes the transport gets from pull_config.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Most connections at once; past it new ones are closed at once, with
-    /// a log line (default: no limit).
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The limits of every command that serves (water pt's too).
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct LimitArgs {
+    /// Most connections at once. When full, a new connection takes the
+    /// place of the oldest one whose handshake has not ended (closed as a
+    /// failed handshake); only when every one has is it closed at once,
+    /// with a log line. Default: from the open-file limit (raised to its
+    /// hard maximum at start), with headroom, so the process never runs
+    /// out of fds.
     #[arg(long)]
     max_connections: Option<usize>,
+    /// A server's connection whose guest has not taken the client in (no
+    /// byte through to the upstream) this many seconds after setup, plus a
+    /// random part of up to as much again, is closed as a failed handshake
+    /// (default 60, as shadowsocks-libev; 0 turns it off).
+    #[arg(long, value_name = "SECONDS", value_parser = orphan_seconds)]
+    handshake_timeout: Option<std::time::Duration>,
     /// Cancel a connection through which no byte has moved for this many
     /// seconds, whatever its guest does (default: none).
     #[arg(long, value_name = "SECONDS", value_parser = idle_seconds)]
     idle_timeout: Option<std::time::Duration>,
-    /// Once a connection's application side has closed (or half-closed)
-    /// and the guest has not passed that on, cancel it when no byte has
-    /// moved for this many seconds (default 60; 0 turns it off).
+    /// Once a connection's side has closed (or half-closed) and the guest
+    /// has not passed that on, cancel it when no byte has moved for this
+    /// many seconds (default 60; 0 turns it off).
     #[arg(long, value_name = "SECONDS", value_parser = orphan_seconds)]
     orphan_timeout: Option<std::time::Duration>,
     #[command(flatten)]
@@ -94,8 +111,15 @@ fn drain_seconds(s: &str) -> Result<std::time::Duration, String> {
 
 impl TransportArgs {
     fn limits(&self) -> tunnel::Limits {
+        self.limits.limits()
+    }
+}
+
+impl LimitArgs {
+    fn limits(&self) -> tunnel::Limits {
         tunnel::Limits {
             max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
             idle_timeout: self.idle_timeout,
             orphan_timeout: self.orphan_timeout,
             drain: self.drain.seconds,
@@ -182,7 +206,7 @@ enum Command {
         #[arg(long = "config", value_name = "NAME=FILE")]
         configs: Vec<String>,
         #[command(flatten)]
-        drain: Drain,
+        limits: LimitArgs,
     },
     /// Validate a transport and self-test every role it exports on loopback.
     Check {
@@ -241,7 +265,7 @@ fn main() -> ExitCode {
     water::logging::set_unsafe_logging(cli.unsafe_logging);
     // The PT logs to a file in its state directory, never to stderr.
     let command = match cli.command {
-        Command::Pt { transports, configs, drain } => return pt::main(transports, configs, drain.seconds),
+        Command::Pt { transports, configs, limits } => return pt::main(transports, configs, limits.limits()),
         command => command,
     };
     tracing_subscriber::fmt()

@@ -151,6 +151,8 @@ fn parse_named(flag: &str, specs: &[String]) -> anyhow::Result<BTreeMap<String, 
 pub struct Modules {
     paths: BTreeMap<String, PathBuf>,
     configs: BTreeMap<String, PathBuf>,
+    /// The library options every transport is loaded with (the limits).
+    config: water::Config,
 }
 
 impl Modules {
@@ -158,6 +160,7 @@ impl Modules {
         Ok(Modules {
             paths: parse_named("--transport", transports)?,
             configs: parse_named("--config", configs)?,
+            config: water::Config::default(),
         })
     }
 
@@ -176,10 +179,10 @@ impl Modules {
     fn load(&self, name: &str) -> Option<anyhow::Result<Watm>> {
         let config = self.configs.get(name).map(PathBuf::as_path);
         if let Some(path) = self.paths.get(name) {
-            return Some(transport::load(&path.to_string_lossy(), config));
+            return Some(transport::load_with(&path.to_string_lossy(), config, self.config.clone()));
         }
         let builtin = valid_name(name) && transport::builtins().contains(&name);
-        builtin.then(|| transport::load(name, config))
+        builtin.then(|| transport::load_with(name, config, self.config.clone()))
     }
 }
 
@@ -191,8 +194,8 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Entry point: runs the PT to its end and gives the exit code.
-pub fn main(transports: Vec<String>, configs: Vec<String>, drain: Duration) -> ExitCode {
-    let result = run(transports, configs, drain);
+pub fn main(transports: Vec<String>, configs: Vec<String>, limits: crate::tunnel::Limits) -> ExitCode {
+    let result = run(transports, configs, limits);
     water::logging::flush_warnings();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,7 +203,8 @@ pub fn main(transports: Vec<String>, configs: Vec<String>, drain: Duration) -> E
     }
 }
 
-fn run(transports: Vec<String>, configs: Vec<String>, drain: Duration) -> Result<(), Reported> {
+fn run(transports: Vec<String>, configs: Vec<String>, limits: crate::tunnel::Limits) -> Result<(), Reported> {
+    let drain = limits.drain;
     // The version comes first: nothing else means anything without it.
     let Some(versions) = env("TOR_PT_MANAGED_TRANSPORT_VER") else {
         return Err(env_error("TOR_PT_MANAGED_TRANSPORT_VER is not set (water pt is run by tor)"));
@@ -230,9 +234,13 @@ fn run(transports: Vec<String>, configs: Vec<String>, drain: Duration) -> Result
         tracing_subscriber::registry().with(filter).with(file).with(PtLog).init();
     }
 
-    let own = Modules::parse(&transports, &configs).map_err(|e| env_error(format_args!("{e:#}")))?;
+    let mut own = Modules::parse(&transports, &configs).map_err(|e| env_error(format_args!("{e:#}")))?;
     let client = env_nonempty("TOR_PT_CLIENT_TRANSPORTS");
     let server = env_nonempty("TOR_PT_SERVER_TRANSPORTS");
+    // Every transport started shares the process's fd budget.
+    let started =
+        [&client, &server].iter().filter_map(|l| l.as_deref()).map(|l| own.requested(l).len()).sum();
+    own.config = crate::tunnel::library_config(limits, started);
     if client.is_none() && server.is_none() {
         return Err(env_error("neither TOR_PT_CLIENT_TRANSPORTS nor TOR_PT_SERVER_TRANSPORTS is set"));
     }

@@ -95,8 +95,11 @@ fn transient(e: &io::Error) -> bool {
 /// The library limits a tunnel's flags set.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
-    /// `--max-connections`.
+    /// `--max-connections`; `None`: from the open-file limit.
     pub max_connections: Option<usize>,
+    /// `--handshake-timeout`: `None` for the library's default (60 s and
+    /// up to 60 s more), zero for none.
+    pub handshake_timeout: Option<std::time::Duration>,
     /// `--idle-timeout`: a connection through which no byte moved for this
     /// long is cancelled, whatever its guest does (one that ignores EOF
     /// would otherwise hold both sockets).
@@ -111,11 +114,30 @@ pub struct Limits {
     pub drain: Duration,
 }
 
-/// The library options a tunnel's flags set.
-fn library_config(l: Limits) -> water::Config {
+/// The library options a tunnel's flags set, for one of `share`
+/// transports in the process (each gets its part of the fd budget).
+pub fn library_config(l: Limits, share: usize) -> water::Config {
     let mut cfg = water::Config::default();
-    if let Some(n) = l.max_connections {
-        cfg = cfg.max_connections(n);
+    match l.max_connections {
+        Some(n) => cfg = cfg.max_connections(n),
+        // Each connection holds two sockets (client and upstream, SOCKS
+        // client and remote, client and tor's ORPort).
+        None => match water::fd_budget(2 * share.max(1)) {
+            Ok((cap, limit)) => {
+                tracing::info!(
+                    "at most {cap} connections at once (open files: {limit}); --max-connections to change"
+                );
+                cfg = cfg.max_connections(cap);
+            }
+            Err(e) => tracing::warn!("cannot read the open-file limit ({e}); no connection cap"),
+        },
+    }
+    if let Some(t) = l.handshake_timeout {
+        cfg = match t.is_zero() {
+            true => cfg.handshake_timeout(None, std::time::Duration::ZERO),
+            // The random part as long again, as the default's.
+            false => cfg.handshake_timeout(Some(t), t),
+        };
     }
     if let Some(t) = l.idle_timeout {
         cfg = cfg.idle_timeout(t);
@@ -130,7 +152,7 @@ fn library_config(l: Limits) -> water::Config {
 /// `_water_init` once (with the config) in a throwaway instance: a bad config
 /// is an error at start-up, not on each connection.
 async fn load_checked(t: &str, config: Option<&Path>, limits: Limits) -> anyhow::Result<water::Watm> {
-    let watm = transport::load_with(t, config, library_config(limits))?;
+    let watm = transport::load_with(t, config, library_config(limits, 1))?;
     watm.check_init().await.context("the transport rejects its configuration")?;
     Ok(watm)
 }

@@ -585,7 +585,22 @@ fn a_client_that_left_frees_the_sockets_of_a_guest_that_ignores_eof() {
 fn a_server_whose_forwarded_service_left_frees_the_sockets_of_a_guest_that_ignores_eof() {
     let dir = temp_dir("orphan-server");
     let module = dir.join("ignores.wasm");
-    std::fs::write(&module, wat::parse_str(IGNORES_EVERYTHING).unwrap()).unwrap();
+    // The guest takes its client in (a byte to the upstream, which is
+    // dialed at that first use), then ignores everything.
+    let takes_in = IGNORES_EVERYTHING
+        .replace(
+            r#"(import "env" "host_dial""#,
+            r#"(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "env" "host_dial""#,
+        )
+        .replace(
+            r#"(param i32) (result i32) (call $host_accept))"#,
+            r#"(param i32) (result i32)
+    (i32.store (i32.const 0) (i32.const 256)) (i32.store (i32.const 4) (i32.const 1))
+    (drop (call $fd_write (local.get 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $host_accept))"#,
+        );
+    std::fs::write(&module, wat::parse_str(takes_in).unwrap()).unwrap();
     // The forwarded service closes every connection at once.
     let service = TcpListener::bind("127.0.0.1:0").unwrap();
     let service_addr = service.local_addr().unwrap().to_string();

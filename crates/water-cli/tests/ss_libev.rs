@@ -508,3 +508,120 @@ fn curl_through_socks5_proxy_mode_over_ss_to_ss_server() {
     assert!(denied.is_err(), "a page came through with the wrong password");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A relay from a fresh port to `server` that records what its one client
+/// sends; the recording arrives once the client's side has ended.
+fn recorder(server: SocketAddr) -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut client, _)) = listener.accept() else { return };
+        let mut up = TcpStream::connect(server).unwrap();
+        let (mut client_w, mut up_r) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut up_r, &mut client_w);
+            let _ = client_w.shutdown(Shutdown::Write);
+        });
+        let mut recorded = Vec::new();
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    recorded.extend_from_slice(&buf[..n]);
+                    if up.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = up.shutdown(Shutdown::Write);
+        let _ = tx.send(recorded);
+    });
+    (addr, rx)
+}
+
+#[test]
+#[cfg_attr(
+    not(peer_ss_libev),
+    ignore = "needs shadowsocks-libev's ss-server and ss-tunnel: apt-get install shadowsocks-libev"
+)]
+fn a_replayed_libev_connection_is_refused_by_both_servers_alike() {
+    let dir = temp_dir("replay");
+    let method = "chacha20-ietf-poly1305";
+    let echo = echo();
+    let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, None));
+    let (_ours, ours) = water_ss("server", &cfg, &echo.addr.to_string());
+    let (_libev, port) = ss_server(method, PASSWORD);
+    let libev_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for (name, server) in [("water server", ours), ("ss-server", libev_addr)] {
+        // libev's own client, its bytes recorded on the way.
+        let (rec, recording) = recorder(server);
+        let (_tunnel, tport) = ss_tunnel(method, PASSWORD, rec, echo.addr);
+        let before = echo.connections.load(Ordering::SeqCst);
+        let mut s = TcpStream::connect(("127.0.0.1", tport)).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s.write_all(b"the one request").unwrap();
+        let mut back = [0u8; 15];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"the one request", "{name}");
+        drop(s);
+        let flight = recording.recv_timeout(LIMIT).expect("the recording");
+        assert!(flight.len() > 32, "{name}: recorded {} bytes", flight.len());
+        // The same bytes again, as a censor replays them: no reply, and the
+        // server closes only after the prober's EOF.
+        let mut replay = TcpStream::connect(server).unwrap();
+        replay.set_read_timeout(Some(LIMIT)).unwrap();
+        replay.write_all(&flight).unwrap();
+        replay.shutdown(Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let r = replay.read_to_end(&mut got);
+        assert!(got.is_empty(), "{name}: the replay got {} bytes back ({r:?})", got.len());
+        // The upstream saw the one request, not its replay.
+        assert_eq!(
+            echo.connections.load(Ordering::SeqCst) - before,
+            1,
+            "{name}: the replay reached the upstream"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(peer_ss_libev),
+    ignore = "needs shadowsocks-libev's ss-server and ss-tunnel: apt-get install shadowsocks-libev"
+)]
+fn with_the_upstream_down_probes_see_the_same_from_both_servers() {
+    // `water server` forwards to a port nobody listens on; ss-server's
+    // upstream is whatever a client names, which a prober never gets to.
+    let dir = temp_dir("probe-down");
+    let method = "chacha20-ietf-poly1305";
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_libev, port) = ss_server(method, PASSWORD);
+    let libev = SocketAddr::from(([127, 0, 0, 1], port));
+    let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, None));
+    let (_ours, ours) = water_ss("server", &cfg, &dead.to_string());
+    let (_t1, to_libev) = ss_tunnel(method, "wrong password", libev, dead);
+    let (_t2, to_ours) = ss_tunnel(method, "wrong password", ours, dead);
+    let wrong = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    std::thread::scope(|probes| {
+        // Silence, garbage from one byte to 4 KiB, a wrong password.
+        for len in [0usize, 1, 31, 33, 200, 4096] {
+            let garbage: Vec<u8> = (0..len).map(|i| (i * 131 + 11) as u8).collect();
+            probes.spawn(move || {
+                let (theirs, mine) = std::thread::scope(|s| {
+                    let a = s.spawn(|| probe(libev, &garbage));
+                    let b = s.spawn(|| probe(ours, &garbage));
+                    (a.join().unwrap(), b.join().unwrap())
+                });
+                assert_eq!(mine, theirs, "{len} bytes of garbage: water server vs ss-server");
+                assert!(!mine.replied_or_closed_early, "{len} bytes: {mine:?}");
+            });
+        }
+        probes.spawn(move || {
+            let (theirs, mine) = (probe(wrong(to_libev), b"hello"), probe(wrong(to_ours), b"hello"));
+            assert_eq!(mine, theirs, "a wrong password: water server vs ss-server");
+        });
+    });
+}
