@@ -14,6 +14,7 @@
 //! - [`status`]: encoding and decoding of `i32` results (`>= 0` value,
 //!   `< 0` negated errno).
 //! - [`v0`]: the v0 import and export tables.
+//! - [`v1`]: the v1 tables (the deployed line), beside v0.
 
 #![no_std]
 
@@ -21,6 +22,7 @@ pub mod args;
 pub mod errno;
 pub mod status;
 pub mod v0;
+pub mod v1;
 
 pub use errno::Errno;
 

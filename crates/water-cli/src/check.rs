@@ -58,17 +58,26 @@ pub async fn run(t: &str, config: Option<&Path>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let roles: Vec<_> = [(Role::Dialer, "dial"), (Role::Listener, "accept"), (Role::Relay, "associate")]
-        .into_iter()
-        .filter(|(r, _)| watm.supports(*r))
-        .map(|(_, n)| n)
-        .collect();
+    let roles: Vec<_> = [
+        (Role::Dialer, "dial"),
+        (Role::Listener, "accept"),
+        (Role::Relay, "associate"),
+        (Role::GuestDialer, "dial-by-guest"),
+    ]
+    .into_iter()
+    .filter(|(r, _)| watm.supports(*r))
+    .map(|(_, n)| n)
+    .collect();
     println!(
-        "PASS load: valid WATM v0 module (roles: {})",
+        "PASS load: valid WATM {} module (roles: {})",
+        watm.abi(),
         if roles.is_empty() { "none".into() } else { roles.join(", ") }
     );
     if roles.is_empty() {
-        bail!("{t} exports no role function (_water_dial, _water_accept, _water_associate)");
+        bail!("{t} exports no role function");
+    }
+    if watm.supports(Role::GuestDialer) {
+        println!("SKIP dial-by-guest: the guest names its own address, which a self-test cannot serve");
     }
     let stop = CancellationToken::new();
     let echo = echo_server().await?;
@@ -194,6 +203,7 @@ impl Route {
                 tokio::spawn(async move { relay.serve(listener, stop.cancelled_owned()).await });
                 Route::Plain(addr)
             }
+            other => anyhow::bail!("no self-test for the {other:?} role"),
         })
     }
 

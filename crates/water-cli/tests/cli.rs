@@ -106,6 +106,28 @@ fn check_passes_builtins_and_names_what_a_broken_module_lacks() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn check_names_the_abi_and_passes_water_gos_v1_modules() {
+    let (status, out, err) = run(&["check", "plain"]);
+    assert!(status.success() && out.contains("PASS load: valid WATM v0 module"), "{out}{err}");
+    for name in ["plain", "reverse"] {
+        let path = format!("{}/../water/tests/fixtures/v1/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
+        let (status, out, err) = run(&["check", &path]);
+        assert!(status.success(), "{name}: {out}{err}");
+        assert!(
+            out.contains("PASS load: valid WATM v1 module (roles: dial, accept, associate, dial-by-guest)"),
+            "{out}"
+        );
+        // The round trips pass; reverse reverses each read, so only plain
+        // is asked for them by name.
+        if name == "plain" {
+            for role in ["dial", "accept", "associate"] {
+                assert!(out.contains(&format!("PASS {role}: ")), "{name}: {role} in {out}");
+            }
+        }
+    }
+}
+
 /// A guest shaped like water-go's TinyGo guests: `_start`, `_water_v0` as a
 /// function, blocking fds, and a worker that copies whichever side is
 /// readable to the other (finishing short writes) and ends at the first EOF

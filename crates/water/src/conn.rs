@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::duplex::DuplexEnd;
 use crate::error::Error;
-use crate::v0::{Done, finished};
+use crate::session::{Done, finished};
 
 /// One connection through a WATM: plain bytes in and out, transformed on
 /// the wire by the guest.
@@ -37,7 +37,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(io: DuplexEnd, links: crate::v0::Links, done: Done) -> Self {
+    pub(crate) fn new(io: DuplexEnd, links: crate::session::Links, done: Done) -> Self {
         Connection { io, closing: links.closing, cancel: links.cancel, done: Some(done) }
     }
 

@@ -22,14 +22,25 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// 16 KiB and grows to this only under a burst.
 pub const CAPACITY: usize = 256 * 1024;
 
-/// A byte ring holding at most [`CAPACITY`] bytes. Its storage starts
-/// small and doubles as a burst needs it, so the many connections that
-/// never carry much cost little memory.
-#[derive(Debug, Default)]
+/// Writes up to this size are taken whole or not at all, and the end is
+/// writable only with this much room (a quarter of the capacity).
+pub const ATOMIC_WRITE: usize = CAPACITY / 4;
+
+/// A byte ring holding at most `max` bytes ([`CAPACITY`] unless the pair
+/// was made larger). Its storage starts small and doubles as a burst needs
+/// it, so the many connections that never carry much cost little memory.
+#[derive(Debug)]
 struct Ring {
     data: Vec<u8>,
     head: usize,
     len: usize,
+    max: usize,
+}
+
+impl Default for Ring {
+    fn default() -> Ring {
+        Ring { data: Vec::new(), head: 0, len: 0, max: CAPACITY }
+    }
 }
 
 /// First allocation of a ring.
@@ -45,16 +56,16 @@ impl Ring {
     }
 
     fn clear(&mut self) {
-        *self = Ring::default();
+        *self = Ring { max: self.max, ..Ring::default() };
     }
 
     /// Grows the storage (keeping the bytes, unwrapped) to hold `want`.
     fn reserve(&mut self, want: usize) {
         let cap = self.data.len();
-        if want <= cap || cap == CAPACITY {
+        if want <= cap || cap == self.max {
             return;
         }
-        let new_cap = want.next_power_of_two().clamp(FIRST_ALLOCATION, CAPACITY);
+        let new_cap = want.next_power_of_two().clamp(FIRST_ALLOCATION, self.max);
         let mut data = vec![0; new_cap];
         let n = self.len;
         self.pop(&mut data[..n]);
@@ -155,7 +166,17 @@ pub struct DuplexEnd {
 
 /// A connected pair of ends.
 pub fn pair() -> (DuplexEnd, DuplexEnd) {
+    pair_holding(CAPACITY)
+}
+
+/// A pair whose rings hold up to `max` bytes each (a power of two, at
+/// least [`CAPACITY`]): for guests that rely on a socket's large buffer.
+pub fn pair_holding(max: usize) -> (DuplexEnd, DuplexEnd) {
+    let max = max.max(CAPACITY).next_power_of_two();
     let shared = Arc::new(Shared::default());
+    for half in &shared.halves {
+        lock(half).buf.max = max;
+    }
     (DuplexEnd { shared: shared.clone(), side: 0 }, DuplexEnd { shared, side: 1 })
 }
 
@@ -253,8 +274,12 @@ impl DuplexEnd {
         if tx.discard {
             return Poll::Ready(Ok(data.len()));
         }
-        let room = CAPACITY - tx.buf.len();
-        if room == 0 && !data.is_empty() {
+        let room = tx.buf.max - tx.buf.len();
+        // A write of up to ATOMIC_WRITE bytes goes in whole or not at all,
+        // as a socket with room in its buffer takes it: guests written for
+        // sockets (TinyGo's v1 library) treat a short write as an error.
+        let fits = if data.len() <= ATOMIC_WRITE { room >= data.len() } else { room > 0 };
+        if !fits && !data.is_empty() {
             if let Some(cx) = cx {
                 tx.write_waker = Some(cx.waker().clone());
             }
@@ -276,8 +301,12 @@ impl DuplexEnd {
     /// Ready when a write would not block (room, or an error to report).
     pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<usize> {
         let mut tx = self.tx();
-        let room = CAPACITY - tx.buf.len();
-        if room > 0 || tx.read_closed || tx.write_closed || tx.discard {
+        let room = tx.buf.max - tx.buf.len();
+        // Writable once an atomic write fits (a socket is writable once a
+        // good part of its buffer is free): a guest that was told "ready"
+        // and writes up to ATOMIC_WRITE bytes never gets `again`, so never
+        // spins between the two.
+        if room >= ATOMIC_WRITE || tx.read_closed || tx.write_closed || tx.discard {
             Poll::Ready(room)
         } else {
             tx.write_waker = Some(cx.waker().clone());

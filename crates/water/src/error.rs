@@ -20,8 +20,9 @@ pub enum Error {
     /// WebAssembly, but invalid or not compilable.
     #[error("invalid WebAssembly module: {0}")]
     Invalid(String),
-    /// A valid module that is not a WATM v0 (no `_water_v0` export).
-    #[error("not a WATM v0 module: it has no `_water_v0` export")]
+    /// A valid module that is not a WATM: it exports neither `_water_v0`
+    /// (v0) nor `watm_init_v1` (v1). (Named for v0, the first ABI.)
+    #[error("not a WATM: it exports neither `_water_v0` (v0) nor `watm_init_v1` (v1)")]
     NotV0,
     /// The module needs more of a resource than the host allows one
     /// instance (memories, tables, initial memory or table size, module

@@ -27,7 +27,11 @@
 //!
 //! Layout:
 //! - [`watm`](Watm): loading and validation against the ABI.
-//! - `v0`: the `env` imports and the life of one instance.
+//! - `abi`: one module per WATM ABI (v0, v1): its `env` imports and the
+//!   names of the exports each step calls.
+//! - `session`: the life of one instance, the same for every ABI.
+//! - `policy`: admission, the handshake deadline, the throttle, linger,
+//!   the replay filter.
 //! - `wasi`: our WASI preview1 layer (fd table, memory access, poll).
 //! - `duplex`: the in-process channel between application and guest.
 //! - `conn`, `roles`: [`Connection`], [`Dialer`], [`Listener`], [`Relay`],
@@ -36,6 +40,7 @@
 //! - [`logging`]: what a log may say of a connection (addresses scrubbed,
 //!   peer text escaped, per-connection warnings rate-limited).
 
+mod abi;
 mod config;
 mod conn;
 mod duplex;
@@ -43,7 +48,7 @@ mod error;
 pub mod logging;
 mod policy;
 mod roles;
-mod v0;
+mod session;
 mod wasi;
 mod watm;
 

@@ -17,7 +17,7 @@ use crate::duplex;
 use crate::error::Error;
 use crate::logging::{self, Scrubbed};
 use crate::policy::admission::{Kind, Slot};
-use crate::v0::{Done, Links, Session, Setup, finished, spawn_worker};
+use crate::session::{Done, Links, Session, Setup, finished, spawn_worker};
 use crate::wasi::lazy::LazyTcp;
 use crate::wasi::table::Stream;
 use crate::watm::{Role, Watm};
@@ -41,7 +41,7 @@ async fn app_connection(
     role: &str,
     pulled: Option<Arc<[u8]>>,
 ) -> Result<Connection, Error> {
-    let (app, guest) = duplex::pair();
+    let (app, guest) = duplex::pair_holding(watm.inner.exports.abi.app_buffer());
     let guest = Arc::new(guest);
     let links = Links::default();
     let setup = make(Stream::Duplex(guest.clone()));
@@ -60,8 +60,25 @@ impl Dialer {
     /// A dialer for `watm`; [`Error::RoleNotSupported`] if it has no
     /// `_water_dial`.
     pub fn new(watm: &Watm) -> Result<Dialer, Error> {
-        watm.require(Role::Dialer)?;
+        if !watm.supports(Role::GuestDialer) {
+            watm.require(Role::Dialer)?;
+        }
         Ok(Dialer { watm: watm.clone() })
+    }
+
+    /// Connects through a v1 module's `watm_dial_fixed_v1`, whose guest
+    /// names the address itself (`water_dial`, from its config): the
+    /// dialer water-go calls "fixed". The guest may dial only where the
+    /// module's `Config::dial_filter` allows (without a filter every such
+    /// dial is refused, `-acces`: a guest that could dial anywhere would
+    /// reach the host's own network), once, within the same limits as any
+    /// dial. Errors: [`Error::RoleNotSupported`] for a module without that
+    /// export (every v0 module), else as [`dial`](Self::dial).
+    pub async fn dial_by_guest(&self) -> Result<Connection, Error> {
+        self.watm.require(Role::GuestDialer)?;
+        let pulled = pulled_config(&self.watm, &TransportArgs::new())?;
+        let slot = self.watm.admit(Kind::Dialed)?;
+        app_connection(&self.watm, slot, |internal| Setup::DialByGuest { internal }, "dial", pulled).await
     }
 
     /// Connects to `addr` (`host:port`) through the transport. Returns once
@@ -84,6 +101,7 @@ impl Dialer {
         addr: impl Into<String>,
         args: &TransportArgs,
     ) -> Result<Connection, Error> {
+        self.watm.require(Role::Dialer)?;
         let pulled = pulled_config(&self.watm, args)?;
         let target = addr.into();
         let slot = self.watm.admit(Kind::Dialed)?;

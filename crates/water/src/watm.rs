@@ -7,9 +7,10 @@ use std::time::Duration;
 use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, ModuleExport, ValType};
 use water_abi::{FuncSig, v0 as abi};
 
+use crate::abi::Abi;
 use crate::config::Config;
 use crate::error::Error;
-use crate::v0::Ctx;
+use crate::session::Ctx;
 use crate::wasi;
 
 /// How often the shared engine's epoch advances: the granularity of the
@@ -166,9 +167,10 @@ pub(crate) fn engines() -> &'static Engines {
     })
 }
 
-/// Which optional exports a module has.
-#[derive(Debug, Clone, Copy, Default)]
+/// The module's ABI and which optional exports it has.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Exports {
+    pub abi: Abi,
     /// `_initialize`: a WASI reactor's initialisers.
     pub initialize: bool,
     /// `_start`: a WASI command's entry (TinyGo's runtime set-up).
@@ -176,6 +178,8 @@ pub(crate) struct Exports {
     pub dial: bool,
     pub accept: bool,
     pub associate: bool,
+    /// v1's `watm_dial_fixed_v1`: the dialer whose guest names the address.
+    pub dial_by_guest: bool,
     /// `_water_unique_prefix` (our extension, for the replay filter).
     pub unique_prefix: bool,
 }
@@ -186,9 +190,13 @@ pub(crate) struct ExportIndex(Vec<(&'static str, ModuleExport)>);
 
 impl ExportIndex {
     fn new(module: &Module) -> Self {
-        let names = [abi::INITIALIZE_EXPORT, abi::START_EXPORT]
-            .into_iter()
-            .chain(abi::EXPORTS.iter().chain(abi::EXTENSION_EXPORTS).map(|sig| sig.name));
+        let names = [abi::INITIALIZE_EXPORT, abi::START_EXPORT].into_iter().chain(
+            abi::EXPORTS
+                .iter()
+                .chain(abi::EXTENSION_EXPORTS)
+                .chain(water_abi::v1::EXPORTS)
+                .map(|sig| sig.name),
+        );
         ExportIndex(names.filter_map(|name| Some((name, module.get_export_index(name)?))).collect())
     }
 
@@ -207,7 +215,7 @@ pub(crate) struct Linked {
 impl Linked {
     fn new(engine: &Engine, module: &Module) -> Result<Linked, Error> {
         let mut linker = Linker::new(engine);
-        crate::v0::add_to_linker(&mut linker).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        crate::abi::add_to_linker(&mut linker).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         wasi::p1::add_to_linker(&mut linker, module).map_err(|e| Error::Invalid(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(module).map_err(|e| link_error(module, e))?;
         Ok(Linked { pre, index: ExportIndex::new(module) })
@@ -260,13 +268,18 @@ impl std::fmt::Debug for Watm {
 
 /// A connection role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Role {
-    /// `_water_dial`.
+    /// `_water_dial` (v0), `watm_dial_v1` (v1): to the application's
+    /// address.
     Dialer,
-    /// `_water_accept`.
+    /// `_water_accept`, `watm_accept_v1`.
     Listener,
-    /// `_water_associate`.
+    /// `_water_associate`, `watm_associate_v1`.
     Relay,
+    /// `watm_dial_fixed_v1` (v1 only): the guest names the address, under
+    /// the application's dial filter ([`crate::Dialer::dial_by_guest`]).
+    GuestDialer,
 }
 
 impl Role {
@@ -275,14 +288,18 @@ impl Role {
             Role::Dialer => "dialer",
             Role::Listener => "listener",
             Role::Relay => "relay",
+            Role::GuestDialer => "guest-addressed dialer",
         }
     }
 
-    pub(crate) fn export(self) -> &'static str {
+    /// The role's export in `abi` (`None`: the ABI has no such role).
+    pub(crate) fn export(self, abi: Abi) -> Option<&'static str> {
+        let names = abi.names();
         match self {
-            Role::Dialer => abi::DIAL.name,
-            Role::Listener => abi::ACCEPT.name,
-            Role::Relay => abi::ASSOCIATE.name,
+            Role::Dialer => Some(names.dial),
+            Role::Listener => Some(names.accept),
+            Role::Relay => Some(names.associate),
+            Role::GuestDialer => names.dial_by_guest,
         }
     }
 }
@@ -325,7 +342,13 @@ impl Watm {
             Role::Dialer => e.dial,
             Role::Listener => e.accept,
             Role::Relay => e.associate,
+            Role::GuestDialer => e.dial_by_guest,
         }
+    }
+
+    /// The ABI the module speaks, `"v0"` or `"v1"`, as its exports say.
+    pub fn abi(&self) -> &'static str {
+        self.inner.exports.abi.label()
     }
 
     /// Whether its connections take slots of the instance pool (while one
@@ -342,7 +365,7 @@ impl Watm {
     /// config the guest rejects ([`Error::Guest`] with its stderr line), a
     /// trap, a timeout. For start-up checks; connections need not call it.
     pub async fn check_init(&self) -> Result<(), Error> {
-        crate::v0::dry_init(self).await
+        crate::session::dry_init(self).await
     }
 
     /// The options it was loaded with.
@@ -362,7 +385,8 @@ impl Watm {
         if self.supports(role) {
             Ok(())
         } else {
-            Err(Error::RoleNotSupported { role: role.name(), export: role.export() })
+            let export = role.export(self.inner.exports.abi).unwrap_or("(none in this ABI)");
+            Err(Error::RoleNotSupported { role: role.name(), export })
         }
     }
 }
@@ -414,10 +438,14 @@ fn expected(sig: &FuncSig) -> String {
 
 fn validate(module: &Module) -> Result<Exports, Error> {
     // v0 is recognised by the name alone: TinyGo exports a function, some
-    // Rust guests an i32 global.
-    if module.get_export(abi::VERSION_EXPORT).is_none() {
+    // Rust guests an i32 global. v1 by its init function.
+    let abi = if module.get_export(abi::VERSION_EXPORT).is_some() {
+        Abi::V0
+    } else if module.get_export(water_abi::v1::INIT.name).is_some() {
+        Abi::V1
+    } else {
         return Err(Error::NotV0);
-    }
+    };
     let check = |sig: &'static FuncSig, required: bool| -> Result<bool, Error> {
         match module.get_export(sig.name) {
             None if required => Err(Error::MissingExport { name: sig.name, expected: expected(sig) }),
@@ -430,16 +458,38 @@ fn validate(module: &Module) -> Result<Exports, Error> {
             }),
         }
     };
-    for sig in abi::REQUIRED_EXPORTS {
-        check(sig, true)?;
-    }
-    let exports = Exports {
-        initialize: entry_point(module, abi::INITIALIZE_EXPORT)?,
-        start: entry_point(module, abi::START_EXPORT)?,
-        dial: check(&abi::DIAL, false)?,
-        accept: check(&abi::ACCEPT, false)?,
-        associate: check(&abi::ASSOCIATE, false)?,
-        unique_prefix: check(&abi::UNIQUE_PREFIX, false)?,
+    let exports = match abi {
+        Abi::V0 => {
+            for sig in abi::REQUIRED_EXPORTS {
+                check(sig, true)?;
+            }
+            Exports {
+                abi,
+                initialize: entry_point(module, abi::INITIALIZE_EXPORT)?,
+                start: entry_point(module, abi::START_EXPORT)?,
+                dial: check(&abi::DIAL, false)?,
+                accept: check(&abi::ACCEPT, false)?,
+                associate: check(&abi::ASSOCIATE, false)?,
+                dial_by_guest: false,
+                unique_prefix: check(&abi::UNIQUE_PREFIX, false)?,
+            }
+        }
+        Abi::V1 => {
+            use water_abi::v1;
+            for sig in v1::REQUIRED_EXPORTS {
+                check(sig, true)?;
+            }
+            Exports {
+                abi,
+                initialize: entry_point(module, abi::INITIALIZE_EXPORT)?,
+                start: entry_point(module, abi::START_EXPORT)?,
+                dial: check(&v1::DIAL, false)?,
+                accept: check(&v1::ACCEPT, false)?,
+                associate: check(&v1::ASSOCIATE, false)?,
+                dial_by_guest: check(&v1::DIAL_FIXED, false)?,
+                unique_prefix: check(&abi::UNIQUE_PREFIX, false)?,
+            }
+        }
     };
     match module.get_export("memory") {
         Some(ExternType::Memory(_)) => {}
@@ -457,7 +507,11 @@ fn validate(module: &Module) -> Result<Exports, Error> {
         let unknown = || Error::UnknownImport { module: m.into(), name: name.into() };
         match m {
             abi::IMPORT_MODULE => {
-                let sig = abi::import_sig(name).ok_or_else(unknown)?;
+                let sig = match exports.abi {
+                    Abi::V0 => abi::import_sig(name),
+                    Abi::V1 => water_abi::v1::import_sig(name),
+                }
+                .ok_or_else(unknown)?;
                 match import.ty() {
                     ExternType::Func(ty) if same_sig(&ty, sig) => {}
                     other => {

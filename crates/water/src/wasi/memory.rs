@@ -72,6 +72,20 @@ impl<'a> GuestMem<'a> {
         Ok(out)
     }
 
+    /// The bytes of an iovec array, in order, at most `max` of them (the
+    /// rest is not read).
+    pub fn gather(&self, ptr: u32, count: u32, max: usize) -> Result<Vec<u8>, Errno> {
+        let mut out = Vec::new();
+        for (buf, len) in self.iovecs(ptr, count)? {
+            let take = (len as usize).min(max - out.len());
+            out.extend_from_slice(self.slice(buf, take as u32)?);
+            if out.len() == max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// The first non-empty iovec, or an empty one: reads and writes move one
     /// buffer per call, which preview1 allows (short reads and writes).
     pub fn first_iovec(&self, ptr: u32, count: u32) -> Result<(u32, u32), Errno> {

@@ -48,6 +48,11 @@ pub struct WasiCtx {
     /// is, as wasi-common-based hosts do (a test switch, see
     /// `Config::coarse_poll`).
     pub coarse_poll: bool,
+    /// A write to a stream waits for room and writes the whole buffer,
+    /// even on a non-blocking fd (never `again`, never short): for guests
+    /// whose library drops bytes on either (water-go's v1 TinyGo library,
+    /// written for sockets with megabytes of buffer).
+    pub whole_writes: bool,
     /// The application's end (`internal_fd`), once handed to the role call.
     pub internal_fd: Option<u32>,
     /// The network fd the role call returned.
@@ -84,7 +89,7 @@ pub async fn watched<F: std::future::Future>(f: F) -> (F::Output, std::time::Dur
 /// What a running guest has done, shared with the task that owns it, which
 /// cannot look inside the store while the worker runs: after the
 /// application closed, the worker is left to finish while it makes progress
-/// (see `v0::spawn_worker`).
+/// (see `session::spawn_worker`).
 #[derive(Debug, Default)]
 pub struct Activity {
     /// Bytes the guest wrote to streams other than the application's end.
@@ -167,6 +172,7 @@ impl WasiCtx {
             output: output::OutputLog::new(label),
             clock_base: Instant::now(),
             coarse_poll: false,
+            whole_writes: false,
             internal_fd: None,
             net_fd: None,
             app_fds: Vec::new(),

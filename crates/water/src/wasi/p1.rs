@@ -26,6 +26,7 @@ impl std::error::Error for GuestExit {}
 // preview1 constants used here.
 const FILETYPE_UNKNOWN: u8 = 0;
 const FILETYPE_CHARACTER_DEVICE: u8 = 2;
+const FILETYPE_DIRECTORY: u8 = 3;
 const FILETYPE_REGULAR_FILE: u8 = 4;
 const FILETYPE_SOCKET_STREAM: u8 = 6;
 const FDFLAGS_NONBLOCK: u16 = 1 << 2;
@@ -124,15 +125,15 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
             ret(fd_fdstat_set_flags(caller.data_mut().wasi(), fd as u32, flags as u32))
         },
     )?;
-    linker.func_wrap(MODULE, "fd_prestat_get", |mut caller: Caller<'_, T>, fd: i32, _buf: i32| -> i32 {
-        // No preopens: every fd, open or not, is "not a preopen".
-        let _ = caller.data_mut().wasi().table.get(fd as u32);
-        Errno::BADF.code() as i32
+    linker.func_wrap(MODULE, "fd_prestat_get", |mut caller: Caller<'_, T>, fd: i32, buf: i32| -> i32 {
+        ret(fd_prestat_get(&mut caller, fd as u32, buf as u32))
     })?;
     linker.func_wrap(
         MODULE,
         "fd_prestat_dir_name",
-        |_: Caller<'_, T>, _fd: i32, _path: i32, _len: i32| -> i32 { Errno::BADF.code() as i32 },
+        |mut caller: Caller<'_, T>, fd: i32, path: i32, len: i32| -> i32 {
+            ret(fd_prestat_dir_name(&mut caller, fd as u32, path as u32, len as u32))
+        },
     )?;
     linker.func_wrap(
         MODULE,
@@ -147,19 +148,24 @@ pub fn add_to_linker<T: WasiView>(linker: &mut Linker<T>, module: &Module) -> wa
         |mut caller: Caller<'_, T>,
          dirfd: i32,
          _dirflags: i32,
-         _path: i32,
-         _path_len: i32,
-         _oflags: i32,
-         _rights_base: i64,
+         path: i32,
+         path_len: i32,
+         oflags: i32,
+         rights_base: i64,
          _rights_inheriting: i64,
-         _fdflags: i32,
-         _opened: i32|
+         fdflags: i32,
+         opened: i32|
          -> i32 {
-            // No filesystem: there is no directory fd to open anything under.
-            match caller.data_mut().wasi().table.get(dirfd as u32) {
-                Ok(_) => Errno::NOTDIR.code() as i32,
-                Err(e) => e.code() as i32,
-            }
+            let open = OpenArgs {
+                dirfd: dirfd as u32,
+                path: path as u32,
+                path_len: path_len as u32,
+                oflags: oflags as u32,
+                rights: rights_base as u64,
+                fdflags: fdflags as u32,
+                opened: opened as u32,
+            };
+            ret(path_open(&mut caller, open))
         },
     )?;
     linker.func_wrap(
@@ -262,6 +268,7 @@ async fn fd_read<T: WasiView>(
         let (stream, nonblocking) = match wasi.table.get_mut(fd)? {
             Desc::Stdin => return mem.write_u32(nread, 0),
             Desc::Output(_) => return Err(Errno::BADF),
+            Desc::Dir { .. } => return Err(Errno::ISDIR),
             Desc::Config { data, pos } => {
                 let start = (*pos).min(data.len() as u64) as usize;
                 let k = (data.len() - start).min(len as usize);
@@ -316,6 +323,8 @@ pub(super) async fn fd_write<T: WasiView>(
         let (mem, _) = split(caller)?;
         mem.slice(nwritten, 4)?;
     }
+    // Bytes of the first iovec already written (only with `whole_writes`).
+    let mut done = 0u32;
     loop {
         let (mut mem, wasi) = split(caller)?;
         // Any write attempt makes the fd's write readiness news again.
@@ -331,13 +340,21 @@ pub(super) async fn fd_write<T: WasiView>(
                 return mem.write_u32(nwritten, total);
             }
             Desc::Stream { stream, nonblocking } => (stream.clone(), *nonblocking),
-            Desc::Stdin | Desc::Config { .. } | Desc::Cancel { .. } => return Err(Errno::BADF),
+            Desc::Stdin | Desc::Config { .. } | Desc::Cancel { .. } | Desc::Dir { .. } => {
+                return Err(Errno::BADF);
+            }
         };
         let (ptr, len) = mem.first_iovec(iovs, n)?;
-        match stream.try_write(mem.slice(ptr, len)?) {
+        // Guests that treat `again` and short writes on a stream as errors
+        // (water-go's v1 library) write whole, waiting for room.
+        let (whole, nonblocking) = (wasi.whole_writes, nonblocking && !wasi.whole_writes);
+        match stream.try_write(mem.slice(ptr + done, len - done)?) {
             Ok(k) => {
                 wasi.note_write(fd, k);
-                return mem.write_u32(nwritten, k as u32);
+                done += k as u32;
+                if !whole || done == len || k == 0 {
+                    return mem.write_u32(nwritten, done);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if nonblocking {
@@ -349,6 +366,10 @@ pub(super) async fn fd_write<T: WasiView>(
             }
             Err(e) => {
                 wasi.note_failure(fd, &e);
+                if done > 0 {
+                    // What went out is reported; the error comes next time.
+                    return mem.write_u32(nwritten, done);
+                }
                 return Err(errno::from_io(&e));
             }
         }
@@ -385,6 +406,7 @@ fn fd_fdstat_get<T: WasiView>(caller: &mut Caller<'_, T>, fd: u32, buf: u32) -> 
         Desc::Stream { nonblocking, .. } => (FILETYPE_SOCKET_STREAM, *nonblocking),
         Desc::Cancel { nonblocking, .. } => (FILETYPE_UNKNOWN, *nonblocking),
         Desc::Config { .. } => (FILETYPE_REGULAR_FILE, false),
+        Desc::Dir { .. } => (FILETYPE_DIRECTORY, false),
     };
     let mut stat = [0u8; 24];
     stat[0] = filetype;
@@ -453,4 +475,77 @@ fn sock_shutdown(wasi: &mut WasiCtx, fd: u32, how: u32) -> Result<(), Errno> {
         wasi.note_write_end(fd);
     }
     Ok(())
+}
+
+/// `fd_prestat_get`: a preopened directory is a `prestat` of tag 0 (dir)
+/// and its name's length; any other fd, open or not, is not a preopen
+/// (`badf`, which ends a guest's scan of preopens).
+fn fd_prestat_get<T: WasiView>(caller: &mut Caller<'_, T>, fd: u32, buf: u32) -> Result<(), Errno> {
+    let (mut mem, wasi) = split(caller)?;
+    let Ok(Desc::Dir { path, .. }) = wasi.table.get(fd) else { return Err(Errno::BADF) };
+    let mut stat = [0u8; 8];
+    stat[4..8].copy_from_slice(&(path.len() as u32).to_le_bytes());
+    mem.write(buf, &stat)
+}
+
+/// `fd_prestat_dir_name`: the preopen's path, at most `len` bytes of it.
+fn fd_prestat_dir_name<T: WasiView>(
+    caller: &mut Caller<'_, T>,
+    fd: u32,
+    buf: u32,
+    len: u32,
+) -> Result<(), Errno> {
+    let (mut mem, wasi) = split(caller)?;
+    let Ok(Desc::Dir { path, .. }) = wasi.table.get(fd) else { return Err(Errno::BADF) };
+    if (len as usize) < path.len() {
+        return Err(Errno::NAMETOOLONG);
+    }
+    let path = path.clone();
+    mem.write(buf, path.as_bytes())
+}
+
+/// `path_open`'s arguments that matter here.
+struct OpenArgs {
+    dirfd: u32,
+    path: u32,
+    path_len: u32,
+    oflags: u32,
+    rights: u64,
+    fdflags: u32,
+    opened: u32,
+}
+
+/// Longest path `path_open` reads.
+const MAX_PATH: u32 = 1024;
+
+/// `path_open` under a preopened in-memory directory: a file of it, by
+/// its name (a leading `./` allowed), opened read-only. Creating,
+/// truncating, writing or opening as a directory is refused (`rofs`,
+/// `notdir`); an unknown name is `noent`; any other fd is `notdir`.
+fn path_open<T: WasiView>(caller: &mut Caller<'_, T>, a: OpenArgs) -> Result<(), Errno> {
+    const OFLAGS_CREAT: u32 = 1;
+    const OFLAGS_DIRECTORY: u32 = 2;
+    const OFLAGS_EXCL: u32 = 4;
+    const OFLAGS_TRUNC: u32 = 8;
+    const RIGHTS_FD_WRITE: u64 = 1 << 6;
+    const FDFLAGS_APPEND: u32 = 1;
+    let (mut mem, wasi) = split(caller)?;
+    if a.path_len > MAX_PATH {
+        return Err(Errno::NAMETOOLONG);
+    }
+    let name = mem.slice(a.path, a.path_len)?.to_vec();
+    let Desc::Dir { files, .. } = wasi.table.get(a.dirfd)? else { return Err(Errno::NOTDIR) };
+    if a.oflags & (OFLAGS_CREAT | OFLAGS_EXCL | OFLAGS_TRUNC) != 0
+        || a.rights & RIGHTS_FD_WRITE != 0
+        || a.fdflags & FDFLAGS_APPEND != 0
+    {
+        return Err(Errno::ROFS);
+    }
+    let name = name.strip_prefix(b"./").unwrap_or(&name);
+    let Some((_, data)) = files.iter().find(|(n, _)| n.as_bytes() == name) else { return Err(Errno::NOENT) };
+    if a.oflags & OFLAGS_DIRECTORY != 0 {
+        return Err(Errno::NOTDIR);
+    }
+    let fd = wasi.table.insert(Desc::Config { data: data.clone(), pos: 0 })?;
+    mem.write_u32(a.opened, fd)
 }

@@ -310,5 +310,7 @@ fn fd_waiter(table: &super::table::FdTable, fd: u32, read: bool) -> Waiter {
         (Desc::Cancel { .. } | Desc::Config { .. } | Desc::Stdin, false) | (Desc::Output(_), true) => {
             Waiter::Never
         }
+        // A directory is never read or written.
+        (Desc::Dir { .. }, _) => Waiter::Never,
     }
 }

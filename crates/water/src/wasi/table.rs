@@ -293,6 +293,9 @@ pub enum Output {
     Stderr,
 }
 
+/// A file of an in-memory directory: its name and bytes.
+pub type MemFile = (Arc<str>, Arc<[u8]>);
+
 /// What an fd refers to. Its `Debug` shows a config's length, never its
 /// bytes (a transport's config holds its keys).
 pub enum Desc {
@@ -314,6 +317,12 @@ pub enum Desc {
         data: Arc<[u8]>,
         pos: u64,
     },
+    /// A preopened read-only in-memory directory (`path`, e.g. `/conf`)
+    /// of files, opened with `path_open` as [`Desc::Config`]s.
+    Dir {
+        path: Arc<str>,
+        files: Arc<[MemFile]>,
+    },
 }
 
 impl std::fmt::Debug for Desc {
@@ -329,6 +338,9 @@ impl std::fmt::Debug for Desc {
             }
             Desc::Config { data, pos } => {
                 f.debug_struct("Config").field("len", &data.len()).field("pos", pos).finish_non_exhaustive()
+            }
+            Desc::Dir { path, files } => {
+                f.debug_struct("Dir").field("path", path).field("files", &files.len()).finish_non_exhaustive()
             }
         }
     }

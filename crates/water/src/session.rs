@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use wasmtime::{Caller, Linker, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline};
+use wasmtime::{Caller, Store, StoreLimits, StoreLimitsBuilder, Trap, TypedFunc, UpdateDeadline};
 use water_abi::{Errno, status, v0 as abi};
+
+use crate::abi::{Abi, Names};
 
 use crate::config::Config;
 use crate::duplex::DuplexEnd;
@@ -93,56 +95,80 @@ impl Ctx {
     }
 }
 
-/// Links the `env` imports.
-pub fn add_to_linker(linker: &mut Linker<Ctx>) -> wasmtime::Result<()> {
-    linker.func_wrap_async(
-        abi::IMPORT_MODULE,
-        abi::HOST_DIAL.name,
-        |mut caller: Caller<'_, Ctx>, (): ()| {
-            Box::new(async move { Ok(status::encode(host_dial(&mut caller).await)) })
-        },
-    )?;
-    linker.func_wrap(abi::IMPORT_MODULE, abi::HOST_ACCEPT.name, |mut caller: Caller<'_, Ctx>| -> i32 {
-        let ctx = caller.data_mut();
-        status::encode(match ctx.pending_accept.take() {
-            Some(stream) => {
-                let stream = Arc::new(stream);
-                let stream = match ctx.unique_prefix {
-                    // A replay is refused before the guest sees a byte of it.
-                    Some(need) => {
-                        Stream::Gated(Gated::new(stream, need, Box::new(|p| Filter::global().fresh(p))))
-                    }
-                    None => Stream::Tcp(stream),
-                };
-                ctx.insert_stream(stream).inspect(|&fd| ctx.accepted_fd = Some(fd))
-            }
-            // Not a listener or relay, or the one connection was taken.
-            None => Err(Errno::NOTCONN),
-        })
-    })?;
-    linker.func_wrap(abi::IMPORT_MODULE, abi::PULL_CONFIG.name, |mut caller: Caller<'_, Ctx>| -> i32 {
-        let ctx = caller.data_mut();
-        status::encode(match ctx.config.transport_config.clone() {
-            Some(data) => ctx.wasi.table.insert(Desc::Config { data, pos: 0 }),
-            // What the Go host answers; guests read it as "no config".
-            None => Err(Errno::ACCES),
-        })
-    })?;
-    linker.func_wrap(abi::IMPORT_MODULE, abi::HOST_DEFER.name, |_: Caller<'_, Ctx>| {})?;
-    Ok(())
+/// The host's side of `host_accept` (v0) and `water_accept` (v1): hands
+/// the accepted connection to the guest, behind the replay gate when the
+/// guest named its unique prefix. `notconn` when there is none (not a
+/// listener or relay, or the one connection was taken).
+pub(crate) fn hand_over_accepted(ctx: &mut Ctx) -> Result<u32, Errno> {
+    let Some(stream) = ctx.pending_accept.take() else { return Err(Errno::NOTCONN) };
+    let stream = Arc::new(stream);
+    let stream = match ctx.unique_prefix {
+        // A replay is refused before the guest sees a byte of it.
+        Some(need) => Stream::Gated(Gated::new(stream, need, Box::new(|p| Filter::global().fresh(p)))),
+        None => Stream::Tcp(stream),
+    };
+    ctx.insert_stream(stream).inspect(|&fd| ctx.accepted_fd = Some(fd))
 }
 
-async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
+/// The host's side of `pull_config` (v0): a read-only fd holding the
+/// config; `acces` without one (what the Go host answers; guests read it as
+/// "no config").
+pub(crate) fn config_fd(ctx: &mut Ctx) -> Result<u32, Errno> {
+    match ctx.config.transport_config.clone() {
+        Some(data) => ctx.wasi.table.insert(Desc::Config { data, pos: 0 }),
+        None => Err(Errno::ACCES),
+    }
+}
+
+/// The host's side of `host_dial` (v0) and `water_dial_fixed` (v1): dials
+/// the address the application gave (never the guest's), once per
+/// instance.
+pub(crate) async fn dial_app_target(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
+    let Some(target) = caller.data().dial_target.clone() else {
+        return Err(Errno::NOTSUP);
+    };
+    dial_once(caller, target, None).await
+}
+
+/// The host's side of v1's `water_dial`: dials the address the guest named
+/// (`network` `tcp`, `tcp4` or `tcp6`; `address` `host:port`), once per
+/// instance like every dial. Only where the application said which
+/// addresses a guest may reach (`Config::dial_filter`), and under that
+/// filter: a guest that could dial anywhere would reach the host's own
+/// network.
+pub(crate) async fn dial_guest_named(
+    caller: &mut Caller<'_, Ctx>,
+    network: &[u8],
+    address: &[u8],
+) -> Result<u32, Errno> {
+    if caller.data().config.dial_filter.is_none() {
+        return Err(Errno::ACCES);
+    }
+    let family = match network {
+        b"tcp" => None,
+        b"tcp4" => Some(false),
+        b"tcp6" => Some(true),
+        _ => return Err(Errno::AFNOSUPPORT),
+    };
+    let address = std::str::from_utf8(address).map_err(|_| Errno::INVAL)?;
+    dial_once(caller, address.to_string(), family).await
+}
+
+/// Dials `target` (for `ipv6: Some(v6)`, only addresses of that family),
+/// once per instance: a retry answers the first outcome again, without a
+/// new lookup or connect.
+async fn dial_once(caller: &mut Caller<'_, Ctx>, target: String, ipv6: Option<bool>) -> Result<u32, Errno> {
     let ctx = caller.data_mut();
     match ctx.dialed {
         Some(Ok(())) => return Err(Errno::ISCONN),
         Some(Err(first)) => return Err(first),
         None => {}
     }
-    let Some(target) = ctx.dial_target.clone() else {
-        return Err(Errno::NOTSUP);
-    };
-    let config = ctx.config.clone();
+    let mut config = ctx.config.clone();
+    if let (Some(v6), Some(filter)) = (ipv6, config.dial_filter.clone()) {
+        config.dial_filter =
+            Some(Arc::new(move |addr: std::net::SocketAddr| addr.is_ipv6() == v6 && filter(addr)));
+    }
     // The connect's time is the host's, not the guest's: the setup step's
     // wall-clock limit is extended by the connect's own limit while it
     // runs, then by what it took.
@@ -165,7 +191,7 @@ async fn host_dial(caller: &mut Caller<'_, Ctx>) -> Result<u32, Errno> {
         }
         Err(e) => {
             let code = errno::from_io(&e);
-            tracing::debug!(target: "water", target = %crate::logging::Scrubbed(&target), error = %e, "host_dial failed");
+            tracing::debug!(target: "water", target = %crate::logging::Scrubbed(&target), error = %e, "dial failed");
             let ctx = caller.data_mut();
             ctx.dial_error = Some(e);
             ctx.dialed = Some(Err(code));
@@ -222,15 +248,30 @@ async fn connect(config: &Config, target: &str) -> io::Result<TcpStream> {
 
 /// What a role needs from the host before its call.
 pub(crate) enum Setup {
-    Dial { internal: Stream, target: String },
-    Accept { internal: Stream, accepted: TcpStream },
-    Associate { accepted: TcpStream, target: String },
+    Dial {
+        internal: Stream,
+        target: String,
+    },
+    /// v1's dialer whose guest names the address (`water_dial`).
+    DialByGuest {
+        internal: Stream,
+    },
+    Accept {
+        internal: Stream,
+        accepted: TcpStream,
+    },
+    Associate {
+        accepted: TcpStream,
+        target: String,
+    },
 }
 
 /// A set-up instance whose worker is ready to run.
 pub(crate) struct Session {
     store: Store<Ctx>,
     worker: TypedFunc<(), i32>,
+    /// The export names of the module's ABI (for errors).
+    names: Names,
     cancel: CancellationToken,
     /// The deadline for the guest to take the peer in, from the worker's
     /// start (a server's connections only).
@@ -437,6 +478,25 @@ impl<'a> Initialized<'a> {
         };
         let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
         let mut this = Initialized { store, instance, linked, limit };
+        // v1 guests' library drops bytes on a short or refused write.
+        this.store.data_mut().wasi.whole_writes = inner.exports.abi == Abi::V1;
+        // v1 reads its config from a file: a read-only directory holding
+        // it, preopened (the first fd after stdio) before the guest's
+        // runtime starts and looks for preopens.
+        if inner.exports.abi == Abi::V1
+            && let Some(data) = this.store.data().config.transport_config.clone()
+        {
+            let dir = Desc::Dir {
+                path: water_abi::v1::CONFIG_DIR.into(),
+                files: Arc::new([(water_abi::v1::CONFIG_FILE.into(), data)]),
+            };
+            this.store
+                .data_mut()
+                .wasi
+                .table
+                .insert(dir)
+                .map_err(|e| Error::Exhausted(format!("the config directory's fd: {e}")))?;
+        }
 
         // A reactor's `_initialize`, then a command's `_start`, each once,
         // before any v0 export.
@@ -458,9 +518,10 @@ impl<'a> Initialized<'a> {
             }
         }
 
-        let r = this.call(abi::INIT.name, None).await?;
+        let init = inner.exports.abi.names().init;
+        let r = this.call(init, None).await?;
         if let Err(errno) = status::decode(r) {
-            return Err(this.guest_err(abi::INIT.name, errno));
+            return Err(this.guest_err(init, errno));
         }
         Ok(this)
     }
@@ -546,11 +607,17 @@ impl Session {
 
         let role = match &setup {
             Setup::Dial { .. } => Role::Dialer,
+            Setup::DialByGuest { .. } => Role::GuestDialer,
             Setup::Accept { .. } => Role::Listener,
             Setup::Associate { .. } => Role::Relay,
         };
+        let names = watm.inner.exports.abi.names();
+        let export = role
+            .export(watm.inner.exports.abi)
+            .ok_or(Error::RoleNotSupported { role: role.name(), export: "(none in this ABI)" })?;
         let (internal, accepted, target) = match setup {
             Setup::Dial { internal, target } => (Some(internal), None, Some(target)),
+            Setup::DialByGuest { internal } => (Some(internal), None, None),
             Setup::Accept { internal, accepted } => (Some(internal), Some(accepted), None),
             Setup::Associate { accepted, target } => (None, Some(accepted), Some(target)),
         };
@@ -570,13 +637,12 @@ impl Session {
                     .wasi
                     .table
                     .insert(Desc::Stream { stream, nonblocking: false })
-                    .map_err(|errno| Error::Guest { export: role.export(), errno, message: None })?;
+                    .map_err(|errno| Error::Guest { export, errno, message: None })?;
                 ctx.wasi.internal_fd = Some(fd);
                 Some(fd as i32)
             }
             None => None,
         };
-        let export = role.export();
         let r = this.call(export, arg).await?;
         match status::decode(r) {
             Err(errno) => {
@@ -612,10 +678,10 @@ impl Session {
             .wasi
             .table
             .insert(Desc::Cancel { token: cancel.clone(), nonblocking: false })
-            .map_err(|errno| Error::Guest { export: abi::CANCEL_WITH.name, errno, message: None })?;
-        let r = this.call(abi::CANCEL_WITH.name, Some(cancel_fd as i32)).await?;
+            .map_err(|errno| Error::Guest { export: names.cancel, errno, message: None })?;
+        let r = this.call(names.cancel, Some(cancel_fd as i32)).await?;
         if let Err(errno) = status::decode(r) {
-            return Err(this.guest_err(abi::CANCEL_WITH.name, errno));
+            return Err(this.guest_err(names.cancel, errno));
         }
 
         let ctx = this.store.data_mut();
@@ -625,7 +691,7 @@ impl Session {
             None => ctx.sockets.clone(),
         };
         this.store.data_mut().deadline = None;
-        let worker = this.func(abi::WORKER.name).typed::<(), i32>(&this.store).expect("validated");
+        let worker = this.func(names.worker).typed::<(), i32>(&this.store).expect("validated");
         // A server's connection must be taken in by its guest within the
         // handshake deadline.
         let config = &this.store.data().config;
@@ -635,7 +701,7 @@ impl Session {
             }
             _ => None,
         };
-        Ok(Session { store: this.store, worker, cancel, handshake, slot })
+        Ok(Session { store: this.store, worker, names, cancel, handshake, slot })
     }
 
     /// The fds bytes reach the guest through: the application's end and
@@ -697,18 +763,22 @@ impl Session {
             Err(e) if e.downcast_ref::<GuestExit>() == Some(&GuestExit(0)) => return Ok(()),
             Err(e) if e.downcast_ref::<Spun>().is_some() => {
                 let limit = self.store.data().config.spin_limit;
-                return Err(Error::Spinning { export: abi::WORKER.name, limit });
+                return Err(Error::Spinning { export: self.names.worker, limit });
             }
-            Err(e) => return Err(classify(abi::WORKER.name, e, Duration::ZERO)),
+            Err(e) => return Err(classify(self.names.worker, e, Duration::ZERO)),
         };
         match status::decode(r) {
             Ok(_) => Ok(()),
             Err(Errno::CANCELED) if self.cancel.is_cancelled() => Ok(()),
+            // The first v1 library (the one water-go's test modules and
+            // early deployed modules are built with) ends its worker with
+            // `-pipe` at the first EOF of either side: its normal end.
+            Err(Errno::PIPE) if self.names.worker == water_abi::v1::START.name => Ok(()),
             // A plain side connected on first use (a forwarder's upstream)
             // that could not be: that is the news, not the guest's errno.
             Err(_) if let Some(e) = self.plain_connect_failure() => Err(Error::Io(e)),
             Err(errno) => Err(Error::Guest {
-                export: abi::WORKER.name,
+                export: self.names.worker,
                 errno,
                 message: self.store.data_mut().wasi.output.last_stderr_line(),
             }),
