@@ -15,113 +15,53 @@
 //! 127.0.0.1. The tests need obfs4proxy (cfg `peer_obfs4proxy`, see
 //! `build.rs`).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-const WATER: &str = env!("CARGO_BIN_EXE_water");
-const LIMIT: Duration = Duration::from_secs(180);
+use common::*;
+
+/// How long a transfer's socket may wait for its next byte (64 MiB through
+/// a debug-built host on a busy machine takes a while).
+const TRANSFER_LIMIT: Duration = Duration::from_secs(180);
 /// Bytes each way for the big transfers (iat-mode 0).
 const BIG: usize = 64 << 20;
 /// Bytes each way with iat-mode 1 or 2.
 const SMALL: usize = 1 << 20;
 
-/// A child process, killed on drop; its stdin is kept open (obfs4proxy
-/// exits when it closes).
-struct Proc {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads `stdout` line by line until `done` returns a value; bounded.
-fn read_until<T>(stdout: &mut impl Read, what: &str, mut done: impl FnMut(&str) -> Option<T>) -> T {
-    let start = Instant::now();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        assert!(start.elapsed() < LIMIT, "{what}: no line in time");
-        match stdout.read(&mut byte) {
-            Ok(1) if byte[0] == b'\n' => {
-                let text = String::from_utf8_lossy(&line).into_owned();
-                line.clear();
-                if let Some(v) = done(&text) {
-                    return v;
-                }
-            }
-            Ok(1) => line.push(byte[0]),
-            _ => panic!("{what}: exited before it was ready"),
-        }
-    }
-}
-
 /// `water ARGS`, once it printed `listening on ADDR`.
 fn water(args: &[&str]) -> (Proc, SocketAddr) {
-    let mut child = Command::new(WATER)
-        .args(args)
-        .env("WATER_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn water");
-    let mut stdout = child.stdout.take().expect("piped");
-    let p = Proc { child, _stdin: None };
-    let addr = read_until(&mut stdout, "water", |l| {
-        l.trim().strip_prefix("listening on ").map(|a| a.parse().unwrap())
-    });
-    (p, addr)
+    Proc::listening_with(args, &[("WATER_LOG", "error")])
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("water-obfs4-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// Reads a managed transport's stdout until the `METHOD` line (`SMETHOD
+/// T ...` or `CMETHOD T ...`, `T` in `prefix`) and returns what follows
+/// `prefix`; fails at a `*-ERROR` line, at exit, or after [`LIMIT`].
+fn method_line(p: &mut Proc, what: &str, prefix: &str) -> String {
+    let line = p
+        .wait_for(LIMIT, |l| l.starts_with(prefix) || l.contains("-ERROR"))
+        .unwrap_or_else(|seen| panic!("{what}: no {prefix:?} line: {seen:?}\n{}", p.stderr_so_far()));
+    assert!(!line.contains("-ERROR"), "{what}: {line}");
+    line[prefix.len()..].to_string()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// obfs4proxy in managed mode with `env`; returns it and its stdout.
-fn obfs4proxy(state: &Path, env: &[(&str, String)]) -> (Proc, std::process::ChildStdout) {
+/// obfs4proxy in managed mode with `env` (and nothing else of ours).
+fn obfs4proxy(state: &Path, env: &[(&str, String)]) -> Proc {
     let mut cmd = Command::new("obfs4proxy");
     cmd.args(["-enableLogging", "-logLevel", "DEBUG"])
         .env_clear()
         .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
         .env("TOR_PT_STATE_LOCATION", state)
-        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn obfs4proxy");
-    let stdout = child.stdout.take().expect("piped");
-    let stdin = child.stdin.take();
-    (Proc { child, _stdin: stdin }, stdout)
-}
-
-/// Keeps reading a managed transport's stdout: Go programs die of SIGPIPE
-/// when their stdout is closed and they write to it (obfs4proxy logs
-/// connection events there).
-fn drain(mut stdout: std::process::ChildStdout) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1024];
-        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
-    });
+    Proc::spawn(cmd)
 }
 
 /// An obfs4proxy bridge on a free port in front of `orport`; its address
@@ -136,27 +76,19 @@ fn obfs4proxy_server(state: &Path, orport: SocketAddr, iat: Option<u8>) -> (Proc
     if let Some(iat) = iat {
         env.push(("TOR_PT_SERVER_TRANSPORT_OPTIONS", format!("obfs4:iat-mode={iat}")));
     }
-    let (p, mut stdout) = obfs4proxy(state, &env);
-    let (addr, args) = read_until(&mut stdout, "obfs4proxy server", |l| {
-        assert!(!l.starts_with("SMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "obfs4proxy: {l}");
-        let rest = l.strip_prefix("SMETHOD obfs4 ")?;
-        let (addr, args) = rest.split_once(' ').unwrap();
-        Some((addr.parse().unwrap(), args.strip_prefix("ARGS:").unwrap().to_string()))
-    });
+    let mut p = obfs4proxy(state, &env);
+    let rest = method_line(&mut p, "obfs4proxy server", "SMETHOD obfs4 ");
+    let (addr, args) = rest.split_once(' ').unwrap();
+    let args = args.strip_prefix("ARGS:").unwrap();
     let cert = args.split(',').find_map(|a| a.strip_prefix("cert=")).unwrap().to_string();
-    drain(stdout);
-    (p, addr, cert)
+    (p, addr.parse().unwrap(), cert)
 }
 
 /// An obfs4proxy client: its SOCKS5 address.
 fn obfs4proxy_client(state: &Path) -> (Proc, SocketAddr) {
-    let (p, mut stdout) = obfs4proxy(state, &[("TOR_PT_CLIENT_TRANSPORTS", "obfs4".to_string())]);
-    let addr = read_until(&mut stdout, "obfs4proxy client", |l| {
-        assert!(!l.starts_with("CMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "obfs4proxy: {l}");
-        l.strip_prefix("CMETHOD obfs4 socks5 ").map(|a| a.trim().parse().unwrap())
-    });
-    drain(stdout);
-    (p, addr)
+    let mut p = obfs4proxy(state, &[("TOR_PT_CLIENT_TRANSPORTS", "obfs4".to_string())]);
+    let addr = method_line(&mut p, "obfs4proxy client", "CMETHOD obfs4 socks5 ");
+    (p, addr.trim().parse().unwrap())
 }
 
 /// Connects through a SOCKS5 proxy to `to`, with the bridge arguments
@@ -164,7 +96,7 @@ fn obfs4proxy_client(state: &Path) -> (Proc, SocketAddr) {
 /// (or a single NUL) as the password.
 fn socks5(proxy: SocketAddr, to: SocketAddr, args: &str) -> TcpStream {
     let mut s = TcpStream::connect(proxy).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
     s.write_all(&[5, 1, 2]).unwrap();
     let mut reply = [0u8; 2];
     s.read_exact(&mut reply).unwrap();
@@ -188,41 +120,6 @@ fn socks5(proxy: SocketAddr, to: SocketAddr, args: &str) -> TcpStream {
     s
 }
 
-/// An echo service counting the bytes it read.
-struct Echo {
-    addr: SocketAddr,
-    bytes: Arc<AtomicUsize>,
-}
-
-fn echo() -> Echo {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let counter = bytes.clone();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { return };
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            counter.fetch_add(n, Ordering::SeqCst);
-                            if w.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Echo { addr, bytes }
-}
-
 /// Deterministic bytes (xorshift).
 struct Pattern(u64);
 
@@ -244,7 +141,7 @@ impl Pattern {
 /// Sends `len` pattern bytes in pieces of `piece(i)` bytes and reads them
 /// back, comparing as they come; closes only after everything is back.
 fn round_trip(stream: TcpStream, len: usize, seed: u64, random_pieces: bool) -> Result<(), String> {
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
     stream.set_nodelay(true).unwrap();
     let mut w = stream.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
@@ -505,30 +402,21 @@ fn water_pt(state: &Path, orport: SocketAddr, options: Option<&str>) -> (Proc, S
     let port = free_port();
     let mut cmd = Command::new(WATER);
     cmd.arg("pt")
+        .env("WATER_LOG", "error")
         .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
         .env("TOR_PT_STATE_LOCATION", state)
         .env("TOR_PT_SERVER_TRANSPORTS", "obfs4")
         .env("TOR_PT_SERVER_BINDADDR", format!("obfs4-127.0.0.1:{port}"))
         .env("TOR_PT_ORPORT", orport.to_string())
-        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1");
     if let Some(o) = options {
         cmd.env("TOR_PT_SERVER_TRANSPORT_OPTIONS", o);
     }
-    let mut child = cmd.spawn().expect("spawn water pt");
-    let mut stdout = child.stdout.take().expect("piped");
-    let stdin = child.stdin.take();
-    let p = Proc { child, _stdin: stdin };
-    let (addr, args) = read_until(&mut stdout, "water pt", |l| {
-        assert!(!l.starts_with("SMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "water pt: {l}");
-        let rest = l.strip_prefix("SMETHOD obfs4 ")?;
-        let (addr, args) = rest.split_once(' ').unwrap_or((rest, ""));
-        Some((addr.parse().unwrap(), args.strip_prefix("ARGS:").unwrap_or("").to_string()))
-    });
-    drain(stdout);
-    (p, addr, args)
+    let mut p = Proc::spawn(cmd);
+    let rest = method_line(&mut p, "water pt", "SMETHOD obfs4 ");
+    let (addr, args) = rest.split_once(' ').unwrap_or((&rest, ""));
+    let args = args.strip_prefix("ARGS:").unwrap_or("").to_string();
+    (p, addr.parse().unwrap(), args)
 }
 
 #[test]
@@ -601,25 +489,15 @@ fn water_pt_client_reaches_an_obfs4proxy_bridge_with_the_bridge_line_args() {
     // iat-mode in the SOCKS5 credentials of each connection.
     let echo = echo();
     let b = bridge("pt-client", echo.addr, None);
-    let mut child = Command::new(WATER)
-        .arg("pt")
+    let mut cmd = Command::new(WATER);
+    cmd.arg("pt")
+        .env("WATER_LOG", "error")
         .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
         .env("TOR_PT_STATE_LOCATION", temp_dir("pt-client-state"))
         .env("TOR_PT_CLIENT_TRANSPORTS", "obfs4")
-        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn water pt");
-    let mut stdout = child.stdout.take().expect("piped");
-    let stdin = child.stdin.take();
-    let _pt = Proc { child, _stdin: stdin };
-    let socks = read_until(&mut stdout, "water pt", |l| {
-        assert!(!l.starts_with("CMETHOD-ERROR"), "water pt: {l}");
-        l.strip_prefix("CMETHOD obfs4 socks5 ").map(|a| a.trim().parse::<SocketAddr>().unwrap())
-    });
-    drain(stdout);
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1");
+    let mut pt = Proc::spawn(cmd);
+    let socks: SocketAddr = method_line(&mut pt, "water pt", "CMETHOD obfs4 socks5 ").trim().parse().unwrap();
     let s = socks5(socks, b.addr, &format!("cert={};iat-mode=0", b.cert));
     round_trip(s, SMALL, 33, true).unwrap();
     // A wrong cert: the bridge stays silent and nothing reaches the service.
@@ -649,14 +527,8 @@ fn water_check_passes_every_role_with_a_config_for_both_ends() {
          iat-mode=0\n\
          cert=AAECAwQFBgcICQoLDA0ODxAREhP/SpIifuh6/jTmf7S+YETpDkLX26AP8V+jAHU+aPqpAQ\n",
     );
-    let out = Command::new(WATER)
-        .args(["check", "obfs4", "--config", &cfg])
-        .env("WATER_LOG", "error")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run water check");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (status, text, stderr) = run(&["check", "obfs4", "--config", &cfg]);
+    assert!(status.success(), "{text}{stderr}");
     assert!(!text.contains("FAIL") && text.contains("PASS associate large"), "{text}");
 }
 
