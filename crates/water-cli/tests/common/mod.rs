@@ -2,7 +2,10 @@
 //! on drop whose stdout and stderr are read as streams (a test waits for
 //! the line it needs, never for a time), echo services, a Python web
 //! server, temporary directories and test data. Every wait is bounded.
+//! `common::tor`: tor in a loopback-only network namespace.
 #![allow(dead_code)]
+
+pub mod tor;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
