@@ -9,10 +9,13 @@
 //!   transfers written in random pieces (obfs4proxy sleeps up to 10 ms
 //!   between its MTU-sized writes in those modes);
 //! - probes side by side against obfs4proxy's server and ours with the same
-//!   identity: silence, garbage, a wrong cert.
+//!   identity: silence, garbage, a wrong cert;
+//! - a tor bridge and a tor client, one over `water pt` and the other over
+//!   obfs4proxy, both ways, in the loopback-only network namespace of
+//!   `common::tor` (cfg `peer_tor` too).
 //!
 //! Every process is killed on drop, every wait is bounded, nothing leaves
-//! 127.0.0.1. The tests need obfs4proxy (cfg `peer_obfs4proxy`, see
+//! 127.0.0.1 (tor runs only in the namespace). The tests need obfs4proxy (cfg `peer_obfs4proxy`, see
 //! `build.rs`).
 
 mod common;
@@ -24,6 +27,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::tor;
 use common::*;
 
 /// How long a transfer's socket may wait for its next byte (64 MiB through
@@ -600,4 +604,99 @@ fn a_replayed_handshake_obfs4proxy_ignores_is_answered_by_water_until_the_host_f
     assert_eq!(theirs[1].bytes, 0, "obfs4proxy ignores the replay");
     let mine = [probe(ours, &request, wait), probe(ours, &request, wait)];
     assert!(mine[0].bytes > 0 && mine[1].bytes > 0, "water answers both copies today: {mine:?}");
+}
+
+/// Where `program` is on PATH (tor's `exec` wants a path).
+fn on_path(program: &str) -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The `cert=... iat-mode=...` of the obfs4 bridge line the bridge tor in
+/// `dir/bridge` saved (tor writes `bridgelines` from its transport's
+/// `SMETHOD ... ARGS:`), as a bridge line's arguments; and that line.
+fn saved_bridge_args(dir: &Path) -> (String, String) {
+    let file = dir.join("bridge/bridgelines");
+    let line = wait_file_line(&file, tor::TOR_STEP, |l| l.contains("obfs4") && l.contains("cert="))
+        .unwrap_or_else(|text| panic!("the bridge tor saved no obfs4 bridge line:\n{text}"));
+    let args: Vec<&str> =
+        line.split_whitespace().filter(|w| w.starts_with("cert=") || w.starts_with("iat-mode=")).collect();
+    assert_eq!(args.len(), 2, "cert and iat-mode in {line:?}");
+    (args.join(" "), line)
+}
+
+/// A tor bridge over `bridge_pt` and a tor client over `client_pt` (both
+/// serving `obfs4`, through the Extended ORPort), the bridge line built
+/// from what the bridge's transport published: the client reaches the
+/// bridge's fresh descriptor. First, if `negative`, a client whose bridge
+/// line has another bridge's cert must not, within [`NEGATIVE_WAIT`].
+fn tor_over_obfs4(tag: &str, bridge_pt: &str, client_pt: &str, negative: bool) -> std::path::PathBuf {
+    tor::enter_namespace();
+    let dir = temp_dir(&format!("obfs4-tor-{tag}"));
+    let (_bridge, addr, fp) = tor::bridge(&dir, "obfs4", bridge_pt, "ExtORPort auto\n");
+    let (args, saved) = saved_bridge_args(&dir);
+    eprintln!("{tag}: the bridge saved {saved:?}");
+    if negative {
+        let wrong = format!("obfs4 {addr} {fp} cert={OTHER_CERT} iat-mode=0");
+        let r = tor::client(&dir, "obfs4", client_pt, &wrong, NEGATIVE_WAIT);
+        assert!(r.is_err(), "{tag}: another bridge's cert still fetched the descriptor: {r:?}");
+        std::fs::remove_dir_all(dir.join("client")).unwrap();
+    }
+    match tor::client(&dir, "obfs4", client_pt, &format!("obfs4 {addr} {fp} {args}"), tor::TOR_STEP) {
+        Ok(line) => eprintln!("{tag}: {line}"),
+        Err(seen) => {
+            panic!("{tag}: no fresh bridge descriptor within {:?}:\n{}", tor::TOR_STEP, seen.join("\n"))
+        }
+    }
+    dir
+}
+
+/// A well-formed cert of a bridge that is not there (the one of
+/// [`water_check_passes_every_role_with_a_config_for_both_ends`]).
+const OTHER_CERT: &str = "AAECAwQFBgcICQoLDA0ODxAREhP/SpIifuh6/jTmf7S+YETpDkLX26AP8V+jAHU+aPqpAQ";
+/// How long a negative control waits for what must not happen.
+const NEGATIVE_WAIT: Duration = Duration::from_secs(8);
+
+#[test]
+#[cfg_attr(
+    not(all(peer_tor, peer_obfs4proxy)),
+    ignore = "needs tor, unshare and ip, as root, and obfs4proxy: apt-get install tor iproute2 util-linux obfs4proxy"
+)]
+fn tor_bridge_over_water_pt_and_tor_client_over_obfs4proxy() {
+    tor::in_namespace("netns_water_bridge_obfs4proxy_client");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_over_water_pt_and_tor_client_over_obfs4proxy"]
+fn netns_water_bridge_obfs4proxy_client() {
+    let dir = tor_over_obfs4("water-bridge", &format!("{WATER} pt"), &on_path("obfs4proxy"), false);
+    // The cert tor published is the one of the identity water pt made.
+    let made = std::fs::read_to_string(dir.join("bridge/pt_state/obfs4_bridgeline.txt")).unwrap();
+    let (args, _) = saved_bridge_args(&dir);
+    assert!(made.contains(&args), "tor's {args:?} is not water pt's:\n{made}");
+    tor::bridge_pt_log_is_clean(&dir, "obfs4", "Extended ORPort (SAFE_COOKIE)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[cfg_attr(
+    not(all(peer_tor, peer_obfs4proxy)),
+    ignore = "needs tor, unshare and ip, as root, and obfs4proxy: apt-get install tor iproute2 util-linux obfs4proxy"
+)]
+fn tor_bridge_over_obfs4proxy_and_tor_client_over_water_pt() {
+    tor::in_namespace("netns_obfs4proxy_bridge_water_client");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_over_obfs4proxy_and_tor_client_over_water_pt"]
+fn netns_obfs4proxy_bridge_water_client() {
+    let dir = tor_over_obfs4("obfs4proxy-bridge", &on_path("obfs4proxy"), &format!("{WATER} pt"), true);
+    let log = std::fs::read_to_string(dir.join("client/pt_state/water-pt.log")).unwrap();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "the client PT logged a failure:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
