@@ -700,3 +700,24 @@ fn netns_obfs4proxy_bridge_water_client() {
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "the client PT logged a failure:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The obfs4 guest's secretbox (`watm_aead::salsa`: SIMD128 XSalsa20,
+/// two-lane Poly1305) checked where its lanes are real, inside wasm: the
+/// test-only `obfs4-check` guest seals every length up to 1500 bytes and a
+/// few up to 16383 with it and with RustCrypto's `crypto_secretbox`
+/// compiled beside it, at init, and refuses to start on a difference;
+/// `water check` then runs every role through it. With `flip=1` (one bit
+/// of ours flipped) the same check must fail: the negative control.
+#[test]
+fn the_secretbox_in_wasm_matches_crypto_secretbox_and_the_check_can_fail() {
+    let dir = temp_dir("obfs4-check");
+    let wasm = dir.join("obfs4-check.wasm");
+    std::fs::write(&wasm, watm_artifacts::OBFS4_CHECK.wasm).unwrap();
+    let wasm = wasm.to_str().unwrap();
+    let (status, out, err) = run(&["check", wasm]);
+    assert!(status.success() && !out.contains("FAIL"), "{out}{err}");
+    let flip = write_config(&dir, "flip.conf", "flip=1\n");
+    let (status, out, err) = run(&["check", wasm, "--config", &flip]);
+    assert!(!status.success(), "a flipped bit passed:\n{out}{err}");
+    assert!(format!("{out}{err}").contains("differs from crypto_secretbox"), "{out}{err}");
+}
