@@ -89,6 +89,24 @@ pub fn random(buf: &mut [u8]) -> Result<(), Errno> {
     }
 }
 
+/// The monotonic clock in nanoseconds (`clock_time_get` in wasm; time since
+/// the first call in host-side builds with feature `std`): what
+/// [`Handshake::deadline`] is measured on.
+///
+/// Errors: the host's errno; `nosys` in a host-side build without `std`.
+pub fn monotonic_now() -> Result<u64, Errno> {
+    #[cfg(target_arch = "wasm32")]
+    return sys::monotonic_now();
+    #[cfg(all(not(target_arch = "wasm32"), feature = "std"))]
+    {
+        static ZERO: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let nanos = ZERO.get_or_init(std::time::Instant::now).elapsed().as_nanos();
+        return Ok(u64::try_from(nanos).unwrap_or(u64::MAX));
+    }
+    #[cfg(all(not(target_arch = "wasm32"), not(feature = "std")))]
+    Err(Errno::NOSYS)
+}
+
 /// Exports the v0 ABI for a [`Transport`] type.
 ///
 /// On wasm32 this defines the `_water_*` functions; on other targets it
