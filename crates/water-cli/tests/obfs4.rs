@@ -400,6 +400,114 @@ fn probes_get_what_obfs4proxy_gives_them() {
     assert_eq!(echo.bytes.load(Ordering::SeqCst), 0, "no probe reached the service");
 }
 
+/// How a probe's connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// A FIN: read returned 0.
+    Fin,
+    /// A reset.
+    Reset,
+    /// Still open when the probe gave up.
+    Open,
+}
+
+/// What a probe that waits for the close saw: how and when (from the
+/// connect) the server ended the connection, and the bytes it sent.
+#[derive(Debug)]
+struct Closed {
+    end: End,
+    after: Duration,
+    bytes: usize,
+}
+
+/// Connects, sends `send` (then a FIN if `half_close`), reads until the
+/// server closes or `limit` passes.
+fn probe_close(addr: SocketAddr, send: &[u8], half_close: bool, limit: Duration) -> Closed {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.write_all(send).unwrap();
+    if half_close {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    let mut bytes = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Closed { end: End::Open, after: start.elapsed(), bytes };
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Closed { end: End::Fin, after: start.elapsed(), bytes },
+            Ok(n) => bytes += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Closed { end: End::Reset, after: start.elapsed(), bytes };
+            }
+            Err(e) => panic!("{addr}: {e}"),
+        }
+    }
+}
+
+/// The close test's bridge seed: a close delay of 3 s (the guest's
+/// `close_test_identity_has_a_three_second_delay` checks it).
+const CLOSE_DRBG_SEED: &str = "6bc9e078b84ccfa4e81a7462701b559337931b6dee1e5425";
+
+/// What a prober waiting for the close sees, side by side. obfs4proxy
+/// reads and drops everything from a client whose handshake failed (or
+/// never came) and closes it 30 s plus a per-bridge delay (0 to 59 s, from
+/// its `drbg-seed`) after it opened; ours, with the same identity, must do
+/// the same: no byte, the same kind of close, and not before that time (a
+/// lower bound only: the test waits as long as it takes, within a bound of
+/// its own). A prober that half-closes is closed at once by both.
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn a_failed_handshake_is_closed_as_obfs4proxy_closes_it() {
+    let echo = echo();
+    let state = iat_state(0).replace(IAT_DRBG_SEED, CLOSE_DRBG_SEED);
+    let b = bridge_with("close", echo.addr, None, Some(&state));
+    let (_server, ours) = water_server(&b.state, echo.addr);
+    let seed: [u8; 24] =
+        core::array::from_fn(|i| u8::from_str_radix(&CLOSE_DRBG_SEED[2 * i..2 * i + 2], 16).unwrap());
+    let delay = watm_obfs4::dist::close_delay(&seed);
+    let floor = Duration::from_secs(watm_obfs4::handshake::SERVER_HANDSHAKE_TIMEOUT_SECS + delay);
+    let mut garbage = vec![0u8; 10_000];
+    Pattern(98).fill(&mut garbage);
+    // A real client's handshake, made for another bridge.
+    let wrong = recorded_request(OTHER_CERT);
+    assert!(wrong.len() >= 64 + 77, "a whole request: {} bytes", wrong.len());
+    let probes: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("silence", vec![], false),
+        ("100 bytes", garbage[..100].to_vec(), false),
+        ("10000 bytes", garbage.clone(), false),
+        ("another bridge's handshake", wrong, false),
+        ("100 bytes and a FIN", garbage[..100].to_vec(), true),
+    ];
+    // Every probe against both at once: the wait is one floor, not ten.
+    let limit = floor + LIMIT;
+    let runs: Vec<_> = probes
+        .iter()
+        .flat_map(|(what, send, half)| {
+            [b.addr, ours].map(|addr| {
+                let (send, half) = (send.clone(), *half);
+                (*what, half, std::thread::spawn(move || probe_close(addr, &send, half, limit)))
+            })
+        })
+        .collect();
+    let mut seen = runs.into_iter().map(|(what, half, run)| (what, half, run.join().unwrap()));
+    while let (Some((what, half, theirs)), Some((_, _, mine))) = (seen.next(), seen.next()) {
+        eprintln!("{what}: obfs4proxy {theirs:?}, water {mine:?} (floor {floor:?})");
+        assert_eq!((theirs.bytes, mine.bytes), (0, 0), "{what}: a byte came back");
+        assert_eq!(theirs.end, End::Fin, "{what}: obfs4proxy");
+        assert_eq!(mine.end, theirs.end, "{what}");
+        if !half {
+            assert!(theirs.after >= floor, "{what}: obfs4proxy closed after {:?}", theirs.after);
+            assert!(mine.after >= floor, "{what}: water closed after {:?}, before {floor:?}", mine.after);
+        }
+    }
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), 0, "no probe reached the service");
+}
+
 /// `water pt` serving obfs4 (managed mode) in front of `orport`; its
 /// address and the SMETHOD line's `ARGS:` text.
 fn water_pt(state: &Path, orport: SocketAddr, options: Option<&str>) -> (Proc, SocketAddr, String) {
