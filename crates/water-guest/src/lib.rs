@@ -98,13 +98,16 @@ pub fn monotonic_now() -> Result<u64, Errno> {
     #[cfg(target_arch = "wasm32")]
     return sys::monotonic_now();
     #[cfg(all(not(target_arch = "wasm32"), feature = "std"))]
-    {
-        static ZERO: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let nanos = ZERO.get_or_init(std::time::Instant::now).elapsed().as_nanos();
-        return Ok(u64::try_from(nanos).unwrap_or(u64::MAX));
-    }
+    return Ok(nanos_since_first_call());
     #[cfg(all(not(target_arch = "wasm32"), not(feature = "std")))]
     Err(Errno::NOSYS)
+}
+
+/// The host-side stand-in for the monotonic clock.
+#[cfg(all(not(target_arch = "wasm32"), feature = "std"))]
+fn nanos_since_first_call() -> u64 {
+    static ZERO: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(ZERO.get_or_init(std::time::Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Exports the v0 ABI for a [`Transport`] type.
