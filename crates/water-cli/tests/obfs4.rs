@@ -9,119 +9,63 @@
 //!   transfers written in random pieces (obfs4proxy sleeps up to 10 ms
 //!   between its MTU-sized writes in those modes);
 //! - probes side by side against obfs4proxy's server and ours with the same
-//!   identity: silence, garbage, a wrong cert.
+//!   identity: silence, garbage, a wrong cert;
+//! - a tor bridge and a tor client, one over `water pt` and the other over
+//!   obfs4proxy, both ways, in the loopback-only network namespace of
+//!   `common::tor` (cfg `peer_tor` too).
 //!
 //! Every process is killed on drop, every wait is bounded, nothing leaves
-//! 127.0.0.1. The tests need obfs4proxy (cfg `peer_obfs4proxy`, see
+//! 127.0.0.1 (tor runs only in the namespace). The tests need obfs4proxy (cfg `peer_obfs4proxy`, see
 //! `build.rs`).
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-const WATER: &str = env!("CARGO_BIN_EXE_water");
-const LIMIT: Duration = Duration::from_secs(180);
+use common::tor;
+use common::*;
+
+/// How long a transfer's socket may wait for its next byte (64 MiB through
+/// a debug-built host on a busy machine takes a while).
+const TRANSFER_LIMIT: Duration = Duration::from_secs(180);
 /// Bytes each way for the big transfers (iat-mode 0).
 const BIG: usize = 64 << 20;
 /// Bytes each way with iat-mode 1 or 2.
 const SMALL: usize = 1 << 20;
 
-/// A child process, killed on drop; its stdin is kept open (obfs4proxy
-/// exits when it closes).
-struct Proc {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Reads `stdout` line by line until `done` returns a value; bounded.
-fn read_until<T>(stdout: &mut impl Read, what: &str, mut done: impl FnMut(&str) -> Option<T>) -> T {
-    let start = Instant::now();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        assert!(start.elapsed() < LIMIT, "{what}: no line in time");
-        match stdout.read(&mut byte) {
-            Ok(1) if byte[0] == b'\n' => {
-                let text = String::from_utf8_lossy(&line).into_owned();
-                line.clear();
-                if let Some(v) = done(&text) {
-                    return v;
-                }
-            }
-            Ok(1) => line.push(byte[0]),
-            _ => panic!("{what}: exited before it was ready"),
-        }
-    }
-}
-
 /// `water ARGS`, once it printed `listening on ADDR`.
 fn water(args: &[&str]) -> (Proc, SocketAddr) {
-    let mut child = Command::new(WATER)
-        .args(args)
-        .env("WATER_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn water");
-    let mut stdout = child.stdout.take().expect("piped");
-    let p = Proc { child, _stdin: None };
-    let addr = read_until(&mut stdout, "water", |l| {
-        l.trim().strip_prefix("listening on ").map(|a| a.parse().unwrap())
-    });
-    (p, addr)
+    Proc::listening_with(args, &[("WATER_LOG", "error")])
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("water-obfs4-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// Reads a managed transport's stdout until the `METHOD` line (`SMETHOD
+/// T ...` or `CMETHOD T ...`, `T` in `prefix`) and returns what follows
+/// `prefix`; fails at a `*-ERROR` line, at exit, or after [`LIMIT`].
+fn method_line(p: &mut Proc, what: &str, prefix: &str) -> String {
+    let line = p
+        .wait_for(LIMIT, |l| l.starts_with(prefix) || l.contains("-ERROR"))
+        .unwrap_or_else(|seen| panic!("{what}: no {prefix:?} line: {seen:?}\n{}", p.stderr_so_far()));
+    assert!(!line.contains("-ERROR"), "{what}: {line}");
+    line[prefix.len()..].to_string()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// obfs4proxy in managed mode with `env`; returns it and its stdout.
-fn obfs4proxy(state: &Path, env: &[(&str, String)]) -> (Proc, std::process::ChildStdout) {
+/// obfs4proxy in managed mode with `env` (and nothing else of ours).
+fn obfs4proxy(state: &Path, env: &[(&str, String)]) -> Proc {
     let mut cmd = Command::new("obfs4proxy");
     cmd.args(["-enableLogging", "-logLevel", "DEBUG"])
         .env_clear()
         .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
         .env("TOR_PT_STATE_LOCATION", state)
-        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn obfs4proxy");
-    let stdout = child.stdout.take().expect("piped");
-    let stdin = child.stdin.take();
-    (Proc { child, _stdin: stdin }, stdout)
-}
-
-/// Keeps reading a managed transport's stdout: Go programs die of SIGPIPE
-/// when their stdout is closed and they write to it (obfs4proxy logs
-/// connection events there).
-fn drain(mut stdout: std::process::ChildStdout) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1024];
-        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {}
-    });
+    Proc::spawn(cmd)
 }
 
 /// An obfs4proxy bridge on a free port in front of `orport`; its address
@@ -136,27 +80,19 @@ fn obfs4proxy_server(state: &Path, orport: SocketAddr, iat: Option<u8>) -> (Proc
     if let Some(iat) = iat {
         env.push(("TOR_PT_SERVER_TRANSPORT_OPTIONS", format!("obfs4:iat-mode={iat}")));
     }
-    let (p, mut stdout) = obfs4proxy(state, &env);
-    let (addr, args) = read_until(&mut stdout, "obfs4proxy server", |l| {
-        assert!(!l.starts_with("SMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "obfs4proxy: {l}");
-        let rest = l.strip_prefix("SMETHOD obfs4 ")?;
-        let (addr, args) = rest.split_once(' ').unwrap();
-        Some((addr.parse().unwrap(), args.strip_prefix("ARGS:").unwrap().to_string()))
-    });
+    let mut p = obfs4proxy(state, &env);
+    let rest = method_line(&mut p, "obfs4proxy server", "SMETHOD obfs4 ");
+    let (addr, args) = rest.split_once(' ').unwrap();
+    let args = args.strip_prefix("ARGS:").unwrap();
     let cert = args.split(',').find_map(|a| a.strip_prefix("cert=")).unwrap().to_string();
-    drain(stdout);
-    (p, addr, cert)
+    (p, addr.parse().unwrap(), cert)
 }
 
 /// An obfs4proxy client: its SOCKS5 address.
 fn obfs4proxy_client(state: &Path) -> (Proc, SocketAddr) {
-    let (p, mut stdout) = obfs4proxy(state, &[("TOR_PT_CLIENT_TRANSPORTS", "obfs4".to_string())]);
-    let addr = read_until(&mut stdout, "obfs4proxy client", |l| {
-        assert!(!l.starts_with("CMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "obfs4proxy: {l}");
-        l.strip_prefix("CMETHOD obfs4 socks5 ").map(|a| a.trim().parse().unwrap())
-    });
-    drain(stdout);
-    (p, addr)
+    let mut p = obfs4proxy(state, &[("TOR_PT_CLIENT_TRANSPORTS", "obfs4".to_string())]);
+    let addr = method_line(&mut p, "obfs4proxy client", "CMETHOD obfs4 socks5 ");
+    (p, addr.trim().parse().unwrap())
 }
 
 /// Connects through a SOCKS5 proxy to `to`, with the bridge arguments
@@ -164,7 +100,7 @@ fn obfs4proxy_client(state: &Path) -> (Proc, SocketAddr) {
 /// (or a single NUL) as the password.
 fn socks5(proxy: SocketAddr, to: SocketAddr, args: &str) -> TcpStream {
     let mut s = TcpStream::connect(proxy).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
     s.write_all(&[5, 1, 2]).unwrap();
     let mut reply = [0u8; 2];
     s.read_exact(&mut reply).unwrap();
@@ -188,41 +124,6 @@ fn socks5(proxy: SocketAddr, to: SocketAddr, args: &str) -> TcpStream {
     s
 }
 
-/// An echo service counting the bytes it read.
-struct Echo {
-    addr: SocketAddr,
-    bytes: Arc<AtomicUsize>,
-}
-
-fn echo() -> Echo {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let counter = bytes.clone();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { return };
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let mut w = s.try_clone().unwrap();
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            counter.fetch_add(n, Ordering::SeqCst);
-                            if w.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Echo { addr, bytes }
-}
-
 /// Deterministic bytes (xorshift).
 struct Pattern(u64);
 
@@ -244,7 +145,7 @@ impl Pattern {
 /// Sends `len` pattern bytes in pieces of `piece(i)` bytes and reads them
 /// back, comparing as they come; closes only after everything is back.
 fn round_trip(stream: TcpStream, len: usize, seed: u64, random_pieces: bool) -> Result<(), String> {
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    stream.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
     stream.set_nodelay(true).unwrap();
     let mut w = stream.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
@@ -499,36 +400,135 @@ fn probes_get_what_obfs4proxy_gives_them() {
     assert_eq!(echo.bytes.load(Ordering::SeqCst), 0, "no probe reached the service");
 }
 
+/// How a probe's connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// A FIN: read returned 0.
+    Fin,
+    /// A reset.
+    Reset,
+    /// Still open when the probe gave up.
+    Open,
+}
+
+/// What a probe that waits for the close saw: how and when (from the
+/// connect) the server ended the connection, and the bytes it sent.
+#[derive(Debug)]
+struct Closed {
+    end: End,
+    after: Duration,
+    bytes: usize,
+}
+
+/// Connects, sends `send` (then a FIN if `half_close`), reads until the
+/// server closes or `limit` passes.
+fn probe_close(addr: SocketAddr, send: &[u8], half_close: bool, limit: Duration) -> Closed {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.write_all(send).unwrap();
+    if half_close {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    let mut bytes = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Closed { end: End::Open, after: start.elapsed(), bytes };
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return Closed { end: End::Fin, after: start.elapsed(), bytes },
+            Ok(n) => bytes += n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Closed { end: End::Reset, after: start.elapsed(), bytes };
+            }
+            Err(e) => panic!("{addr}: {e}"),
+        }
+    }
+}
+
+/// The close test's bridge seed: a close delay of 3 s (the guest's
+/// `close_test_identity_has_a_three_second_delay` checks it).
+const CLOSE_DRBG_SEED: &str = "6bc9e078b84ccfa4e81a7462701b559337931b6dee1e5425";
+
+/// What a prober waiting for the close sees, side by side. obfs4proxy
+/// reads and drops everything from a client whose handshake failed (or
+/// never came) and closes it 30 s plus a per-bridge delay (0 to 59 s, from
+/// its `drbg-seed`) after it opened; ours, with the same identity, must do
+/// the same: no byte, the same kind of close, and not before that time (a
+/// lower bound only: the test waits as long as it takes, within a bound of
+/// its own). A prober that half-closes is closed at once by both.
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn a_failed_handshake_is_closed_as_obfs4proxy_closes_it() {
+    let echo = echo();
+    let state = iat_state(0).replace(IAT_DRBG_SEED, CLOSE_DRBG_SEED);
+    let b = bridge_with("close", echo.addr, None, Some(&state));
+    let (_server, ours) = water_server(&b.state, echo.addr);
+    let seed: [u8; 24] =
+        core::array::from_fn(|i| u8::from_str_radix(&CLOSE_DRBG_SEED[2 * i..2 * i + 2], 16).unwrap());
+    let delay = watm_obfs4::dist::close_delay(&seed);
+    let floor = Duration::from_secs(watm_obfs4::handshake::SERVER_HANDSHAKE_TIMEOUT_SECS + delay);
+    let mut garbage = vec![0u8; 10_000];
+    Pattern(98).fill(&mut garbage);
+    // A real client's handshake, made for another bridge.
+    let wrong = recorded_request(OTHER_CERT);
+    assert!(wrong.len() >= 64 + 77, "a whole request: {} bytes", wrong.len());
+    let probes: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("silence", vec![], false),
+        ("100 bytes", garbage[..100].to_vec(), false),
+        ("10000 bytes", garbage.clone(), false),
+        ("another bridge's handshake", wrong, false),
+        ("100 bytes and a FIN", garbage[..100].to_vec(), true),
+    ];
+    // Every probe against both at once: the wait is one floor, not ten.
+    let limit = floor + LIMIT;
+    let runs: Vec<_> = probes
+        .iter()
+        .flat_map(|(what, send, half)| {
+            [b.addr, ours].map(|addr| {
+                let (send, half) = (send.clone(), *half);
+                (*what, half, std::thread::spawn(move || probe_close(addr, &send, half, limit)))
+            })
+        })
+        .collect();
+    let mut seen = runs.into_iter().map(|(what, half, run)| (what, half, run.join().unwrap()));
+    while let (Some((what, half, theirs)), Some((_, _, mine))) = (seen.next(), seen.next()) {
+        eprintln!("{what}: obfs4proxy {theirs:?}, water {mine:?} (floor {floor:?})");
+        assert_eq!((theirs.bytes, mine.bytes), (0, 0), "{what}: a byte came back");
+        assert_eq!(theirs.end, End::Fin, "{what}: obfs4proxy");
+        assert_eq!(mine.end, theirs.end, "{what}");
+        if !half {
+            assert!(theirs.after >= floor, "{what}: obfs4proxy closed after {:?}", theirs.after);
+            assert!(mine.after >= floor, "{what}: water closed after {:?}, before {floor:?}", mine.after);
+        }
+    }
+    assert_eq!(echo.bytes.load(Ordering::SeqCst), 0, "no probe reached the service");
+}
+
 /// `water pt` serving obfs4 (managed mode) in front of `orport`; its
 /// address and the SMETHOD line's `ARGS:` text.
 fn water_pt(state: &Path, orport: SocketAddr, options: Option<&str>) -> (Proc, SocketAddr, String) {
     let port = free_port();
     let mut cmd = Command::new(WATER);
     cmd.arg("pt")
+        .env("WATER_LOG", "error")
         .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
         .env("TOR_PT_STATE_LOCATION", state)
         .env("TOR_PT_SERVER_TRANSPORTS", "obfs4")
         .env("TOR_PT_SERVER_BINDADDR", format!("obfs4-127.0.0.1:{port}"))
         .env("TOR_PT_ORPORT", orport.to_string())
-        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1");
     if let Some(o) = options {
         cmd.env("TOR_PT_SERVER_TRANSPORT_OPTIONS", o);
     }
-    let mut child = cmd.spawn().expect("spawn water pt");
-    let mut stdout = child.stdout.take().expect("piped");
-    let stdin = child.stdin.take();
-    let p = Proc { child, _stdin: stdin };
-    let (addr, args) = read_until(&mut stdout, "water pt", |l| {
-        assert!(!l.starts_with("SMETHOD-ERROR") && !l.starts_with("ENV-ERROR"), "water pt: {l}");
-        let rest = l.strip_prefix("SMETHOD obfs4 ")?;
-        let (addr, args) = rest.split_once(' ').unwrap_or((rest, ""));
-        Some((addr.parse().unwrap(), args.strip_prefix("ARGS:").unwrap_or("").to_string()))
-    });
-    drain(stdout);
-    (p, addr, args)
+    let mut p = Proc::spawn(cmd);
+    let rest = method_line(&mut p, "water pt", "SMETHOD obfs4 ");
+    let (addr, args) = rest.split_once(' ').unwrap_or((&rest, ""));
+    let args = args.strip_prefix("ARGS:").unwrap_or("").to_string();
+    (p, addr.parse().unwrap(), args)
 }
 
 #[test]
@@ -601,25 +601,15 @@ fn water_pt_client_reaches_an_obfs4proxy_bridge_with_the_bridge_line_args() {
     // iat-mode in the SOCKS5 credentials of each connection.
     let echo = echo();
     let b = bridge("pt-client", echo.addr, None);
-    let mut child = Command::new(WATER)
-        .arg("pt")
+    let mut cmd = Command::new(WATER);
+    cmd.arg("pt")
+        .env("WATER_LOG", "error")
         .env("TOR_PT_MANAGED_TRANSPORT_VER", "1")
         .env("TOR_PT_STATE_LOCATION", temp_dir("pt-client-state"))
         .env("TOR_PT_CLIENT_TRANSPORTS", "obfs4")
-        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn water pt");
-    let mut stdout = child.stdout.take().expect("piped");
-    let stdin = child.stdin.take();
-    let _pt = Proc { child, _stdin: stdin };
-    let socks = read_until(&mut stdout, "water pt", |l| {
-        assert!(!l.starts_with("CMETHOD-ERROR"), "water pt: {l}");
-        l.strip_prefix("CMETHOD obfs4 socks5 ").map(|a| a.trim().parse::<SocketAddr>().unwrap())
-    });
-    drain(stdout);
+        .env("TOR_PT_EXIT_ON_STDIN_CLOSE", "1");
+    let mut pt = Proc::spawn(cmd);
+    let socks: SocketAddr = method_line(&mut pt, "water pt", "CMETHOD obfs4 socks5 ").trim().parse().unwrap();
     let s = socks5(socks, b.addr, &format!("cert={};iat-mode=0", b.cert));
     round_trip(s, SMALL, 33, true).unwrap();
     // A wrong cert: the bridge stays silent and nothing reaches the service.
@@ -649,14 +639,8 @@ fn water_check_passes_every_role_with_a_config_for_both_ends() {
          iat-mode=0\n\
          cert=AAECAwQFBgcICQoLDA0ODxAREhP/SpIifuh6/jTmf7S+YETpDkLX26AP8V+jAHU+aPqpAQ\n",
     );
-    let out = Command::new(WATER)
-        .args(["check", "obfs4", "--config", &cfg])
-        .env("WATER_LOG", "error")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run water check");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (status, text, stderr) = run(&["check", "obfs4", "--config", &cfg]);
+    assert!(status.success(), "{text}{stderr}");
     assert!(!text.contains("FAIL") && text.contains("PASS associate large"), "{text}");
 }
 
@@ -728,4 +712,120 @@ fn a_replayed_handshake_obfs4proxy_ignores_is_answered_by_water_until_the_host_f
     assert_eq!(theirs[1].bytes, 0, "obfs4proxy ignores the replay");
     let mine = [probe(ours, &request, wait), probe(ours, &request, wait)];
     assert!(mine[0].bytes > 0 && mine[1].bytes > 0, "water answers both copies today: {mine:?}");
+}
+
+/// Where `program` is on PATH (tor's `exec` wants a path).
+fn on_path(program: &str) -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not on PATH"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The `cert=... iat-mode=...` of the obfs4 bridge line the bridge tor in
+/// `dir/bridge` saved (tor writes `bridgelines` from its transport's
+/// `SMETHOD ... ARGS:`), as a bridge line's arguments; and that line.
+fn saved_bridge_args(dir: &Path) -> (String, String) {
+    let file = dir.join("bridge/bridgelines");
+    let line = wait_file_line(&file, tor::TOR_STEP, |l| l.contains("obfs4") && l.contains("cert="))
+        .unwrap_or_else(|text| panic!("the bridge tor saved no obfs4 bridge line:\n{text}"));
+    let args: Vec<&str> =
+        line.split_whitespace().filter(|w| w.starts_with("cert=") || w.starts_with("iat-mode=")).collect();
+    assert_eq!(args.len(), 2, "cert and iat-mode in {line:?}");
+    (args.join(" "), line)
+}
+
+/// A tor bridge over `bridge_pt` and a tor client over `client_pt` (both
+/// serving `obfs4`, through the Extended ORPort), the bridge line built
+/// from what the bridge's transport published: the client reaches the
+/// bridge's fresh descriptor. First, if `negative`, a client whose bridge
+/// line has another bridge's cert must not, within [`NEGATIVE_WAIT`].
+fn tor_over_obfs4(tag: &str, bridge_pt: &str, client_pt: &str, negative: bool) -> std::path::PathBuf {
+    tor::enter_namespace();
+    let dir = temp_dir(&format!("obfs4-tor-{tag}"));
+    let (_bridge, addr, fp) = tor::bridge(&dir, "obfs4", bridge_pt, "ExtORPort auto\n");
+    let (args, saved) = saved_bridge_args(&dir);
+    eprintln!("{tag}: the bridge saved {saved:?}");
+    if negative {
+        let wrong = format!("obfs4 {addr} {fp} cert={OTHER_CERT} iat-mode=0");
+        let r = tor::client(&dir, "obfs4", client_pt, &wrong, NEGATIVE_WAIT);
+        assert!(r.is_err(), "{tag}: another bridge's cert still fetched the descriptor: {r:?}");
+        std::fs::remove_dir_all(dir.join("client")).unwrap();
+    }
+    match tor::client(&dir, "obfs4", client_pt, &format!("obfs4 {addr} {fp} {args}"), tor::TOR_STEP) {
+        Ok(line) => eprintln!("{tag}: {line}"),
+        Err(seen) => {
+            panic!("{tag}: no fresh bridge descriptor within {:?}:\n{}", tor::TOR_STEP, seen.join("\n"))
+        }
+    }
+    dir
+}
+
+/// A well-formed cert of a bridge that is not there (the one of
+/// [`water_check_passes_every_role_with_a_config_for_both_ends`]).
+const OTHER_CERT: &str = "AAECAwQFBgcICQoLDA0ODxAREhP/SpIifuh6/jTmf7S+YETpDkLX26AP8V+jAHU+aPqpAQ";
+/// How long a negative control waits for what must not happen.
+const NEGATIVE_WAIT: Duration = Duration::from_secs(8);
+
+#[test]
+#[cfg_attr(
+    not(all(peer_tor, peer_obfs4proxy)),
+    ignore = "needs tor, unshare and ip, as root, and obfs4proxy: apt-get install tor iproute2 util-linux obfs4proxy"
+)]
+fn tor_bridge_over_water_pt_and_tor_client_over_obfs4proxy() {
+    tor::in_namespace("netns_water_bridge_obfs4proxy_client");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_over_water_pt_and_tor_client_over_obfs4proxy"]
+fn netns_water_bridge_obfs4proxy_client() {
+    let dir = tor_over_obfs4("water-bridge", &format!("{WATER} pt"), &on_path("obfs4proxy"), false);
+    // The cert tor published is the one of the identity water pt made.
+    let made = std::fs::read_to_string(dir.join("bridge/pt_state/obfs4_bridgeline.txt")).unwrap();
+    let (args, _) = saved_bridge_args(&dir);
+    assert!(made.contains(&args), "tor's {args:?} is not water pt's:\n{made}");
+    tor::bridge_pt_log_is_clean(&dir, "obfs4", "Extended ORPort (SAFE_COOKIE)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[cfg_attr(
+    not(all(peer_tor, peer_obfs4proxy)),
+    ignore = "needs tor, unshare and ip, as root, and obfs4proxy: apt-get install tor iproute2 util-linux obfs4proxy"
+)]
+fn tor_bridge_over_obfs4proxy_and_tor_client_over_water_pt() {
+    tor::in_namespace("netns_obfs4proxy_bridge_water_client");
+}
+
+#[test]
+#[ignore = "inner half: run through tor_bridge_over_obfs4proxy_and_tor_client_over_water_pt"]
+fn netns_obfs4proxy_bridge_water_client() {
+    let dir = tor_over_obfs4("obfs4proxy-bridge", &on_path("obfs4proxy"), &format!("{WATER} pt"), true);
+    let log = std::fs::read_to_string(dir.join("client/pt_state/water-pt.log")).unwrap();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "the client PT logged a failure:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The obfs4 guest's secretbox (`watm_aead::salsa`: SIMD128 XSalsa20,
+/// two-lane Poly1305) checked where its lanes are real, inside wasm: the
+/// test-only `obfs4-check` guest seals every length up to 1500 bytes and a
+/// few up to 16383 with it and with RustCrypto's `crypto_secretbox`
+/// compiled beside it, at init, and refuses to start on a difference;
+/// `water check` then runs every role through it. With `flip=1` (one bit
+/// of ours flipped) the same check must fail: the negative control.
+#[test]
+fn the_secretbox_in_wasm_matches_crypto_secretbox_and_the_check_can_fail() {
+    let dir = temp_dir("obfs4-check");
+    let wasm = dir.join("obfs4-check.wasm");
+    std::fs::write(&wasm, watm_artifacts::OBFS4_CHECK.wasm).unwrap();
+    let wasm = wasm.to_str().unwrap();
+    let (status, out, err) = run(&["check", wasm]);
+    assert!(status.success() && !out.contains("FAIL"), "{out}{err}");
+    let flip = write_config(&dir, "flip.conf", "flip=1\n");
+    let (status, out, err) = run(&["check", wasm, "--config", &flip]);
+    assert!(!status.success(), "a flipped bit passed:\n{out}{err}");
+    assert!(format!("{out}{err}").contains("differs from crypto_secretbox"), "{out}{err}");
 }

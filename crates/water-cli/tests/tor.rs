@@ -3,13 +3,10 @@
 //! directory, reach `new bridge descriptor ... (fresh)`, the proof that
 //! bytes crossed both PT halves both ways; negative controls must not.
 //!
-//! **Tor never reaches beyond loopback.** Each test re-runs this test
-//! binary under `unshare --net` (a network namespace with only loopback),
-//! where the `#[ignore]`d `netns_*` function does the work; that function
-//! refuses to start unless it sees a namespace with nothing but `lo`. And
-//! every torrc points the directory authorities at a dead loopback port and
-//! drops the fallback directories. If the namespace cannot be created the
-//! test fails; it never runs tor outside one.
+//! Tor never reaches beyond loopback: each test runs tor only in the
+//! loopback-only network namespace that `common::tor` makes and checks
+//! (see there), with every torrc pointing the directory authorities at a
+//! dead loopback port.
 
 mod common;
 
@@ -17,99 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tor::*;
 use common::*;
 
-/// How long a tor may take to register its transport or to fetch the
-/// bridge's descriptor (measured here: under 2 s).
-const TOR_STEP: Duration = Duration::from_secs(15);
 /// How long a negative control waits for what must not happen.
 const NEGATIVE_WAIT: Duration = Duration::from_secs(8);
-/// Bound on one whole namespaced run.
-const RUN_LIMIT: Duration = Duration::from_secs(120);
-const NETNS_VAR: &str = "WATER_TOR_NETNS";
-
-/// Runs the ignored test `inner` of this binary inside a new network
-/// namespace and fails with its output unless it passes.
-fn in_namespace(inner: &str) {
-    // One tor test at a time: several tor networks at once on two cores
-    // starved the private network's authority, whose consensus then came
-    // too late for the 90 s bound.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(&exe)
-        .args([inner, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(NETNS_VAR, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot run unshare (util-linux) to make the loopback-only network namespace");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{inner}: no result within {RUN_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(
-        status.success() && text.contains("1 passed"),
-        "{inner} in a network namespace failed ({status}); unshare --net needs root (CI runs as root):\n{text}"
-    );
-}
-
-/// The inner half's guard: we are in the namespace the outer half made,
-/// and it has no interface but loopback (read through netlink's view in
-/// /proc/self/net, which follows the namespace, unlike /sys). Then brings
-/// `lo` up.
-fn enter_namespace() {
-    assert_eq!(
-        std::env::var(NETNS_VAR).as_deref(),
-        Ok("1"),
-        "refusing to run tor outside the loopback-only namespace (run the non-ignored test instead)"
-    );
-    let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap();
-    let ifaces: Vec<&str> = dev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
-    assert_eq!(ifaces, ["lo"], "refusing to run tor: this namespace has other interfaces");
-    let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip (iproute2)");
-    assert!(up.success(), "cannot bring lo up in the namespace");
-    let tor =
-        Command::new("tor").arg("--version").output().expect("tor is not installed (.ci/run installs it)");
-    assert!(tor.status.success());
-}
-
-/// The directory authority every bridge test names: a dead loopback port.
-fn dead_authority() -> String {
-    let fake = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    format!("DirAuthority fake orport=1 no-v2 v3ident={fake} 127.0.0.1:1 {fake}")
-}
-
-/// What every test torrc holds: logs on stdout, no fallback directories,
-/// and the given (loopback) authority.
-fn common_torrc(data: &Path, authority: &str) -> String {
-    format!("DataDirectory {}\nLog notice stdout\nUseDefaultFallbackDirs 0\n{authority}\n", data.display())
-}
-
-fn start_tor(dir: &Path, name: &str, torrc: &str) -> Proc {
-    start_tor_with(dir, name, &format!("SocksPort 0\n{torrc}"), &dead_authority())
-}
-
-fn start_tor_with(dir: &Path, name: &str, torrc: &str, authority: &str) -> Proc {
-    let data = dir.join(name);
-    let path = dir.join(format!("{name}.torrc"));
-    std::fs::write(&path, format!("{}{torrc}", common_torrc(&data, authority))).unwrap();
-    // tor passes its environment on to `water pt`: its log at info.
-    Proc::start("tor", &["-f", path.to_str().unwrap()], &[("WATER_LOG", "info")])
-}
 
 /// A bridge tor whose server transport `t` is `water pt ARGS`, optionally
 /// through the Extended ORPort; returns it, the transport's address and
@@ -121,21 +30,7 @@ fn bridge(dir: &Path, t: &str, pt_args: &str, ext_orport: bool) -> (Proc, String
 /// [`bridge`] with more torrc lines (`extra`, each ending in a newline).
 fn bridge_with(dir: &Path, t: &str, pt_args: &str, ext_orport: bool, extra: &str) -> (Proc, String, String) {
     let ext = if ext_orport { "ExtORPort auto\n" } else { "" };
-    // Without a listen address the PT would bind 0.0.0.0.
-    let port = free_port();
-    let torrc = format!(
-        "ORPort 127.0.0.1:auto\nBridgeRelay 1\nAssumeReachable 1\nPublishServerDescriptor 0\n\
-         ServerTransportPlugin {t} exec {WATER} pt {pt_args}\nServerTransportListenAddr {t} 127.0.0.1:{port}\n{ext}{extra}"
-    );
-    let mut tor = start_tor(dir, "bridge", &torrc);
-    let prefix = format!("Registered server transport '{t}' at '");
-    let line = tor
-        .wait_for(TOR_STEP, |l| l.contains(&prefix))
-        .unwrap_or_else(|seen| panic!("the bridge did not register {t}:\n{}", seen.join("\n")));
-    let addr = line.split(&prefix).nth(1).unwrap().trim_end_matches('\'').to_string();
-    let fingerprint = std::fs::read_to_string(dir.join("bridge/fingerprint")).unwrap();
-    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
-    (tor, addr, fingerprint)
+    common::tor::bridge(dir, t, &format!("{WATER} pt {pt_args}"), &format!("{ext}{extra}"))
 }
 
 /// A client tor using bridge `bridge_line` through `water pt ARGS`; waits
@@ -147,10 +42,7 @@ fn client(
     bridge_line: &str,
     limit: Duration,
 ) -> Result<String, Vec<String>> {
-    let torrc =
-        format!("UseBridges 1\nClientTransportPlugin {t} exec {WATER} pt {pt_args}\nBridge {bridge_line}\n");
-    let mut tor = start_tor(dir, "client", &torrc);
-    tor.wait_for(limit, |l| l.contains("new bridge descriptor") && l.contains("(fresh)"))
+    common::tor::client(dir, t, &format!("{WATER} pt {pt_args}"), bridge_line, limit)
 }
 
 fn fresh_dir(tag: &str) -> PathBuf {
@@ -163,18 +55,6 @@ fn xor_key(dir: &Path, name: &str, hex: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, hex).unwrap();
     format!("--config xor={}", path.display())
-}
-
-/// The bridge's `water-pt.log` (read as it grows) says the transport
-/// listened and forwarded to `upstream`, and holds no warning or error.
-fn bridge_pt_log_is_clean(dir: &Path, t: &str, upstream: &str) {
-    let log = dir.join("bridge/pt_state/water-pt.log");
-    for want in [format!("transport={t}"), upstream.to_string()] {
-        wait_file_line(&log, TOR_STEP, |l| l.contains(&want))
-            .unwrap_or_else(|text| panic!("the bridge PT never logged {want:?}:\n{text}"));
-    }
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!text.contains("WARN") && !text.contains("ERROR"), "the bridge PT logged a failure:\n{text}");
 }
 
 fn positive(tag: &str, t: &str, ext_orport: bool) {

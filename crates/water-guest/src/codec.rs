@@ -108,6 +108,22 @@ pub trait Handshake {
         Errno::CONNRESET
     }
 
+    /// When the handshake gives up, on the clock of [`monotonic_now`]
+    /// (nanoseconds); `None`, the default: never. The worker asks before
+    /// each wait while the handshake is not done, wakes at the deadline,
+    /// and then ends with [`Handshake::timed_out`]'s errno (the host then
+    /// closes the connection), however much the peer still sends.
+    ///
+    /// [`monotonic_now`]: crate::monotonic_now
+    fn deadline(&self) -> Option<u64> {
+        None
+    }
+
+    /// The errno the worker ends with once [`Handshake::deadline`] passed.
+    fn timed_out(&mut self) -> Errno {
+        Errno::TIMEDOUT
+    }
+
     /// The result, once [`Step::done`] was returned.
     fn keys(self) -> Self::Keys;
 }

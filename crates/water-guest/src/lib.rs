@@ -89,6 +89,27 @@ pub fn random(buf: &mut [u8]) -> Result<(), Errno> {
     }
 }
 
+/// The monotonic clock in nanoseconds (`clock_time_get` in wasm; time since
+/// the first call in host-side builds with feature `std`): what
+/// [`Handshake::deadline`] is measured on.
+///
+/// Errors: the host's errno; `nosys` in a host-side build without `std`.
+pub fn monotonic_now() -> Result<u64, Errno> {
+    #[cfg(target_arch = "wasm32")]
+    return sys::monotonic_now();
+    #[cfg(all(not(target_arch = "wasm32"), feature = "std"))]
+    return Ok(nanos_since_first_call());
+    #[cfg(all(not(target_arch = "wasm32"), not(feature = "std")))]
+    Err(Errno::NOSYS)
+}
+
+/// The host-side stand-in for the monotonic clock.
+#[cfg(all(not(target_arch = "wasm32"), feature = "std"))]
+fn nanos_since_first_call() -> u64 {
+    static ZERO: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(ZERO.get_or_init(std::time::Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Exports the v0 ABI for a [`Transport`] type.
 ///
 /// On wasm32 this defines the `_water_*` functions; on other targets it

@@ -237,7 +237,8 @@ fn report(name: &str, message: &str) {
 
 /// Runs a handshake on the wire fd until it is done and everything it wrote
 /// went out. Returns its keys and how many bytes past its end it read (moved
-/// to the front of `input`). Waits with `poll_oneoff`, answers cancellation.
+/// to the front of `input`). Waits with `poll_oneoff`, answers cancellation,
+/// and ends at the handshake's [`Handshake::deadline`] while it is not done.
 fn handshake<H: Handshake>(
     mut hs: H,
     wire: Fd,
@@ -252,7 +253,7 @@ fn handshake<H: Handshake>(
     let (mut start, mut end) = (0, 0);
     let (mut sent, mut filled) = (0, 0);
     let (mut done, mut eof) = (false, false);
-    let mut events = [EMPTY_EVENT; 3];
+    let mut events = [EMPTY_EVENT; 4];
     loop {
         while !done {
             if sent == filled {
@@ -315,7 +316,7 @@ fn handshake<H: Handshake>(
                 Err(e) => return Err(e),
             }
         }
-        let mut interests = [Interest::Read(0); 3];
+        let mut interests = [Interest::Read(0); 4];
         let mut n = 0;
         if let Some(fd) = cancel {
             interests[n] = Interest::Read(fd);
@@ -324,6 +325,13 @@ fn handshake<H: Handshake>(
         if reading {
             interests[n] = Interest::Read(wire);
             n += 1;
+            if let Some(at) = hs.deadline() {
+                if sys::monotonic_now()? >= at {
+                    return Err(hs.timed_out());
+                }
+                interests[n] = Interest::Until(at);
+                n += 1;
+            }
         }
         if sent < filled {
             interests[n] = Interest::Write(wire);

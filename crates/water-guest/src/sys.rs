@@ -87,6 +87,15 @@ pub enum Interest {
     Write(Fd),
     /// A timeout that has already expired: makes [`poll`] return at once.
     Now,
+    /// A point on the monotonic clock ([`monotonic_now`], nanoseconds):
+    /// fires once it has passed.
+    Until(u64),
+}
+
+/// The monotonic clock, in nanoseconds.
+pub fn monotonic_now() -> Result<u64, Errno> {
+    // SAFETY: a WASI call with no pointers.
+    unsafe { wasi::clock_time_get(wasi::CLOCKID_MONOTONIC, 1) }.map_err(errno)
 }
 
 /// Waits until at least one interest is ready; returns how many events were
@@ -119,6 +128,17 @@ pub fn poll(interests: &[Interest], events: &mut [wasi::Event]) -> Result<usize,
                         timeout: 0,
                         precision: 0,
                         flags: 0,
+                    },
+                },
+            ),
+            Interest::Until(at) => (
+                wasi::EVENTTYPE_CLOCK,
+                wasi::SubscriptionUU {
+                    clock: wasi::SubscriptionClock {
+                        id: wasi::CLOCKID_MONOTONIC,
+                        timeout: at,
+                        precision: 0,
+                        flags: wasi::SUBCLOCKFLAGS_SUBSCRIPTION_CLOCK_ABSTIME,
                     },
                 },
             ),

@@ -50,6 +50,15 @@ impl GoRand {
     }
 }
 
+/// obfs4proxy's close delay for a bridge, in seconds (0 to 59): the first
+/// `Intn(60)` of Go's `math/rand` over the DRBG of the bridge's seed, as
+/// obfs4proxy draws it when it loads the identity. It closes a connection
+/// whose handshake failed (or did not finish) this long after its 30 s
+/// handshake timeout, counted from the connection's start.
+pub fn close_delay(seed: &[u8; SEED_LEN]) -> u64 {
+    u64::from(GoRand(Drbg::new(seed)).intn(60))
+}
+
 /// A weighted distribution over packet lengths.
 #[derive(Clone, Debug)]
 pub struct LenDist {

@@ -32,6 +32,12 @@ pub const SERVER_MAX_PAD: usize = MAX_HANDSHAKE - (SERVER_MIN + SEED_FRAME);
 /// The errno a handshake that fails to authenticate ends a client with.
 pub const AUTH_FAILED: Errno = Errno::BADMSG;
 
+/// obfs4proxy's server handshake timeout: a server gives a client this
+/// long, plus the bridge's close delay ([`crate::dist::close_delay`]), from
+/// the connection's start, then closes (reading and dropping everything
+/// until then if the handshake failed).
+pub const SERVER_HANDSHAKE_TIMEOUT_SECS: u64 = 30;
+
 const PROTO_ID: &[u8] = b"ntor-curve25519-sha256-1";
 const T_MAC: &[u8] = b"ntor-curve25519-sha256-1:mac";
 const T_KEY: &[u8] = b"ntor-curve25519-sha256-1:key_extract";
@@ -413,6 +419,9 @@ pub struct ServerHandshake {
     hour: u64,
     state: ServerState,
     sample_seed: [u8; SEED_LEN],
+    /// When the connection is closed unless the handshake is done
+    /// ([`water_guest::monotonic_now`], nanoseconds).
+    deadline: Option<u64>,
 }
 
 // One per connection, on the worker's stack; boxing would need an allocator.
@@ -437,7 +446,29 @@ impl ServerHandshake {
         sample_seed: [u8; SEED_LEN],
     ) -> Self {
         let pad = pad.min(SERVER_MAX_PAD);
-        ServerHandshake { identity, session, pad, hour, state: ServerState::Wait, sample_seed }
+        ServerHandshake {
+            identity,
+            session,
+            pad,
+            hour,
+            state: ServerState::Wait,
+            sample_seed,
+            deadline: None,
+        }
+    }
+
+    /// The same, closed at `at` ([`water_guest::monotonic_now`]'s clock)
+    /// unless the handshake is done by then.
+    pub fn with_deadline(mut self, at: u64) -> Self {
+        self.deadline = Some(at);
+        self
+    }
+
+    /// obfs4proxy's deadline for a connection that started at `start`
+    /// (nanoseconds): its handshake timeout and the bridge's close delay.
+    pub fn deadline_from(identity: &Identity, start: u64) -> u64 {
+        let secs = SERVER_HANDSHAKE_TIMEOUT_SECS + crate::dist::close_delay(&identity.drbg_seed);
+        start.saturating_add(secs * 1_000_000_000)
     }
 
     /// Whether the handshake has failed (and the server now only listens).
@@ -538,6 +569,17 @@ impl Handshake for ServerHandshake {
         match self.state {
             ServerState::Failed => AUTH_FAILED,
             _ => Errno::CONNRESET,
+        }
+    }
+
+    fn deadline(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    fn timed_out(&mut self) -> Errno {
+        match self.state {
+            ServerState::Failed => AUTH_FAILED,
+            _ => Errno::TIMEDOUT,
         }
     }
 

@@ -191,6 +191,20 @@ impl water_guest::Handshake for AnyHandshake {
         }
     }
 
+    fn deadline(&self) -> Option<u64> {
+        match self {
+            AnyHandshake::Client(h) => h.deadline(),
+            AnyHandshake::Server(h) => h.deadline(),
+        }
+    }
+
+    fn timed_out(&mut self) -> Errno {
+        match self {
+            AnyHandshake::Client(h) => h.timed_out(),
+            AnyHandshake::Server(h) => h.timed_out(),
+        }
+    }
+
     fn keys(self) -> Keys {
         match self {
             AnyHandshake::Client(h) => h.keys(),
@@ -393,7 +407,12 @@ impl Transport for Obfs4 {
         } else {
             let identity = self.identity.clone().ok_or(Errno::INVAL)?;
             let pad = random_in(0, handshake::SERVER_MAX_PAD)?;
-            Ok(AnyHandshake::Server(ServerHandshake::new(identity, session, pad, hour, sample_seed)))
+            // As obfs4proxy: a connection whose handshake fails or does not
+            // come is closed 30 s plus the bridge's close delay after it
+            // started (here: when the worker starts, just after accept).
+            let deadline = ServerHandshake::deadline_from(&identity, water_guest::monotonic_now()?);
+            let hs = ServerHandshake::new(identity, session, pad, hour, sample_seed).with_deadline(deadline);
+            Ok(AnyHandshake::Server(hs))
         }
     }
 

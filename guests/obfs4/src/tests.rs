@@ -517,3 +517,31 @@ fn paranoid_mode_survives_a_zero_in_the_table() {
         session(&c, &s, &up_data, &down_data, &Segmentation::default(), &Segmentation::default());
     assert!(up == up_data && down == down_data);
 }
+
+/// The close test's fixed bridge seed (`CLOSE_DRBG_SEED` in
+/// `crates/water-cli/tests/obfs4.rs`) gives a short close delay, so that
+/// the test waits 33 s and not up to 89; the iat test's gives another.
+#[test]
+fn close_test_identity_has_a_three_second_delay() {
+    assert_eq!(crate::dist::close_delay(&seed_of("6bc9e078b84ccfa4e81a7462701b559337931b6dee1e5425")), 3);
+    assert_eq!(crate::dist::close_delay(&seed_of("5e1a887b34dbf3e55b377f7b008e006e969cc18f6d2f4e4c")), 18);
+}
+
+/// A server handshake carries its deadline to the worker, and says why it
+/// ended there: a client that failed, or one that never finished.
+#[test]
+fn a_server_handshake_gives_up_at_its_deadline() {
+    let s = server(0);
+    let identity = s.identity().unwrap().clone();
+    let at = ServerHandshake::deadline_from(&identity, 1_000);
+    assert_eq!(at, 1_000 + (30 + crate::dist::close_delay(&identity.drbg_seed)) * 1_000_000_000);
+    let mut hs =
+        ServerHandshake::new(identity, Session::random().unwrap(), 100, 0, [0; 24]).with_deadline(at);
+    assert_eq!(hs.deadline(), Some(at));
+    assert_eq!(hs.timed_out(), Errno::TIMEDOUT);
+    let mut garbage = [0x77u8; handshake::MAX_HANDSHAKE];
+    let mut out = [0u8; handshake::MAX_HANDSHAKE];
+    hs.step(&mut garbage, &mut out).unwrap();
+    assert!(hs.failed());
+    assert_eq!(hs.timed_out(), handshake::AUTH_FAILED);
+}

@@ -2,7 +2,10 @@
 //! on drop whose stdout and stderr are read as streams (a test waits for
 //! the line it needs, never for a time), echo services, a Python web
 //! server, temporary directories and test data. Every wait is bounded.
+//! `common::tor`: tor in a loopback-only network namespace.
 #![allow(dead_code)]
+
+pub mod tor;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -37,10 +40,19 @@ impl Proc {
     /// Starts `program args` with `env` added (`WATER_LOG=warn` unless
     /// `env` says otherwise), stdin a pipe kept open.
     pub fn start(program: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("WATER_LOG", "warn")
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(program);
+        cmd.args(args).env("WATER_LOG", "warn").envs(env.iter().copied());
+        Proc::spawn(cmd)
+    }
+
+    /// Starts `cmd` as it is set up (its environment, cleared or not, is
+    /// the caller's), with stdin a pipe kept open and stdout and stderr
+    /// read as streams. Stdout is read to its end whatever the child
+    /// writes, so a child that writes there never dies of SIGPIPE (Go
+    /// programs such as obfs4proxy do).
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -53,8 +65,11 @@ impl Proc {
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+            let mut reader = BufReader::new(stdout);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line), Ok(1..)) {
+                let _ = tx.send(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string());
+                line.clear();
             }
         });
         let stderr = Arc::new((Mutex::new(Log::default()), Condvar::new()));
