@@ -395,6 +395,15 @@ impl Transport for Obfs4 {
         }
     }
 
+    /// The client's ephemeral key, as its 32-byte Elligator2
+    /// representative, opens every client handshake: a host with a replay
+    /// filter refuses a connection that repeats one before this guest sees
+    /// it (the spec asks the server to refuse replayed handshakes); the
+    /// guest's own deadline then closes it as a failed handshake.
+    fn unique_prefix(&self) -> usize {
+        32
+    }
+
     fn handshake(&self, role: Role) -> Result<AnyHandshake, Errno> {
         let session = Session::random()?;
         let hour = handshake::epoch_hour()?;
