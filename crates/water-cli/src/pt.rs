@@ -322,12 +322,15 @@ impl Pt {
             .map_err(|e| env_error(format_args!("TOR_PT_SERVER_TRANSPORT_OPTIONS: {e}")))?;
         for name in own.requested(names) {
             let mut args = options.get(&name).cloned().unwrap_or_default();
-            // What the SMETHOD line publishes: the options, except for the
-            // built-in obfs4, whose options and state hold its private key.
-            let mut published = args.clone();
+            // What the SMETHOD line publishes (what tor puts in the bridge's
+            // descriptor): for the built-in obfs4, its cert and iat-mode,
+            // derived from its state; for any other transport, the options
+            // whose keys the transport declares public, none if it declares
+            // none (the options may hold the server's secrets).
+            let mut published = None;
             if name == "obfs4" && !own.paths.contains_key(&name) {
                 match obfs4_server(state, &args, own.configs.get(&name).map(PathBuf::as_path)) {
-                    Ok((guest, public)) => (args, published) = (guest, public),
+                    Ok((guest, public)) => (args, published) = (guest, Some(public)),
                     Err(e) => {
                         say(format_args!("SMETHOD-ERROR {name} {}", one_line(&format!("{e:#}"))));
                         continue;
@@ -349,10 +352,11 @@ impl Pt {
                 let listener = Listener::bind_with_args(&watm, bind.as_str(), args.clone())
                     .await
                     .with_context(|| format!("bind {bind}"))?;
-                Ok(listener)
+                let published = published.clone().unwrap_or_else(|| public_only(&args, watm.public_args()));
+                Ok((listener, published))
             };
             match started.await {
-                Ok(listener) => {
+                Ok((listener, published)) => {
                     let addr = listener.local_addr().expect("bound");
                     say(format_args!("SMETHOD {name} {addr}{}", smethod_args(&published)));
                     tracing::info!(transport = %name, %addr, "server transport listening");
@@ -689,6 +693,18 @@ fn parse_options(text: &str) -> anyhow::Result<BTreeMap<String, TransportArgs>> 
         map.insert(name.to_string(), args);
     }
     Ok(map)
+}
+
+/// The arguments among `args` whose keys are in `public`.
+fn public_only(args: &TransportArgs, public: &[String]) -> TransportArgs {
+    let mut out = TransportArgs::new();
+    for arg in Args::new(args.as_bytes()).flatten() {
+        let key: Vec<u8> = arg.key.bytes().collect();
+        if let Some(key) = public.iter().find(|p| p.as_bytes() == key.as_slice()) {
+            out = out.arg(key, arg.value.bytes().collect::<Vec<u8>>());
+        }
+    }
+    out
 }
 
 /// ` ARGS:k=v,k=v` for an `SMETHOD` line (what a client's bridge line

@@ -186,14 +186,25 @@ fn server_methods_options_and_forwarding_to_the_orport() {
     let dir = temp_dir("pt-server");
     let state = dir.join("state");
     let orport = echo_server();
+    // The built-in plain, with a `water.public_args` custom section that
+    // declares `mode` public (what a client needs), appended.
+    let mut public = watm_artifacts::Guest::named("plain").unwrap().bytes().to_vec();
+    let (name, keys) = (b"water.public_args", b"mode");
+    public.extend_from_slice(&[0, (1 + name.len() + keys.len()) as u8, name.len() as u8]);
+    public.extend_from_slice(name);
+    public.extend_from_slice(keys);
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("pub.wasm");
+    std::fs::write(&module, public).unwrap();
+    let module_arg = format!("pub={}", module.display());
     let mut pt = Proc::start(
         WATER,
-        &["pt"],
+        &["pt", "--transport", &module_arg],
         &[
             ("TOR_PT_MANAGED_TRANSPORT_VER", "1"),
             ("TOR_PT_STATE_LOCATION", state.to_str().unwrap()),
-            ("TOR_PT_SERVER_TRANSPORTS", "plain,nope,xor"),
-            ("TOR_PT_SERVER_TRANSPORT_OPTIONS", r"plain:mode=a\;b;xor:key=00"),
+            ("TOR_PT_SERVER_TRANSPORTS", "plain,nope,xor,pub"),
+            ("TOR_PT_SERVER_TRANSPORT_OPTIONS", r"plain:mode=a\;b;xor:key=00;pub:mode=a\;b;pub:secret=s"),
             ("TOR_PT_ORPORT", &orport.to_string()),
             ("TOR_PT_EXTENDED_SERVER_PORT", ""),
         ],
@@ -201,11 +212,14 @@ fn server_methods_options_and_forwarding_to_the_orport() {
     let lines = methods(&mut pt, "SMETHODS DONE");
     assert_eq!(lines[0], "VERSION 1");
     let parts: Vec<&str> = lines[1].split(' ').collect();
-    assert_eq!((parts[0], parts[1], parts[3]), ("SMETHOD", "plain", "ARGS:mode=a;b"), "{lines:?}");
+    // Options are published only where the transport declares them public:
+    // plain and xor declare nothing (xor's key is its secret).
+    assert_eq!((parts[0], parts[1], parts.len()), ("SMETHOD", "plain", 3), "{lines:?}");
     assert!(lines[2].starts_with("SMETHOD-ERROR nope "), "{lines:?}");
     // Built-in xor's demo config is key=value, so its key can come as an
-    // option.
-    assert!(lines[3].starts_with("SMETHOD xor ") && lines[3].ends_with(" ARGS:key=00"), "{lines:?}");
+    // option; it is not published.
+    assert!(lines[3].starts_with("SMETHOD xor ") && !lines[3].contains("ARGS"), "{lines:?}");
+    assert!(lines[4].starts_with("SMETHOD pub ") && lines[4].ends_with(" ARGS:mode=a;b"), "{lines:?}");
 
     let addr: SocketAddr = parts[2].parse().unwrap();
     let mut s = TcpStream::connect(addr).unwrap();

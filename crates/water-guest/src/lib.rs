@@ -118,9 +118,33 @@ fn nanos_since_first_call() -> u64 {
 ///
 /// ```text
 /// water_guest::export_transport!(MyTransport);
+/// // Declaring which arguments a client needs (what a Tor bridge may
+/// // publish in its bridge line; the rest stay private):
+/// water_guest::export_transport!(MyTransport, public_args = "cert,iat-mode");
 /// ```
+///
+/// `public_args` goes into the module's `water.public_args` custom section,
+/// which our host reads and other hosts ignore.
 #[macro_export]
 macro_rules! export_transport {
+    ($transport:ty, public_args = $keys:literal) => {
+        $crate::export_transport!($transport);
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            const KEYS: &[u8] = $keys.as_bytes();
+            #[unsafe(link_section = "water.public_args")]
+            #[used]
+            static PUBLIC_ARGS: [u8; KEYS.len()] = {
+                let mut out = [0u8; KEYS.len()];
+                let mut i = 0;
+                while i < KEYS.len() {
+                    out[i] = KEYS[i];
+                    i += 1;
+                }
+                out
+            };
+        };
+    };
     ($transport:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {

@@ -58,7 +58,7 @@ pub use error::Error;
 pub use policy::admission::fd_budget;
 pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
-pub use watm::{DEFAULT_POOL_SLOTS, Role, Watm};
+pub use watm::{DEFAULT_POOL_SLOTS, PUBLIC_ARGS_SECTION, Role, Watm};
 
 /// Internals exposed for the benchmarks in `benches/` only; not API.
 #[doc(hidden)]

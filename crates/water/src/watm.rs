@@ -248,6 +248,8 @@ pub(crate) struct Inner {
     /// Connections alive (from setup to the worker's end), for
     /// `Config::max_connections`.
     pub admission: Arc<crate::policy::admission::Admission>,
+    /// The argument keys the module declares public ([`PUBLIC_ARGS_SECTION`]).
+    pub public_args: Vec<String>,
 }
 
 /// A compiled, validated WATM v0 module, ready to be instantiated once per
@@ -325,7 +327,17 @@ impl Watm {
         check_resources(&module, &config)?;
         let on_demand = Linked::new(&engines.on_demand, &module)?;
         let pooled = engines.pooled.as_ref().and_then(|engine| Linked::pooled(engine, &module));
-        Ok(Watm { inner: Arc::new(Inner { pooled, on_demand, exports, config, admission: Arc::default() }) })
+        let public_args = public_args(bytes);
+        Ok(Watm {
+            inner: Arc::new(Inner {
+                pooled,
+                on_demand,
+                exports,
+                config,
+                admission: Arc::default(),
+                public_args,
+            }),
+        })
     }
 
     /// Reads and loads a `.wasm` file; see [`Watm::new`].
@@ -344,6 +356,14 @@ impl Watm {
             Role::Relay => e.associate,
             Role::GuestDialer => e.dial_by_guest,
         }
+    }
+
+    /// The argument keys the transport declares public, in the module's
+    /// `water.public_args` custom section ([`PUBLIC_ARGS_SECTION`]): what a
+    /// client needs, and so what a Tor bridge may publish. Empty when it
+    /// declares none: then nothing is public.
+    pub fn public_args(&self) -> &[String] {
+        &self.inner.public_args
     }
 
     /// The ABI the module speaks, `"v0"` or `"v1"`, as its exports say.
@@ -549,6 +569,36 @@ fn validate(module: &Module) -> Result<Exports, Error> {
 /// than `Config::max_module_size` or more defined functions than
 /// `Config::max_functions`. Counting reads only section headers; a module
 /// too malformed to count is left to the compiler's own error.
+/// The custom section in which a transport declares which of its
+/// arguments are public (what a client needs: a Tor bridge publishes them
+/// in its `SMETHOD ... ARGS:` line): key names separated by commas or
+/// whitespace. Other hosts ignore custom sections.
+pub const PUBLIC_ARGS_SECTION: &str = "water.public_args";
+
+/// The keys declared in [`PUBLIC_ARGS_SECTION`] sections (at most 32, each
+/// at most 64 bytes of `[A-Za-z0-9_.-]`; anything else is ignored).
+fn public_args(bytes: &[u8]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::CustomSection(section)) if section.name() == PUBLIC_ARGS_SECTION => {
+                let text = String::from_utf8_lossy(section.data());
+                for key in text.split(|c: char| c == ',' || c.is_whitespace()) {
+                    let valid = !key.is_empty()
+                        && key.len() <= 64
+                        && key.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                    if valid && keys.len() < 32 && !keys.iter().any(|k| k == key) {
+                        keys.push(key.to_string());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    keys
+}
+
 fn check_compile_budget(bytes: &[u8], config: &Config) -> Result<(), Error> {
     let over = |what, requested: usize, limit: usize| Error::OverLimit {
         what,

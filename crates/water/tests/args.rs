@@ -154,3 +154,16 @@ fn args_debug_hides_values_and_parse_rejects_bad_text() {
     assert_eq!(both.as_bytes(), b"a=1;a=2");
     assert_eq!(both.get("a").as_deref(), Some(&b"2"[..]));
 }
+
+#[test]
+fn a_transport_declares_which_arguments_are_public() {
+    let load = |name: &str| {
+        let g = watm_artifacts::Guest::named(name).unwrap();
+        water::Watm::new(&g.bytes(), water::Config::default()).unwrap()
+    };
+    // obfs4's bridge line: cert and iat-mode; its private key never.
+    assert_eq!(load("obfs4").public_args(), ["cert", "iat-mode"]);
+    // ss's password and xor's key are secrets: nothing is public.
+    assert!(load("ss").public_args().is_empty());
+    assert!(load("xor").public_args().is_empty());
+}

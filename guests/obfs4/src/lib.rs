@@ -434,7 +434,7 @@ impl Transport for Obfs4 {
     }
 }
 
-water_guest::export_transport!(Obfs4);
+water_guest::export_transport!(Obfs4, public_args = "cert,iat-mode");
 
 #[cfg(test)]
 mod kat;
