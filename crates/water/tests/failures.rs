@@ -301,13 +301,21 @@ async fn a_failing_connection_does_not_stop_the_listener() {
 const FAILS_AT_ONCE: &str = r#"(module
   (import "env" "host_accept" (func $host_accept (result i32)))
   (import "env" "host_dial" (func $host_dial (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
+  (global $plain (mut i32) (i32.const -1))
   (func (export "_water_v0"))
   (func (export "_water_init") (result i32) i32.const 0)
   (func (export "_water_cancel_with") (param i32) (result i32) i32.const 0)
-  (func (export "_water_accept") (param i32) (result i32) call $host_accept)
+  (func (export "_water_accept") (param i32) (result i32) (global.set $plain (local.get 0)) call $host_accept)
   (func (export "_water_associate") (result i32) (drop (call $host_accept)) (drop (call $host_dial)) i32.const 0)
-  (func (export "_water_worker") (result i32) i32.const -71))"#;
+  ;; A forwarder's upstream exists once the guest uses its plain side: a
+  ;; byte to it first (a relay has none), then the failure.
+  (func (export "_water_worker") (result i32)
+    (if (i32.ge_s (global.get $plain) (i32.const 0)) (then
+      (i32.store (i32.const 0) (i32.const 64)) (i32.store (i32.const 4) (i32.const 1))
+      (drop (call $fd_write (global.get $plain) (i32.const 0) (i32.const 1) (i32.const 8)))))
+    i32.const -71))"#;
 
 /// Reads `s` to its end: `Ok(bytes)` at a clean EOF, else the error kind.
 async fn read_end(mut s: tokio::net::TcpStream) -> Result<usize, std::io::ErrorKind> {
