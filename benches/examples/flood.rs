@@ -16,13 +16,17 @@
 //!
 //! One sample of setup latency: connect to `ss-tunnel`'s port, send a
 //! 64-byte request, time until the first echoed byte (then the whole echo
-//! is read and checked, and the connection closed). Samples are taken one
-//! after another, with blocking sockets on a thread of their own:
+//! is read and checked, and the connection closed). Samples start 10 ms
+//! apart (`--interval-ms`; a client connecting now and then, not a second
+//! flood), with blocking sockets on a thread of their own:
 //! 1. **alone**, after a warm-up;
-//! 2. **ramp**: while the flood is being opened (at most 256 connection
+//! 2. **ramp**: while the flood is being opened and taken in (at most 256 connection
 //!    attempts in flight) — 5,000 connections that send nothing and 1,000
 //!    that send random bytes (random lengths 1 to 4,096), interleaved;
-//! 3. **flood**: with every flood connection open and held;
+//! 3. **flood held**: once the server holds every flood connection (its
+//!    fd count says so: it takes connections from its backlog only as fast
+//!    as it sets them up), for `--hold S` (10 s) and at least as many
+//!    samples as alone;
 //! 4. **after**: once the flood connections are closed (this run's second
 //!    baseline: a change in the shared machine's load shows as a
 //!    difference between "alone" and "after").
@@ -46,7 +50,7 @@
 //! ```text
 //! cargo build --release -p water-cli
 //! cargo run --release -p water-bench --example flood -- \
-//!     [--silent 5000] [--garbage 1000] [--samples 300] [--server-nofile N] [--limit 600]
+//!     [--silent 5000] [--garbage 1000] [--samples 300] [--hold 10] [--interval-ms 10] [--server-nofile N] [--limit 600]
 //! ```
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -146,6 +150,25 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The kernel's counters of connections it dropped at a full listen
+/// queue (machine-wide, from `/proc/net/netstat`; on this loopback-only run
+/// nearly all are the flood's).
+const KERNEL_COUNTERS: [&str; 6] =
+    ["ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed"];
+
+fn kernel_counters() -> [u64; KERNEL_COUNTERS.len()] {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let mut out = [0; KERNEL_COUNTERS.len()];
+    for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+        if let Some(i) = KERNEL_COUNTERS.iter().position(|c| *c == name) {
+            out[i] = value.parse().unwrap_or(0);
+        }
+    }
+    out
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -207,16 +230,27 @@ fn setup_once(tunnel: SocketAddr, seq: u64) -> Result<Duration, String> {
 #[derive(Default)]
 struct Phase {
     samples: Vec<Duration>,
-    failures: Vec<String>,
+    /// What went wrong, and when (since `start`).
+    failures: Vec<(Duration, String)>,
+    start: Option<Instant>,
 }
 
 impl Phase {
-    fn take(&mut self, tunnel: SocketAddr, seq: &mut u64) {
+    /// One sample, then a pause so that samples start `every` apart (a
+    /// client that connects now and then, not one more flood).
+    fn take(&mut self, tunnel: SocketAddr, seq: &mut u64, every: Duration) {
         *seq += 1;
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let this = Instant::now();
         match setup_once(tunnel, *seq) {
             Ok(d) => self.samples.push(d),
-            Err(e) => self.failures.push(e),
+            Err(e) => self.failures.push((start.elapsed(), e)),
         }
+        std::thread::sleep(every.saturating_sub(this.elapsed()));
+    }
+
+    fn max(&self) -> Duration {
+        self.samples.iter().copied().max().unwrap_or_default()
     }
 
     /// The nearest-rank percentile `p` (0–100) of the samples.
@@ -331,16 +365,21 @@ struct Peaks {
     samples: usize,
 }
 
+/// The server's fd count since the flood began, once a second.
+type Timeline = Arc<Mutex<Vec<usize>>>;
+
 struct Args {
     silent: usize,
     garbage: usize,
     samples: usize,
+    hold: Duration,
+    interval: Duration,
     server_nofile: Option<u64>,
     limit: Duration,
 }
 
 fn args() -> Args {
-    let mut a = Args { silent: 5000, garbage: 1000, samples: 300, server_nofile: None, limit: Duration::from_secs(600) };
+    let mut a = Args { silent: 5000, garbage: 1000, samples: 300, hold: Duration::from_secs(10), interval: Duration::from_millis(10), server_nofile: None, limit: Duration::from_secs(600) };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || -> u64 {
@@ -351,10 +390,12 @@ fn args() -> Args {
             "--silent" => a.silent = value() as usize,
             "--garbage" => a.garbage = value() as usize,
             "--samples" => a.samples = (value() as usize).max(1),
+            "--hold" => a.hold = Duration::from_secs(value()),
+            "--interval-ms" => a.interval = Duration::from_millis(value()),
             "--server-nofile" => a.server_nofile = Some(value()),
             "--limit" => a.limit = Duration::from_secs(value()),
             other => panic!(
-                "unknown argument {other}; usage: flood [--silent N] [--garbage N] [--samples N] [--server-nofile N] [--limit S]"
+                "unknown argument {other}; usage: flood [--silent N] [--garbage N] [--samples N] [--hold S] [--interval-ms MS] [--server-nofile N] [--limit S]"
             ),
         }
     }
@@ -464,8 +505,20 @@ fn main() {
         .args(["-l", &tunnel_port.to_string(), "-k", PASSWORD, "-m", METHOD, "-L", &fwd, "-t", "300"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _tunnel = spawn(cmd);
+        .stderr(Stdio::piped());
+    let mut tunnel_proc = spawn(cmd);
+    // Its errors say why a sample failed (libev logs " ERROR: ...").
+    let tunnel_errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let (stderr, errors) = (tunnel_proc.0.stderr.take().unwrap(), tunnel_errors.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ERROR") {
+                    errors.lock().unwrap().push(line);
+                }
+            }
+        });
+    }
     let tunnel = SocketAddr::from(([127, 0, 0, 1], tunnel_port));
     let start = Instant::now();
     while StdStream::connect(tunnel).is_err() {
@@ -480,12 +533,23 @@ fn main() {
     let stage = Arc::new(AtomicU8::new(IDLE));
     let peaks = Arc::new(Mutex::new(Peaks::default()));
     let sampling = Arc::new(AtomicBool::new(true));
+    // The latest fd count, for the ramp's end: reading /proc/PID/fd with
+    // thousands of entries costs the machine, so only this thread does.
+    let latest_fds = Arc::new(AtomicUsize::new(0));
+    let timeline: Timeline = Arc::default();
     let sampler = {
-        let (stage, peaks, sampling) = (stage.clone(), peaks.clone(), sampling.clone());
+        let (stage, peaks, sampling, latest, timeline) =
+            (stage.clone(), peaks.clone(), sampling.clone(), latest_fds.clone(), timeline.clone());
         std::thread::spawn(move || {
+            let mut readings = 0usize;
             while sampling.load(Ordering::SeqCst) {
                 if stage.load(Ordering::SeqCst) == FLOODING {
                     let (n, (rss, _)) = (fds(server_pid), rss_kib(server_pid));
+                    latest.store(n, Ordering::SeqCst);
+                    if readings % 10 == 0 {
+                        timeline.lock().unwrap().push(n);
+                    }
+                    readings += 1;
                     let mut p = peaks.lock().unwrap();
                     p.fds = p.fds.max(n);
                     p.rss_kib = p.rss_kib.max(rss);
@@ -502,7 +566,7 @@ fn main() {
     );
     let mut warm = Phase::default();
     for _ in 0..20 {
-        warm.take(tunnel, &mut seq);
+        warm.take(tunnel, &mut seq, a.interval);
     }
     assert!(warm.failures.len() < 20, "no sample got through: {:?}", warm.failures);
     std::thread::sleep(Duration::from_millis(500));
@@ -512,7 +576,7 @@ fn main() {
     eprintln!("flood: {} samples alone", a.samples);
     let mut alone = Phase::default();
     for _ in 0..a.samples {
-        alone.take(tunnel, &mut seq);
+        alone.take(tunnel, &mut seq, a.interval);
     }
 
     // The flood.
@@ -520,28 +584,53 @@ fn main() {
     eprintln!("flood: opening {} silent and {} garbage connections", a.silent, a.garbage);
     let stats = Arc::new(FloodStats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let kernel_before = kernel_counters();
     stage.store(FLOODING, Ordering::SeqCst);
     let flood_start = Instant::now();
     let flooding = rt.spawn(flood(server_addr, a.silent, a.garbage, stats.clone(), stop_rx));
     let mut ramp = Phase::default();
     while !stats.settled(total) {
         assert!(Instant::now() < deadline, "the flood did not open in time");
-        ramp.take(tunnel, &mut seq);
+        ramp.take(tunnel, &mut seq, a.interval);
     }
     let ramp_time = flood_start.elapsed();
+    // Connected is not accepted: the server takes connections from its
+    // backlog at the pace of its setups, and what the kernel could not
+    // queue it dropped (the counters below). The ramp goes on until the
+    // server holds every flood connection still open (one fd each; a few
+    // more are the real client's), or its fd count has not grown for 3 s,
+    // or 60 s.
+    let server_holds = |s: &FloodStats| {
+        latest_fds.load(Ordering::SeqCst) + 8 >= fds_idle + s.opened.load(Ordering::SeqCst) - s.closed()
+    };
+    let (mut most, mut grew) = (0, Instant::now());
+    while !server_holds(&stats)
+        && grew.elapsed() < Duration::from_secs(3)
+        && flood_start.elapsed() < ramp_time + Duration::from_secs(60)
+    {
+        assert!(Instant::now() < deadline, "the server did not take the flood in in time");
+        ramp.take(tunnel, &mut seq, a.interval);
+        let now = latest_fds.load(Ordering::SeqCst);
+        if now > most {
+            (most, grew) = (now, Instant::now());
+        }
+    }
+    let taken_in = flood_start.elapsed();
     let closed_in_ramp = stats.closed();
     eprintln!(
-        "flood: {} open ({} failed to connect) in {:.1} s; {} samples under flood",
+        "flood: {} connected ({} failed to connect) in {:.1} s, server's fds settled at {:.1} s; samples under flood for {:?}",
         stats.opened.load(Ordering::SeqCst),
         stats.connect_failed.load(Ordering::SeqCst),
         ramp_time.as_secs_f64(),
-        a.samples
+        taken_in.as_secs_f64(),
+        a.hold
     );
     let mut held = Phase::default();
-    for _ in 0..a.samples {
-        held.take(tunnel, &mut seq);
+    let held_start = Instant::now();
+    while held.samples.len() + held.failures.len() < a.samples || held_start.elapsed() < a.hold {
+        held.take(tunnel, &mut seq, a.interval);
     }
-    let held_time = flood_start.elapsed() - ramp_time;
+    let held_time = held_start.elapsed();
     // One more reading of the peak, with everything still held.
     let (fds_full, (rss_full, hwm)) = (fds(server_pid), rss_kib(server_pid));
     let peak = {
@@ -549,6 +638,13 @@ fn main() {
         p.fds = p.fds.max(fds_full);
         p.rss_kib = p.rss_kib.max(rss_full);
         *p
+    };
+    let kernel = {
+        let mut d = kernel_counters();
+        for (now, before) in d.iter_mut().zip(kernel_before) {
+            *now = now.saturating_sub(before);
+        }
+        d
     };
     let closed_by_server = stats.closed();
     let (eof, reset, young) = (
@@ -575,7 +671,7 @@ fn main() {
     eprintln!("flood: {} samples after the flood", a.samples);
     let mut after = Phase::default();
     for _ in 0..a.samples {
-        after.take(tunnel, &mut seq);
+        after.take(tunnel, &mut seq, a.interval);
     }
     let (fds_end, (rss_end, hwm_end)) = (fds(server_pid), rss_kib(server_pid));
     sampling.store(false, Ordering::SeqCst);
@@ -606,13 +702,14 @@ fn main() {
         a.server_nofile.map_or(String::new(), |n| format!("; server started under ulimit -n {n}"))
     );
     println!(
-        "flood: {} silent + {} garbage ({} bytes in all, 1..=4096 each) = {total}; {} open, {} failed to connect; opened in {:.1} s, held {:.1} s more",
+        "flood: {} silent + {} garbage ({} bytes in all, 1..=4096 each) = {total}; {} connected, {} failed to connect; connected in {:.1} s, the server's fds stopped growing at {:.1} s, then held {:.1} s more",
         a.silent,
         a.garbage,
         stats.garbage_bytes.load(Ordering::SeqCst),
         stats.opened.load(Ordering::SeqCst),
         stats.connect_failed.load(Ordering::SeqCst),
         ramp_time.as_secs_f64(),
+        taken_in.as_secs_f64(),
         held_time.as_secs_f64()
     );
     println!(
@@ -620,26 +717,38 @@ fn main() {
         HANDSHAKE_DEADLINE.as_secs(),
         stats.data.load(Ordering::SeqCst)
     );
+    let kernel_said: Vec<String> = KERNEL_COUNTERS.iter().zip(kernel).map(|(n, v)| format!("{n} {v}")).collect();
+    println!("kernel, over the flood (machine-wide TcpExt): {}", kernel_said.join(", "));
+    let line: Vec<String> = timeline.lock().unwrap().iter().map(|n| n.to_string()).collect();
+    println!("server's open fds once a second from the flood's start: {}", line.join(" "));
     println!();
     println!("setup latency (connect to ss-tunnel, {REQUEST}-byte request, first echoed byte):");
-    println!("| phase | samples | failed | median | p90 | median / alone | p90 / alone |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| phase | samples | failed | median | p90 | max | median / alone | p90 / alone |");
+    println!("|---|---|---|---|---|---|---|---|");
     let (m0, p0) = (alone.percentile(50), alone.percentile(90));
     for (name, ph) in [("alone", &alone), ("ramp (flood opening)", &ramp), ("flood held", &held), ("after", &after)] {
         let (m, p) = (ph.percentile(50), ph.percentile(90));
         println!(
-            "| {name} | {} | {} | {:.3} ms | {:.3} ms | {:.2} x | {:.2} x |",
+            "| {name} | {} | {} | {:.3} ms | {:.3} ms | {:.1} ms | {:.2} x | {:.2} x |",
             ph.samples.len(),
             ph.failures.len(),
             ms(m),
             ms(p),
+            ms(ph.max()),
             m.as_secs_f64() / m0.as_secs_f64(),
             p.as_secs_f64() / p0.as_secs_f64()
         );
     }
     for (name, ph) in [("alone", &alone), ("ramp", &ramp), ("held", &held), ("after", &after)] {
-        if let Some(first) = ph.failures.first() {
-            println!("{name}: {} failed samples, the first: {first}", ph.failures.len());
+        for (at, what) in ph.failures.iter().take(5) {
+            println!("{name}: a sample failed {:.2} s into the phase: {what}", at.as_secs_f64());
+        }
+    }
+    let errors = tunnel_errors.lock().unwrap().clone();
+    if !errors.is_empty() {
+        println!("ss-tunnel logged {} errors; the first:", errors.len());
+        for l in errors.iter().take(5) {
+            println!("  {l}");
         }
     }
     println!();
@@ -661,6 +770,13 @@ fn main() {
         mib(rss_after)
     );
     println!("| after the last samples | {fds_end} | {:.1} MiB (VmHWM {:.1} MiB) |", mib(rss_end), mib(hwm_end));
+    if still_held > 0 {
+        println!(
+            "per flood connection held at the end: {:.2} fds, {:.0} KiB of RSS over idle (peak figures)",
+            peak.fds.saturating_sub(fds_idle) as f64 / still_held as f64,
+            peak.rss_kib.saturating_sub(rss_idle) as f64 / still_held as f64
+        );
+    }
     if fds_after > fds_idle {
         println!("NOT RELEASED: {} fds over the idle figure {settle_limit:?} after the flood closed", fds_after - fds_idle);
     }
