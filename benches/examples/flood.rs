@@ -20,13 +20,15 @@
 //! apart (`--interval-ms`; a client connecting now and then, not a second
 //! flood), with blocking sockets on a thread of their own:
 //! 1. **alone**, after a warm-up;
-//! 2. **ramp**: while the flood is being opened and taken in (at most 256 connection
-//!    attempts in flight) — 5,000 connections that send nothing and 1,000
-//!    that send random bytes (random lengths 1 to 4,096), interleaved;
-//! 3. **flood held**: once the server holds every flood connection (its
-//!    fd count says so: it takes connections from its backlog only as fast
-//!    as it sets them up), for `--hold S` (10 s) and at least as many
-//!    samples as alone;
+//! 2. **ramp**: while the flood is being opened and taken in (at most 256
+//!    connection attempts in flight) — 5,000 connections that send nothing
+//!    and 1,000 that send random bytes once (random lengths 1 to 4,096),
+//!    interleaved;
+//! 3. **flood held**: once the server holds every flood connection or its
+//!    fd count has stopped growing for 3 s (it takes connections from its
+//!    listen queue only as fast as it sets them up; what overflows the
+//!    queue the kernel drops, and its `TcpExt` counters are reported), for
+//!    `--hold S` (10 s) and at least as many samples as alone;
 //! 4. **after**: once the flood connections are closed (this run's second
 //!    baseline: a change in the shared machine's load shows as a
 //!    difference between "alone" and "after").
@@ -48,7 +50,7 @@
 //! flood connection). Needs `ss-tunnel` on PATH (shadowsocks-libev).
 //!
 //! ```text
-//! cargo build --release -p water-cli
+//! cargo build --release -p water-cli   # the server it runs
 //! cargo run --release -p water-bench --example flood -- \
 //!     [--silent 5000] [--garbage 1000] [--samples 300] [--hold 10] [--interval-ms 10] [--server-nofile N] [--limit 600]
 //! ```
@@ -153,8 +155,14 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 /// The kernel's counters of connections it dropped at a full listen
 /// queue (machine-wide, from `/proc/net/netstat`; on this loopback-only run
 /// nearly all are the flood's).
-const KERNEL_COUNTERS: [&str; 6] =
-    ["ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed"];
+const KERNEL_COUNTERS: [&str; 6] = [
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "SyncookiesSent",
+    "SyncookiesRecv",
+    "SyncookiesFailed",
+];
 
 fn kernel_counters() -> [u64; KERNEL_COUNTERS.len()] {
     let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
@@ -357,7 +365,7 @@ const IDLE: u8 = 0;
 const FLOODING: u8 = 1;
 const AFTER: u8 = 2;
 
-/// Peak figures of the server while the flood is on, and the latest.
+/// Peak figures of the server while the flood is on.
 #[derive(Default, Clone, Copy)]
 struct Peaks {
     fds: usize,
@@ -379,7 +387,15 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { silent: 5000, garbage: 1000, samples: 300, hold: Duration::from_secs(10), interval: Duration::from_millis(10), server_nofile: None, limit: Duration::from_secs(600) };
+    let mut a = Args {
+        silent: 5000,
+        garbage: 1000,
+        samples: 300,
+        hold: Duration::from_secs(10),
+        interval: Duration::from_millis(10),
+        server_nofile: None,
+        limit: Duration::from_secs(600),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || -> u64 {
@@ -410,12 +426,17 @@ fn water_bin() -> PathBuf {
     // target/release/examples/flood → target/release/water
     let exe = std::env::current_exe().expect("current_exe");
     let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("water")).expect("target directory");
-    assert!(bin.exists(), "{} is missing: cargo build --release -p water-cli (or set WATER_BIN)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build --release -p water-cli (or set WATER_BIN)",
+        bin.display()
+    );
     bin
 }
 
 fn main() {
     let a = args();
+    assert!(a.silent + a.garbage > 0, "no flood: --silent and --garbage are both 0");
     let deadline = Instant::now() + a.limit;
     let own_nofile = raise_nofile();
     let need = a.silent + a.garbage + 256;
@@ -546,7 +567,7 @@ fn main() {
                 if stage.load(Ordering::SeqCst) == FLOODING {
                     let (n, (rss, _)) = (fds(server_pid), rss_kib(server_pid));
                     latest.store(n, Ordering::SeqCst);
-                    if readings % 10 == 0 {
+                    if readings.is_multiple_of(10) {
                         timeline.lock().unwrap().push(n);
                     }
                     readings += 1;
@@ -717,7 +738,8 @@ fn main() {
         HANDSHAKE_DEADLINE.as_secs(),
         stats.data.load(Ordering::SeqCst)
     );
-    let kernel_said: Vec<String> = KERNEL_COUNTERS.iter().zip(kernel).map(|(n, v)| format!("{n} {v}")).collect();
+    let kernel_said: Vec<String> =
+        KERNEL_COUNTERS.iter().zip(kernel).map(|(n, v)| format!("{n} {v}")).collect();
     println!("kernel, over the flood (machine-wide TcpExt): {}", kernel_said.join(", "));
     let line: Vec<String> = timeline.lock().unwrap().iter().map(|n| n.to_string()).collect();
     println!("server's open fds once a second from the flood's start: {}", line.join(" "));
@@ -726,7 +748,9 @@ fn main() {
     println!("| phase | samples | failed | median | p90 | max | median / alone | p90 / alone |");
     println!("|---|---|---|---|---|---|---|---|");
     let (m0, p0) = (alone.percentile(50), alone.percentile(90));
-    for (name, ph) in [("alone", &alone), ("ramp (flood opening)", &ramp), ("flood held", &held), ("after", &after)] {
+    for (name, ph) in
+        [("alone", &alone), ("ramp (flood opening)", &ramp), ("flood held", &held), ("after", &after)]
+    {
         let (m, p) = (ph.percentile(50), ph.percentile(90));
         println!(
             "| {name} | {} | {} | {:.3} ms | {:.3} ms | {:.1} ms | {:.2} x | {:.2} x |",
@@ -769,7 +793,11 @@ fn main() {
         settled_in.as_secs_f64(),
         mib(rss_after)
     );
-    println!("| after the last samples | {fds_end} | {:.1} MiB (VmHWM {:.1} MiB) |", mib(rss_end), mib(hwm_end));
+    println!(
+        "| after the last samples | {fds_end} | {:.1} MiB (VmHWM {:.1} MiB) |",
+        mib(rss_end),
+        mib(hwm_end)
+    );
     if still_held > 0 {
         println!(
             "per flood connection held at the end: {:.2} fds, {:.0} KiB of RSS over idle (peak figures)",
@@ -778,7 +806,10 @@ fn main() {
         );
     }
     if fds_after > fds_idle {
-        println!("NOT RELEASED: {} fds over the idle figure {settle_limit:?} after the flood closed", fds_after - fds_idle);
+        println!(
+            "NOT RELEASED: {} fds over the idle figure {settle_limit:?} after the flood closed",
+            fds_after - fds_idle
+        );
     }
     println!();
     println!(
