@@ -452,8 +452,14 @@ fn main() {
             std::thread::sleep(limit);
             eprintln!("flood: the run did not end within {limit:?}: killing its children");
             for pid in CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                // SAFETY: kill(2) on our own child's pid; no memory involved.
-                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                // SAFETY: kill(2) and waitpid(2) on our own child's pid
+                // (reaped here, so that it leaves no zombie); no memory of
+                // ours but a local status.
+                unsafe {
+                    libc::kill(*pid as i32, libc::SIGKILL);
+                    let mut status = 0;
+                    libc::waitpid(*pid as i32, &mut status, 0);
+                }
             }
             std::process::exit(2);
         });
