@@ -177,6 +177,17 @@ fn kernel_counters() -> [u64; KERNEL_COUNTERS.len()] {
     out
 }
 
+/// CPU time `pid` has used (user and system), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's ")": state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf reads a constant of the system; no memory involved.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_second as f64
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -241,6 +252,9 @@ struct Phase {
     /// What went wrong, and when (since `start`).
     failures: Vec<(Duration, String)>,
     start: Option<Instant>,
+    /// The server's CPU time over the phase, and the phase's length.
+    cpu: f64,
+    wall: Duration,
 }
 
 impl Phase {
@@ -255,6 +269,11 @@ impl Phase {
             Err(e) => self.failures.push((start.elapsed(), e)),
         }
         std::thread::sleep(every.saturating_sub(this.elapsed()));
+    }
+
+    /// Notes the server's CPU time since `from` (its CPU time then, and when).
+    fn cpu_since(&mut self, pid: u32, from: (f64, Instant)) {
+        (self.cpu, self.wall) = (cpu_secs(pid) - from.0, from.1.elapsed());
     }
 
     fn max(&self) -> Duration {
@@ -602,9 +621,11 @@ fn main() {
 
     eprintln!("flood: {} samples alone", a.samples);
     let mut alone = Phase::default();
+    let from = (cpu_secs(server_pid), Instant::now());
     for _ in 0..a.samples {
         alone.take(tunnel, &mut seq, a.interval);
     }
+    alone.cpu_since(server_pid, from);
 
     // The flood.
     let total = a.silent + a.garbage;
@@ -614,6 +635,7 @@ fn main() {
     let kernel_before = kernel_counters();
     stage.store(FLOODING, Ordering::SeqCst);
     let flood_start = Instant::now();
+    let from = (cpu_secs(server_pid), flood_start);
     let flooding = rt.spawn(flood(server_addr, a.silent, a.garbage, stats.clone(), stop_rx));
     let mut ramp = Phase::default();
     while !stats.settled(total) {
@@ -643,6 +665,7 @@ fn main() {
         }
     }
     let taken_in = flood_start.elapsed();
+    ramp.cpu_since(server_pid, from);
     let closed_in_ramp = stats.closed();
     eprintln!(
         "flood: {} connected ({} failed to connect) in {:.1} s, server's fds settled at {:.1} s; samples under flood for {:?}",
@@ -654,9 +677,11 @@ fn main() {
     );
     let mut held = Phase::default();
     let held_start = Instant::now();
+    let from = (cpu_secs(server_pid), held_start);
     while held.samples.len() + held.failures.len() < a.samples || held_start.elapsed() < a.hold {
         held.take(tunnel, &mut seq, a.interval);
     }
+    held.cpu_since(server_pid, from);
     let held_time = held_start.elapsed();
     // One more reading of the peak, with everything still held.
     let (fds_full, (rss_full, hwm)) = (fds(server_pid), rss_kib(server_pid));
@@ -697,9 +722,11 @@ fn main() {
 
     eprintln!("flood: {} samples after the flood", a.samples);
     let mut after = Phase::default();
+    let from = (cpu_secs(server_pid), Instant::now());
     for _ in 0..a.samples {
         after.take(tunnel, &mut seq, a.interval);
     }
+    after.cpu_since(server_pid, from);
     let (fds_end, (rss_end, hwm_end)) = (fds(server_pid), rss_kib(server_pid));
     sampling.store(false, Ordering::SeqCst);
     let _ = sampler.join();
@@ -751,22 +778,27 @@ fn main() {
     println!("server's open fds once a second from the flood's start: {}", line.join(" "));
     println!();
     println!("setup latency (connect to ss-tunnel, {REQUEST}-byte request, first echoed byte):");
-    println!("| phase | samples | failed | median | p90 | max | median / alone | p90 / alone |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| phase | samples | failed | median | p90 | max | median / alone | p90 / alone | server CPU (of one core) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let (m0, p0) = (alone.percentile(50), alone.percentile(90));
     for (name, ph) in
         [("alone", &alone), ("ramp (flood opening)", &ramp), ("flood held", &held), ("after", &after)]
     {
         let (m, p) = (ph.percentile(50), ph.percentile(90));
         println!(
-            "| {name} | {} | {} | {:.3} ms | {:.3} ms | {:.1} ms | {:.2} x | {:.2} x |",
+            "| {name} | {} | {} | {:.3} ms | {:.3} ms | {:.1} ms | {:.2} x | {:.2} x | {:.0} % ({:.1} s in {:.1} s) |",
             ph.samples.len(),
             ph.failures.len(),
             ms(m),
             ms(p),
             ms(ph.max()),
             m.as_secs_f64() / m0.as_secs_f64(),
-            p.as_secs_f64() / p0.as_secs_f64()
+            p.as_secs_f64() / p0.as_secs_f64(),
+            100.0 * ph.cpu / ph.wall.as_secs_f64().max(1e-9),
+            ph.cpu,
+            ph.wall.as_secs_f64()
         );
     }
     for (name, ph) in [("alone", &alone), ("ramp", &ramp), ("held", &held), ("after", &after)] {
