@@ -403,7 +403,7 @@ impl Pt {
                         log_end(peer, r);
                     });
                 }
-                Err(water::Error::Io(e)) if !is_transient(&e) => {
+                Err(water::Error::Io(e)) if !water::is_transient_accept_error(&e) => {
                     tracing::error!(transport = %name, error = %e, "accept failed; this transport stops");
                     return;
                 }
@@ -431,7 +431,7 @@ impl Pt {
                     let work = handle(stream, peer, self.kill.clone());
                     self.tasks.spawn(async move { log_end(peer, work.await) });
                 }
-                Err(e) if is_transient(&e) => {
+                Err(e) if water::is_transient_accept_error(&e) => {
                     tracing::warn!(error = %e, "accept failed; continuing");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -569,12 +569,6 @@ async fn forward(
     }
     conn.close().await?;
     Ok(())
-}
-
-fn is_transient(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
-        || e.raw_os_error().is_some_and(|c| [23, 24, 12, 105].contains(&c))
 }
 
 /// `TOR_PT_SERVER_BINDADDR`: `name-addr,name-addr`.

@@ -83,15 +83,6 @@ fn report_drain(finished: usize, cut: usize, drain: Duration) {
     }
 }
 
-/// Accept errors that concern one connection, or a passing shortage.
-fn transient(e: &io::Error) -> bool {
-    // Linux: ENFILE, EMFILE, ENOMEM, ENOBUFS.
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
-    ) || e.raw_os_error().is_some_and(|c| [23, 24, 12, 105].contains(&c))
-}
-
 /// The library limits a tunnel's flags set.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
@@ -290,7 +281,7 @@ where
                 let work = handle(stream, stops.clone());
                 tasks.spawn(async move { log_end(peer, work.await) });
             }
-            Err(e) if transient(&e) => {
+            Err(e) if water::is_transient_accept_error(&e) => {
                 tracing::warn!(error = %e, "accept failed; continuing");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -56,7 +56,7 @@ pub use config::{Config, Connector, DEFAULT_HANDSHAKE, DEFAULT_HANDSHAKE_JITTER,
 pub use conn::Connection;
 pub use error::Error;
 pub use policy::admission::fd_budget;
-pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel};
+pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel, is_transient_accept_error};
 pub use water_abi::Errno;
 pub use watm::{DEFAULT_POOL_SLOTS, PUBLIC_ARGS_SECTION, Role, Watm};
 

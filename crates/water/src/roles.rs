@@ -283,7 +283,7 @@ async fn accept_loop(
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
-            Err(e) if is_transient(&e) => {
+            Err(e) if is_transient_accept_error(&e) => {
                 tracing::warn!(target: "water", error = %e, "accept failed; continuing");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
@@ -537,7 +537,7 @@ where
                     let links = Links { closing: CancellationToken::new(), cancel: cut.child_token() };
                     tasks.spawn(one(stream, peer, links, setup_stop.child_token(), permit));
                 }
-                Err(e) if is_transient(&e) => {
+                Err(e) if is_transient_accept_error(&e) => {
                     tracing::warn!(target: "water", error = %e, "accept failed; continuing");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
@@ -631,8 +631,11 @@ async fn run_one(
     }
 }
 
-/// Accept errors that concern one connection or a passing resource shortage.
-fn is_transient(e: &io::Error) -> bool {
+/// Whether an error of `accept` concerns one connection or a passing
+/// resource shortage (serve on, after a pause), rather than the listening
+/// socket itself (stop). The one definition every accept loop uses: the
+/// library's and the `water` command's.
+pub fn is_transient_accept_error(e: &io::Error) -> bool {
     // Linux: ENFILE (23), EMFILE (24), ENOMEM (12), ENOBUFS (105). Out of
     // fds is a reason to wait, not to stop serving.
     const SHORTAGE: [i32; 4] = [23, 24, 12, 105];
