@@ -303,3 +303,27 @@ async fn a_v1_guest_reads_its_config_from_conf_and_hostile_opens_are_errors() {
     let r = bare.check_init().await;
     assert!(matches!(&r, Err(Error::Guest { errno, .. }) if errno.0 == 101), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_forwarder_serves_our_v0_dialer_like_water_server() {
+    bounded(async {
+        let echo = echo_server().await;
+        let watm = v1_default("plain");
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let forwarder = water::Forwarder::new(&watm, echo.to_string()).unwrap();
+        let serving = tokio::spawn({
+            let stop = stop.clone();
+            async move { forwarder.serve(front, stop.cancelled_owned()).await }
+        });
+        let sent = data(256 << 10, 4);
+        for _ in 0..2 {
+            let conn = Dialer::new(&guest("plain")).unwrap().dial(addr.to_string()).await.unwrap();
+            assert!(round_trip(conn, &sent).await == sent);
+        }
+        stop.cancel();
+        serving.await.unwrap().unwrap();
+    })
+    .await;
+}
