@@ -9,6 +9,7 @@
 //! Writes, shutdowns and everything else go to the socket as they are.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -40,6 +41,9 @@ pub struct Gated {
     socket: Arc<TcpStream>,
     need: usize,
     phase: Mutex<Phase>,
+    /// `Phase::Open` reached: from then on reads go straight to the socket,
+    /// without the lock (the data path of every server connection).
+    open: AtomicBool,
 }
 
 impl std::fmt::Debug for Gated {
@@ -62,6 +66,7 @@ impl Gated {
             socket,
             need,
             phase: Mutex::new(Phase::Collecting { got: Vec::with_capacity(need), check: Some(check) }),
+            open: AtomicBool::new(false),
         })
     }
 
@@ -110,6 +115,9 @@ impl Gated {
     }
 
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.open.load(Ordering::Acquire) {
+            return self.tcp().try_read(buf);
+        }
         let mut phase = self.lock();
         self.advance(&mut phase)?;
         match &mut *phase {
@@ -119,6 +127,7 @@ impl Gated {
                 *pos += n;
                 if *pos == bytes.len() {
                     *phase = Phase::Open;
+                    self.open.store(true, Ordering::Release);
                 }
                 Ok(n)
             }
@@ -132,6 +141,9 @@ impl Gated {
     }
 
     pub fn try_peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.open.load(Ordering::Acquire) {
+            return self.tcp().try_peek(buf);
+        }
         let mut phase = self.lock();
         self.advance(&mut phase)?;
         match &*phase {
@@ -153,6 +165,10 @@ impl Gated {
     /// `Stream::poll_read_ready_exact`).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>, exact: bool) -> Poll<io::Result<ReadReadiness>> {
         loop {
+            if self.open.load(Ordering::Acquire) {
+                let tcp = self.tcp();
+                return if exact { tcp.poll_read_ready_exact(cx) } else { tcp.poll_read_ready(cx) };
+            }
             {
                 let mut phase = self.lock();
                 match self.advance(&mut phase) {

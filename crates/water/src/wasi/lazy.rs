@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
 use tokio::net::TcpStream;
@@ -39,6 +39,9 @@ struct State {
 /// See the module's docs.
 pub struct LazyTcp {
     state: Mutex<State>,
+    /// The connection once made: every read and write of the upstream goes
+    /// through here, so the data path takes no lock.
+    ready: OnceLock<Arc<TcpStream>>,
 }
 
 impl std::fmt::Debug for LazyTcp {
@@ -63,6 +66,7 @@ impl LazyTcp {
                 shut_read: false,
                 shut_write: false,
             }),
+            ready: OnceLock::new(),
         })
     }
 
@@ -113,10 +117,7 @@ impl LazyTcp {
 
     /// The connection if it exists, without starting anything.
     pub fn get(&self) -> Option<Arc<TcpStream>> {
-        match &self.lock().phase {
-            Phase::Ready(s) => Some(s.clone()),
-            _ => None,
-        }
+        self.ready.get().cloned()
     }
 
     /// The connect's error, if it failed.
@@ -156,7 +157,9 @@ impl LazyTcp {
                 if let Some(how) = how {
                     let _ = socket2::SockRef::from(&s).shutdown(how);
                 }
-                Phase::Ready(Arc::new(s))
+                let s = Arc::new(s);
+                let _ = self.ready.set(s.clone());
+                Phase::Ready(s)
             }
             Err(e) => Phase::Failed(e.kind(), e.to_string()),
         };
