@@ -113,14 +113,16 @@ fn check_names_the_abi_and_passes_water_gos_v1_modules() {
     for name in ["plain", "reverse"] {
         let path = format!("{}/../water/tests/fixtures/v1/{name}.wasm", env!("CARGO_MANIFEST_DIR"));
         let (status, out, err) = run(&["check", &path]);
-        assert!(status.success(), "{name}: {out}{err}");
         assert!(
             out.contains("PASS load: valid WATM v1 module (roles: dial, accept, associate, dial-by-guest)"),
             "{out}"
         );
-        // The round trips pass; reverse reverses each read, so only plain
-        // is asked for them by name.
+        // reverse reverses each read, so its round trips come back whole
+        // only when both ends happen to read the same chunks: whether they
+        // pass depends on the scheduler (CI saw a FAIL at byte 49152). Only
+        // plain is held to its round trips and to a zero exit.
         if name == "plain" {
+            assert!(status.success(), "{name}: {out}{err}");
             for role in ["dial", "accept", "associate"] {
                 assert!(out.contains(&format!("PASS {role}: ")), "{name}: {role} in {out}");
             }
