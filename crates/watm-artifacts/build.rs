@@ -30,7 +30,7 @@ fn main() {
         .join("watm-build");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let kinds = [guest_builder::Kind::Reference, guest_builder::Kind::Test];
+    let kinds = [guest_builder::Kind::Reference, guest_builder::Kind::ReferenceV1, guest_builder::Kind::Test];
     let mut say = |line: &str| println!("cargo:warning={line}");
     let built = match guest_builder::build(&cargo, &rustc, &root, &target_dir, &kinds, &mut say) {
         Ok(built) => built,
@@ -51,6 +51,11 @@ fn main() {
             "TEST_GUESTS",
             "Every guest of `test-guests/`: for tests only, never built in.",
         ),
+        (
+            guest_builder::Kind::ReferenceV1,
+            "GUESTS_V1",
+            "Every guest of `guests/` built as WATM v1 (feature `v1`), by name.",
+        ),
     ] {
         let of_kind: Vec<_> = built.iter().filter(|b| b.kind == kind).collect();
         code += &format!("/// {what}\npub const {list}: &[Guest] = &[\n");
@@ -63,8 +68,9 @@ fn main() {
         }
         code += "];\n";
         for (i, b) in of_kind.iter().enumerate() {
+            let (suffix, what) = if kind == guest_builder::Kind::ReferenceV1 { ("_V1", " built as v1") } else { ("", "") };
             code += &format!(
-                "/// The `{0}` guest.\npub const {1}: Guest = {list}[{i}];\n",
+                "/// The `{0}` guest{what}.\npub const {1}{suffix}: Guest = {list}[{i}];\n",
                 b.name,
                 b.name.to_uppercase().replace('-', "_"),
             );

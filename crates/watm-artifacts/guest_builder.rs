@@ -6,7 +6,8 @@
 //! the xtask crate keeps no dependencies). It uses only `std`.
 //!
 //! Convention: the guest in `guests/<name>/` is the package `watm-<name>`, and
-//! its module is `watm_<name>.wasm`. Guests under `test-guests/<name>/`
+//! its module is `watm_<name>.wasm`; its feature `v1` builds it as WATM v1
+//! (into a target directory of its own). Guests under `test-guests/<name>/`
 //! follow the same convention; they are built for the tests only (never a
 //! built-in transport of the `water` command).
 
@@ -29,13 +30,27 @@ pub enum Kind {
     /// `test-guests/<name>`, package `watm-<name>`: guests that only tests
     /// load (foreign shapes, other toolchains' runtimes, SDK examples).
     Test,
+    /// The reference transports again, built as WATM v1 (each guest's
+    /// feature `v1`), for v1 hosts such as water-go's and Lantern's. Built
+    /// into a target directory of their own: the file names are the v0
+    /// builds'.
+    ReferenceV1,
 }
 
 impl Kind {
     fn dir(self) -> &'static str {
         match self {
-            Kind::Reference => "guests",
+            Kind::Reference | Kind::ReferenceV1 => "guests",
             Kind::Test => "test-guests",
+        }
+    }
+
+    /// Where under the build's target directory this kind's cargo run
+    /// writes.
+    fn target_dir(self, target_dir: &Path) -> PathBuf {
+        match self {
+            Kind::ReferenceV1 => target_dir.join("v1"),
+            Kind::Reference | Kind::Test => target_dir.to_path_buf(),
         }
     }
 
@@ -158,8 +173,8 @@ pub fn build(
     for &kind in kinds {
         let names = guest_names(root, kind)?;
         match kind {
-            Kind::Reference if !names.is_empty() => runs.push((kind, names)),
-            Kind::Reference => {}
+            Kind::Reference | Kind::ReferenceV1 if !names.is_empty() => runs.push((kind, names)),
+            Kind::Reference | Kind::ReferenceV1 => {}
             Kind::Test => runs.extend(names.into_iter().map(|name| (kind, vec![name]))),
         }
     }
@@ -167,9 +182,12 @@ pub fn build(
         let mut cmd = Command::new(cargo);
         cmd.current_dir(root)
             .args(["build", "--target", TARGET, "--profile", PROFILE, "--target-dir"])
-            .arg(target_dir);
+            .arg(kind.target_dir(target_dir));
         for name in &names {
             cmd.args(["-p", &kind.package(name)]);
+        }
+        if kind == Kind::ReferenceV1 {
+            cmd.args(["--features", "v1"]);
         }
         // A build script runs with the outer build's flags in the
         // environment; they are for the host target and would override the
@@ -188,17 +206,18 @@ pub fn build(
         }
         let status = cmd.status().map_err(|e| BuildError(format!("cannot run {cargo}: {e}")))?;
         if !status.success() {
+            let v1 = if kind == Kind::ReferenceV1 { " as v1" } else { "" };
             return Err(BuildError(format!(
-                "building the {} failed ({status}); see the cargo output above",
+                "building the {}{v1} failed ({status}); see the cargo output above",
                 kind.dir()
             )));
         }
         guests.extend(names.into_iter().map(|name| (kind, name)));
     }
-    let out_dir = target_dir.join(TARGET).join(PROFILE);
     guests
         .into_iter()
         .map(|(kind, name)| {
+            let out_dir = kind.target_dir(target_dir).join(TARGET).join(PROFILE);
             let path = out_dir.join(format!("{}.wasm", kind.package(&name).replace('-', "_")));
             if path.is_file() {
                 Ok(Built { name, kind, path })

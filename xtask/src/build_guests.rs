@@ -15,7 +15,7 @@ pub fn run(root: &Path) -> Result<(), guest_builder::BuildError> {
         "rustc",
         root,
         &target.join("watm-build"),
-        &[guest_builder::Kind::Reference, guest_builder::Kind::Test],
+        &[guest_builder::Kind::Reference, guest_builder::Kind::ReferenceV1, guest_builder::Kind::Test],
         &mut say,
     )?;
     let out = target.join("watm");
@@ -25,6 +25,8 @@ pub fn run(root: &Path) -> Result<(), guest_builder::BuildError> {
         // Test-only guests (test-guests/) as test-<name>.wasm, to try by hand.
         let file = match guest.kind {
             guest_builder::Kind::Reference => format!("{}.wasm", guest.name),
+            // The same transport for v1 hosts (water-go's v1, Lantern).
+            guest_builder::Kind::ReferenceV1 => format!("{}.v1.wasm", guest.name),
             guest_builder::Kind::Test => format!("test-{}.wasm", guest.name),
         };
         let dest = out.join(file);

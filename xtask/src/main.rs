@@ -3,7 +3,8 @@
 //! Tasks:
 //! - `build-guests`: build every crate under `guests/` for `wasm32-wasip1`
 //!   (profile `watm`) and copy each module to `target/watm/<name>.wasm`
-//!   (test-only guests from `test-guests/` as `test-<name>.wasm`).
+//!   (its WATM v1 build as `<name>.v1.wasm`; test-only guests from
+//!   `test-guests/` as `test-<name>.wasm`).
 //! - `fuzz [--seconds N]`: the host's bounded fuzz tests, N seconds each
 //!   (default 60; `cargo test` gives them a few).
 //!

@@ -1,4 +1,4 @@
-//! Guest SDK for WATM v0 transports.
+//! Guest SDK for WATM transports, v0 (the default) and v1 (feature `v1`).
 //!
 //! A transport author writes a [`Transport`]: how to build it from its
 //! configuration, and two [`Codec`]s, one per direction. One line,
@@ -8,6 +8,14 @@
 //! any codec: it waits with `poll_oneoff` (never spins), uses non-blocking fds
 //! with bounded buffers (backpressure instead of unbounded queues), never
 //! drops or reorders bytes, propagates half-closes, and answers cancellation.
+//!
+//! With feature `v1` the same transport is built as a WATM v1 module, the
+//! ABI water-go's v1 host and Lantern load: `watm_init_v1`,
+//! `watm_ctrlpipe_v1`, `watm_dial_v1`, `watm_accept_v1`,
+//! `watm_associate_v1`, `watm_start_v1`, the `env.water_dial_fixed` and
+//! `env.water_accept` imports, and the config read from `/conf/watm.cfg`.
+//! The worker and the bytes on the wire are the same: a v1 build talks to
+//! its v0 build.
 //!
 //! What this crate is not: a general WASI library, or a host. It is `no_std`
 //! and allocation-free so that a guest stays within a few pages of memory and
@@ -110,9 +118,10 @@ fn nanos_since_first_call() -> u64 {
     u64::try_from(ZERO.get_or_init(std::time::Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Exports the v0 ABI for a [`Transport`] type.
+/// Exports the v0 ABI (or, with this crate's feature `v1`, the v1 ABI) for
+/// a [`Transport`] type.
 ///
-/// On wasm32 this defines the `_water_*` functions; on other targets it
+/// On wasm32 this defines the `_water_*` functions (v1: `watm_*_v1`); on other targets it
 /// expands to nothing, so the guest crate still builds (and its codecs can be
 /// tested) on the host.
 ///
@@ -150,45 +159,106 @@ macro_rules! export_transport {
         const _: () = {
             static BUFFERS: $crate::rt::Buffers = $crate::rt::Buffers::new();
             static RUNTIME: $crate::rt::Runtime<$transport> = $crate::rt::Runtime::new(&BUFFERS);
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn _water_v0() {}
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn _water_init() -> i32 {
-                RUNTIME.init()
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn _water_cancel_with(cancel_fd: i32) -> i32 {
-                RUNTIME.cancel_with(cancel_fd)
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn _water_dial(internal_fd: i32) -> i32 {
-                RUNTIME.dial(internal_fd)
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn _water_accept(internal_fd: i32) -> i32 {
-                RUNTIME.accept(internal_fd)
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn _water_associate() -> i32 {
-                RUNTIME.associate()
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn _water_worker() -> i32 {
-                RUNTIME.worker()
-            }
-
-            #[unsafe(no_mangle)]
-            pub extern "C" fn _water_unique_prefix() -> i32 {
-                RUNTIME.unique_prefix()
-            }
+            $crate::__abi_exports!(RUNTIME);
         };
+    };
+}
+
+/// The v0 exports over a runtime (the default build of this crate).
+///
+/// A separate macro, defined by this crate's feature: a `#[cfg(feature)]`
+/// inside [`export_transport!`] would be decided by the guest crate's
+/// features, not this crate's.
+#[cfg(not(feature = "v1"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __abi_exports {
+    ($rt:ident) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_v0() {}
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_init() -> i32 {
+            $rt.init()
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_cancel_with(cancel_fd: i32) -> i32 {
+            $rt.cancel_with(cancel_fd)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_dial(internal_fd: i32) -> i32 {
+            $rt.dial(internal_fd)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_accept(internal_fd: i32) -> i32 {
+            $rt.accept(internal_fd)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_associate() -> i32 {
+            $rt.associate()
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_worker() -> i32 {
+            $rt.worker()
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_unique_prefix() -> i32 {
+            $rt.unique_prefix()
+        }
+    };
+}
+
+/// The v1 exports over a runtime (feature `v1`), as water-go's v1 host
+/// and Lantern's call them: the same runtime, other names; the config
+/// comes from `/conf/watm.cfg` and the control pipe plays v0's cancel fd.
+/// No `watm_dial_fixed_v1`: an SDK transport transforms bytes and never
+/// names an address of its own.
+#[cfg(feature = "v1")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __abi_exports {
+    ($rt:ident) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn watm_init_v1() -> i32 {
+            $rt.init()
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn watm_ctrlpipe_v1(ctrl_fd: i32) -> i32 {
+            $rt.cancel_with(ctrl_fd)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn watm_dial_v1(caller_fd: i32) -> i32 {
+            $rt.dial(caller_fd)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn watm_accept_v1(caller_fd: i32) -> i32 {
+            $rt.accept(caller_fd)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn watm_associate_v1() -> i32 {
+            $rt.associate()
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn watm_start_v1() -> i32 {
+            $rt.worker()
+        }
+
+        // Our host's replay-filter extension; other v1 hosts ignore it.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_unique_prefix() -> i32 {
+            $rt.unique_prefix()
+        }
     };
 }
 

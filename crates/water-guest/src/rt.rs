@@ -108,9 +108,10 @@ impl<T: Transport> Runtime<T> {
     }
 
     fn init_with_config(&self) -> Result<T, InitError> {
-        let fd = match sys::pull_config() {
+        let fd = match sys::config_fd() {
             Ok(fd) => fd,
-            // The host has no config for us (the Go host answers `-acces`).
+            // The host has no config for us (the Go host answers `-acces`
+            // in v0; a v1 host mounts no file).
             Err(_) => return T::new(None),
         };
         let mut buf = [0u8; MAX_CONFIG];

@@ -3,12 +3,25 @@
 
 use water_abi::{Errno, status};
 
+// The host's `env` imports: v0's, or v1's under feature `v1`. Only one set
+// is declared, so a v1 module imports nothing a v1 host lacks (a v0 import
+// would make water-go's v1 host refuse to instantiate it).
+#[cfg(not(feature = "v1"))]
 mod host {
     #[link(wasm_import_module = "env")]
     unsafe extern "C" {
         pub fn host_dial() -> i32;
         pub fn host_accept() -> i32;
         pub fn pull_config() -> i32;
+    }
+}
+
+#[cfg(feature = "v1")]
+mod host {
+    #[link(wasm_import_module = "env")]
+    unsafe extern "C" {
+        pub fn water_dial_fixed() -> i32;
+        pub fn water_accept() -> i32;
     }
 }
 
@@ -22,19 +35,81 @@ fn fd_from(raw: i32) -> Result<Fd, Errno> {
     status::decode(raw)
 }
 
+/// The network connection the application's address names (v0
+/// `host_dial`, v1 `water_dial_fixed`).
 pub fn host_dial() -> Result<Fd, Errno> {
     // SAFETY: a host import with no arguments and a plain i32 result.
-    fd_from(unsafe { host::host_dial() })
+    #[cfg(not(feature = "v1"))]
+    return fd_from(unsafe { host::host_dial() });
+    // SAFETY: as above.
+    #[cfg(feature = "v1")]
+    fd_from(unsafe { host::water_dial_fixed() })
 }
 
+/// The accepted connection (v0 `host_accept`, v1 `water_accept`).
 pub fn host_accept() -> Result<Fd, Errno> {
     // SAFETY: as above.
-    fd_from(unsafe { host::host_accept() })
+    #[cfg(not(feature = "v1"))]
+    return fd_from(unsafe { host::host_accept() });
+    // SAFETY: as above.
+    #[cfg(feature = "v1")]
+    fd_from(unsafe { host::water_accept() })
 }
 
-pub fn pull_config() -> Result<Fd, Errno> {
+/// An fd to read the configuration from: v0 pulls it from the host; v1
+/// opens `watm.cfg` in the preopened `/conf` directory.
+///
+/// Errors: the host's errno; `noent` when a v1 host mounted no config.
+pub fn config_fd() -> Result<Fd, Errno> {
     // SAFETY: as above.
-    fd_from(unsafe { host::pull_config() })
+    #[cfg(not(feature = "v1"))]
+    return fd_from(unsafe { host::pull_config() });
+    #[cfg(feature = "v1")]
+    open_v1_config()
+}
+
+/// Finds the preopened directory named `/conf` (preopens are the fds from
+/// 3 up to the first `badf`) and opens `watm.cfg` in it, read-only.
+///
+/// By hand: wasi-libc's preopen table would pull `std` (and its allocator)
+/// into a guest that is `no_std` and allocation-free.
+#[cfg(feature = "v1")]
+fn open_v1_config() -> Result<Fd, Errno> {
+    use water_abi::v1::{CONFIG_DIR, CONFIG_FILE};
+    // A guest has a handful of fds before its first role call; 64 bounds
+    // the scan against a host that answers every fd.
+    for fd in 3..64 {
+        // SAFETY: the result is written into memory the wasi crate owns.
+        let stat = match unsafe { wasi::fd_prestat_get(fd) } {
+            Ok(stat) => stat,
+            Err(wasi::ERRNO_BADF) => break,
+            Err(_) => continue,
+        };
+        if stat.tag != wasi::PREOPENTYPE_DIR.raw() {
+            continue;
+        }
+        // SAFETY: a directory preopen's union member is `dir`.
+        let len = unsafe { stat.u.dir.pr_name_len };
+        let mut name = [0u8; 64];
+        if len > name.len() {
+            continue;
+        }
+        // SAFETY: `name` has room for `len` bytes and outlives the call.
+        if unsafe { wasi::fd_prestat_dir_name(fd, name.as_mut_ptr(), len) }.is_err() {
+            continue;
+        }
+        let mut name = &name[..len];
+        while let [rest @ .., b'/'] = name
+            && !rest.is_empty()
+        {
+            name = rest;
+        }
+        if name == CONFIG_DIR.as_bytes() {
+            // SAFETY: no memory is passed but the path, borrowed for the call.
+            return unsafe { wasi::path_open(fd, 0, CONFIG_FILE, 0, wasi::RIGHTS_FD_READ, 0, 0) }.map_err(errno);
+        }
+    }
+    Err(Errno::NOENT)
 }
 
 pub fn random(buf: &mut [u8]) -> Result<(), Errno> {
