@@ -68,7 +68,8 @@ fn main() {
         }
         code += "];\n";
         for (i, b) in of_kind.iter().enumerate() {
-            let (suffix, what) = if kind == guest_builder::Kind::ReferenceV1 { ("_V1", " built as v1") } else { ("", "") };
+            let (suffix, what) =
+                if kind == guest_builder::Kind::ReferenceV1 { ("_V1", " built as v1") } else { ("", "") };
             code += &format!(
                 "/// The `{0}` guest{what}.\npub const {1}{suffix}: Guest = {list}[{i}];\n",
                 b.name,

@@ -159,9 +159,21 @@ fn ss_tunnel(method: &str, password: &str, server: SocketAddr, to: SocketAddr) -
 /// `water client|server -t ss --config CFG` listening on a free port, with
 /// `--remote` (client) or `--forward` (server) `to`.
 fn water_ss(kind: &str, cfg: &Path, to: &str) -> (Proc, SocketAddr) {
+    water_with("ss", kind, cfg, to)
+}
+
+/// As [`water_ss`], with `-t transport` (a built-in or a `.wasm` path).
+fn water_with(transport: &str, kind: &str, cfg: &Path, to: &str) -> (Proc, SocketAddr) {
     let flag = if kind == "client" { "--remote" } else { "--forward" };
     let cfg = cfg.to_str().unwrap();
-    Proc::listening(&[kind, "-t", "ss", "--config", cfg, "--listen", "127.0.0.1:0", flag, to])
+    Proc::listening(&[kind, "-t", transport, "--config", cfg, "--listen", "127.0.0.1:0", flag, to])
+}
+
+/// The `ss` guest built as WATM v1 (the SDK's feature `v1`): a file, as an
+/// operator would hand it to `-t`.
+fn ss_v1() -> String {
+    let v1 = watm_artifacts::GUESTS_V1.iter().find(|g| g.name == "ss").unwrap();
+    v1.path.to_string()
 }
 
 fn ss_config(method: &str, password: &str, target: Option<SocketAddr>) -> String {
@@ -255,6 +267,40 @@ fn water_dialer_through_ss_server_64_mib_each_way_for_every_method() {
             let conn = r.unsplit(w);
             let _ = conn.close().await;
         });
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(peer_ss_libev),
+    ignore = "needs shadowsocks-libev's ss-server and ss-tunnel: apt-get install shadowsocks-libev"
+)]
+fn the_v1_build_of_ss_with_libev_64_mib_each_way_both_ways_for_every_method() {
+    let dir = temp_dir("v1");
+    let echo = echo();
+    let v1 = ss_v1();
+    let out = Command::new(WATER).args(["check", &v1]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("PASS load: valid WATM v1 module (roles: dial, accept, associate)"), "{said}");
+    for method in METHODS {
+        // water client (v1) -> ss-server -> echo.
+        let (_server, port) = ss_server(method, PASSWORD);
+        let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, Some(echo.addr)));
+        let (_client, addr) = water_with(&v1, "client", &cfg, &format!("127.0.0.1:{port}"));
+        let before = echo.bytes.load(Ordering::SeqCst);
+        let start = Instant::now();
+        round_trip(TcpStream::connect(addr).unwrap(), BIG, 4, LIMIT)
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        eprintln!("{method}: water client (v1) -> ss-server: {:?}", start.elapsed());
+        assert_eq!(echo.bytes.load(Ordering::SeqCst) - before, BIG, "{method}");
+        // ss-tunnel -> water server (v1) -> echo.
+        let cfg = config_file(&dir, &format!("{method}-server"), &ss_config(method, PASSWORD, None));
+        let (_ours, server) = water_with(&v1, "server", &cfg, &echo.addr.to_string());
+        let (_tunnel, tport) = ss_tunnel(method, PASSWORD, server, echo.addr);
+        let start = Instant::now();
+        round_trip(TcpStream::connect(("127.0.0.1", tport)).unwrap(), BIG, 5, LIMIT)
+            .unwrap_or_else(|e| panic!("{method}: {e}"));
+        eprintln!("{method}: ss-tunnel -> water server (v1): {:?}", start.elapsed());
     }
 }
 

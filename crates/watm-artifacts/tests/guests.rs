@@ -65,13 +65,19 @@ fn every_v1_build_has_exactly_the_v1_exports_and_imports() {
         }
         assert!(module.get_export(v1::DIAL_FIXED.name).is_none(), "{}", guest.name);
         for sig in v0::EXPORTS {
-            assert!(module.get_export(sig.name).is_none(), "{}: v1 build exports v0's {}", guest.name, sig.name);
+            assert!(
+                module.get_export(sig.name).is_none(),
+                "{}: v1 build exports v0's {}",
+                guest.name,
+                sig.name
+            );
         }
         for import in module.imports() {
             match import.module() {
                 v1::IMPORT_MODULE => {
-                    let sig = v1::import_sig(import.name())
-                        .unwrap_or_else(|| panic!("{}: env import {} is not v1's", guest.name, import.name()));
+                    let sig = v1::import_sig(import.name()).unwrap_or_else(|| {
+                        panic!("{}: env import {} is not v1's", guest.name, import.name())
+                    });
                     let ExternType::Func(ty) = import.ty() else {
                         panic!("{}: {} is not a function", guest.name, sig)
                     };
