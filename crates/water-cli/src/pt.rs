@@ -420,26 +420,15 @@ impl Pt {
         F: Fn(TcpStream, SocketAddr, CancellationToken) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        loop {
-            let accepted = tokio::select! {
-                () = self.accepting.cancelled() => return,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let work = handle(stream, peer, self.kill.clone());
-                    self.tasks.spawn(async move { log_end(peer, work.await) });
-                }
-                Err(e) if water::is_transient_accept_error(&e) => {
-                    tracing::warn!(error = %e, "accept failed; continuing");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "accept failed; this transport stops");
-                    return;
-                }
-            }
+        let no_limit = || std::future::ready(());
+        let accepted =
+            water::accept_each(&listener, self.accepting.cancelled(), no_limit, |stream, peer, ()| {
+                let work = handle(stream, peer, self.kill.clone());
+                self.tasks.spawn(async move { log_end(peer, work.await) });
+            })
+            .await;
+        if let Err(e) = accepted {
+            tracing::error!(error = %e, "accept failed; this transport stops");
         }
     }
 

@@ -270,25 +270,15 @@ where
     let mut tasks = JoinSet::new();
     let cut = CancellationToken::new();
     let stops = Stops { setup: signals.stop.clone(), cut: cut.clone() };
-    loop {
-        let accepted = tokio::select! {
-            () = signals.stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let work = handle(stream, stops.clone());
-                tasks.spawn(async move { log_end(peer, work.await) });
-            }
-            Err(e) if water::is_transient_accept_error(&e) => {
-                tracing::warn!(error = %e, "accept failed; continuing");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e).context("accept failed"),
-        }
+    let no_limit = || std::future::ready(());
+    water::accept_each(&listener, signals.stop.cancelled(), no_limit, |stream, peer, ()| {
+        // Ended connections leave the set as new ones come.
         while tasks.try_join_next().is_some() {}
-    }
+        let work = handle(stream, stops.clone());
+        tasks.spawn(async move { log_end(peer, work.await) });
+    })
+    .await
+    .context("accept failed")?;
     drop(listener);
     let mut finished = 0;
     let deadline = tokio::time::sleep(drain);

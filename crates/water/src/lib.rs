@@ -36,27 +36,33 @@
 //! - `duplex`: the in-process channel between application and guest.
 //! - `conn`, `roles`: [`Connection`], [`Dialer`], [`Listener`], [`Relay`],
 //!   [`Forwarder`].
+//! - `accept`: [`accept_each`], the one TCP accept loop (the library's and
+//!   the `water` command's).
 //! - `config`, `error`: [`Config`], [`Error`].
 //! - [`logging`]: what a log may say of a connection (addresses scrubbed,
 //!   peer text escaped, per-connection warnings rate-limited).
 
 mod abi;
+mod accept;
 mod config;
 mod conn;
 mod duplex;
 mod error;
 pub mod logging;
 mod policy;
+mod reload;
 mod roles;
 mod session;
 mod wasi;
 mod watm;
 
+pub use accept::{accept_each, is_transient_accept_error};
 pub use config::{Config, Connector, DEFAULT_HANDSHAKE, DEFAULT_HANDSHAKE_JITTER, DialFilter, TransportArgs};
 pub use conn::Connection;
 pub use error::Error;
 pub use policy::admission::fd_budget;
-pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel, is_transient_accept_error};
+pub use reload::Reloader;
+pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
 pub use watm::{DEFAULT_POOL_SLOTS, PUBLIC_ARGS_SECTION, Role, Watm};
 

@@ -11,12 +11,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::accept_each;
 use crate::config::TransportArgs;
 use crate::conn::Connection;
 use crate::duplex;
 use crate::error::Error;
 use crate::logging::{self, Scrubbed};
 use crate::policy::admission::{Kind, Slot};
+use crate::reload::{Current, Reloader, Shared, pulled_config};
 use crate::session::{Done, Links, Session, Setup, finished, spawn_worker};
 use crate::wasi::lazy::LazyTcp;
 use crate::wasi::table::Stream;
@@ -25,12 +27,6 @@ use crate::watm::{Role, Watm};
 fn label(role: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!("{role}#{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// What `pull_config` gives this connection's guest: `None` for the
-/// module's config as it is.
-fn pulled_config(watm: &Watm, args: &TransportArgs) -> Result<Option<Arc<[u8]>>, Error> {
-    args.merged_config(watm.inner.config.transport_config.as_deref())
 }
 
 /// Sets up a connection whose application side is an in-process duplex.
@@ -53,7 +49,7 @@ async fn app_connection(
 /// Opens connections through a WATM (the `_water_dial` role).
 #[derive(Debug, Clone)]
 pub struct Dialer {
-    watm: Watm,
+    shared: Arc<Shared>,
 }
 
 impl Dialer {
@@ -63,7 +59,13 @@ impl Dialer {
         if !watm.supports(Role::GuestDialer) {
             watm.require(Role::Dialer)?;
         }
-        Ok(Dialer { watm: watm.clone() })
+        Ok(Dialer { shared: Shared::new(watm, &[Role::Dialer, Role::GuestDialer]) })
+    }
+
+    /// The handle that replaces this dialer's module (and its clones'):
+    /// later dials use the new one, open connections keep theirs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(&self.shared)
     }
 
     /// Connects through a v1 module's `watm_dial_fixed_v1`, whose guest
@@ -75,10 +77,11 @@ impl Dialer {
     /// dial. Errors: [`Error::RoleNotSupported`] for a module without that
     /// export (every v0 module), else as [`dial`](Self::dial).
     pub async fn dial_by_guest(&self) -> Result<Connection, Error> {
-        self.watm.require(Role::GuestDialer)?;
-        let pulled = pulled_config(&self.watm, &TransportArgs::new())?;
-        let slot = self.watm.admit(Kind::Dialed)?;
-        app_connection(&self.watm, slot, |internal| Setup::DialByGuest { internal }, "dial", pulled).await
+        let Current { watm, .. } = self.shared.current();
+        watm.require(Role::GuestDialer)?;
+        let pulled = pulled_config(&watm, &TransportArgs::new())?;
+        let slot = self.shared.admit(&watm, Kind::Dialed)?;
+        app_connection(&watm, slot, |internal| Setup::DialByGuest { internal }, "dial", pulled).await
     }
 
     /// Connects to `addr` (`host:port`) through the transport. Returns once
@@ -101,11 +104,12 @@ impl Dialer {
         addr: impl Into<String>,
         args: &TransportArgs,
     ) -> Result<Connection, Error> {
-        self.watm.require(Role::Dialer)?;
-        let pulled = pulled_config(&self.watm, args)?;
+        let Current { watm, .. } = self.shared.current();
+        watm.require(Role::Dialer)?;
+        let pulled = pulled_config(&watm, args)?;
         let target = addr.into();
-        let slot = self.watm.admit(Kind::Dialed)?;
-        app_connection(&self.watm, slot, |internal| Setup::Dial { internal, target }, "dial", pulled).await
+        let slot = self.shared.admit(&watm, Kind::Dialed)?;
+        app_connection(&watm, slot, |internal| Setup::Dial { internal, target }, "dial", pulled).await
     }
 
     /// Connects to `addr` through the transport with `app` as the plain side:
@@ -124,15 +128,16 @@ impl Dialer {
         app: TcpStream,
         args: &TransportArgs,
     ) -> Result<Tunnel, Error> {
-        let pulled = pulled_config(&self.watm, args)?;
+        let Current { watm, .. } = self.shared.current();
+        watm.require(Role::Dialer)?;
+        let pulled = pulled_config(&watm, args)?;
         // Refused while `app` is open: its peer sees the close after the line.
-        let slot = admit(&self.watm, Kind::Dialed, "dial", None)?;
+        let slot = admit(&self.shared, &watm, Kind::Dialed, "dial", None)?;
         let (target, internal) = (addr.into(), Stream::Tcp(Arc::new(app)));
         let links = Links::default();
         let setup = Setup::Dial { internal, target };
-        let session =
-            Session::start(&self.watm, slot, setup, links.cancel.clone(), label("dial"), pulled).await?;
-        let done = spawn_worker(session, links.clone(), self.watm.inner.config.close_grace, None);
+        let session = Session::start(&watm, slot, setup, links.cancel.clone(), label("dial"), pulled).await?;
+        let done = spawn_worker(session, links.clone(), watm.inner.config.close_grace, None);
         Ok(Tunnel { links, done: Some(done) })
     }
 }
@@ -184,6 +189,7 @@ impl Drop for Tunnel {
 #[derive(Debug)]
 pub struct Listener {
     local: SocketAddr,
+    shared: Arc<Shared>,
     ready: tokio::sync::Mutex<mpsc::Receiver<Result<(Connection, SocketAddr), Error>>>,
     _stop: tokio_util::sync::DropGuard,
 }
@@ -226,13 +232,21 @@ impl Listener {
         args: TransportArgs,
     ) -> Result<Listener, Error> {
         watm.require(Role::Listener)?;
-        let pulled = pulled_config(watm, &args)?;
+        let shared = Shared::new(watm, &[Role::Listener]);
+        shared.set_args(args)?;
         let local = listener.local_addr()?;
         let stop = CancellationToken::new();
         let pending = watm.inner.config.max_pending_setups.max(1);
         let (tx, rx) = mpsc::channel(pending);
-        tokio::spawn(accept_loop(watm.clone(), listener, tx, stop.clone(), pulled));
-        Ok(Listener { local, ready: tokio::sync::Mutex::new(rx), _stop: stop.drop_guard() })
+        tokio::spawn(accept_loop(shared.clone(), pending, listener, tx, stop.clone()));
+        Ok(Listener { local, shared, ready: tokio::sync::Mutex::new(rx), _stop: stop.drop_guard() })
+    }
+
+    /// The handle that replaces this listener's module: connections
+    /// accepted later are set up with the new one, those set up keep
+    /// theirs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(&self.shared)
     }
 
     /// The bound address.
@@ -265,39 +279,21 @@ impl Listener {
 /// connection while fewer than `max_pending_setups` are under way or
 /// waiting to be taken.
 async fn accept_loop(
-    watm: Watm,
+    shared: Arc<Shared>,
+    pending: usize,
     listener: TcpListener,
     ready: mpsc::Sender<Result<(Connection, SocketAddr), Error>>,
     stop: CancellationToken,
-    pulled: Option<Arc<[u8]>>,
 ) {
-    let setups = Arc::new(tokio::sync::Semaphore::new(watm.inner.config.max_pending_setups.max(1)));
-    loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => return,
-            p = setups.clone().acquire_owned() => p.expect("never closed"),
-        };
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) if is_transient_accept_error(&e) => {
-                tracing::warn!(target: "water", error = %e, "accept failed; continuing");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-            Err(e) => {
-                let _ = ready.send(Err(Error::Io(e))).await;
-                return;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (watm, ready, stop, pulled) = (watm.clone(), ready.clone(), stop.clone(), pulled.clone());
+    let setups = Arc::new(tokio::sync::Semaphore::new(pending));
+    let room = || setups.clone().acquire_owned();
+    let accepted = accept_each(&listener, stop.cancelled(), room, |stream, peer, permit| {
+        let permit = permit.expect("never closed");
+        let Current { watm, pulled } = shared.current();
+        let (shared, ready, stop) = (shared.clone(), ready.clone(), stop.clone());
         tokio::spawn(async move {
             // Refused while `stream` is open: its peer sees the close after the line.
-            let Ok(slot) = admit(&watm, Kind::Accepted, "accept", Some(peer)) else { return };
+            let Ok(slot) = admit(&shared, &watm, Kind::Accepted, "accept", Some(peer)) else { return };
             let setup = app_connection(
                 &watm,
                 slot,
@@ -322,6 +318,10 @@ async fn accept_loop(
             }
             drop(permit);
         });
+    })
+    .await;
+    if let Err(e) = accepted {
+        let _ = ready.send(Err(Error::Io(e))).await;
     }
 }
 
@@ -330,20 +330,18 @@ async fn accept_loop(
 /// `remote`, the remote side carrying the transformed bytes.
 #[derive(Clone)]
 pub struct Relay {
-    watm: Watm,
+    shared: Arc<Shared>,
     remote: String,
-    /// What every connection's `pull_config` reads, merged once in
-    /// [`Relay::with_args`] (`None`: the module's config).
-    pulled: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Relay {
     /// The merged config's length only: arguments can hold secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Current { watm, pulled } = self.shared.current();
         f.debug_struct("Relay")
-            .field("watm", &self.watm)
+            .field("watm", &watm)
             .field("remote", &self.remote)
-            .field("pulled_config", &self.pulled.as_ref().map(|c| c.len()))
+            .field("pulled_config", &pulled.as_ref().map(|c| c.len()))
             .finish()
     }
 }
@@ -352,15 +350,21 @@ impl Relay {
     /// A relay to `remote` (`host:port`).
     pub fn new(watm: &Watm, remote: impl Into<String>) -> Result<Relay, Error> {
         watm.require(Role::Relay)?;
-        Ok(Relay { watm: watm.clone(), remote: remote.into(), pulled: None })
+        Ok(Relay { shared: Shared::new(watm, &[Role::Relay]), remote: remote.into() })
+    }
+
+    /// The handle that replaces this relay's module while it serves (see
+    /// [`Reloader`]).
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(&self.shared)
     }
 
     /// Gives every relayed connection's guest these arguments after the
     /// module's config (see [`TransportArgs`]).
     ///
     /// Errors: [`Error::ConfigNotKeyValue`], checked here once.
-    pub fn with_args(mut self, args: TransportArgs) -> Result<Relay, Error> {
-        self.pulled = pulled_config(&self.watm, &args)?;
+    pub fn with_args(self, args: TransportArgs) -> Result<Relay, Error> {
+        self.shared.set_args(args)?;
         Ok(self)
     }
 
@@ -380,12 +384,11 @@ impl Relay {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<Drained> {
-        serve_each(&self.watm, listener, shutdown, |stream, peer, links, setup_stop, permit| {
-            let _ = stream.set_nodelay(true);
+        serve_each(&self.shared, listener, shutdown, |stream, peer, links, setup_stop, permit| {
             let setup = Setup::Associate { accepted: stream, target: self.remote.clone() };
             let label = label("relay");
             run_one(
-                self.watm.clone(),
+                self.shared.clone(),
                 // The relay's client is taken in as the application's own.
                 Kind::Dialed,
                 std::future::ready(Ok(setup)),
@@ -393,7 +396,6 @@ impl Relay {
                 peer,
                 links,
                 setup_stop,
-                self.pulled.clone(),
                 permit,
             )
         })
@@ -420,19 +422,18 @@ impl Relay {
 /// ends the connection as [`Error::Io`].
 #[derive(Clone)]
 pub struct Forwarder {
-    watm: Watm,
+    shared: Arc<Shared>,
     upstream: String,
-    /// As [`Relay`]'s.
-    pulled: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Forwarder {
     /// The merged config's length only: arguments can hold secrets.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Current { watm, pulled } = self.shared.current();
         f.debug_struct("Forwarder")
-            .field("watm", &self.watm)
+            .field("watm", &watm)
             .field("upstream", &self.upstream)
-            .field("pulled_config", &self.pulled.as_ref().map(|c| c.len()))
+            .field("pulled_config", &pulled.as_ref().map(|c| c.len()))
             .finish()
     }
 }
@@ -442,13 +443,19 @@ impl Forwarder {
     /// if the module has no `_water_accept`.
     pub fn new(watm: &Watm, upstream: impl Into<String>) -> Result<Forwarder, Error> {
         watm.require(Role::Listener)?;
-        Ok(Forwarder { watm: watm.clone(), upstream: upstream.into(), pulled: None })
+        Ok(Forwarder { shared: Shared::new(watm, &[Role::Listener]), upstream: upstream.into() })
+    }
+
+    /// The handle that replaces this forwarder's module while it serves
+    /// (see [`Reloader`]). A clone of the forwarder shares it.
+    pub fn reloader(&self) -> Reloader {
+        Reloader::new(&self.shared)
     }
 
     /// Gives every connection's guest these arguments after the module's
     /// config (see [`TransportArgs`]). Errors: [`Error::ConfigNotKeyValue`].
-    pub fn with_args(mut self, args: TransportArgs) -> Result<Forwarder, Error> {
-        self.pulled = pulled_config(&self.watm, &args)?;
+    pub fn with_args(self, args: TransportArgs) -> Result<Forwarder, Error> {
+        self.shared.set_args(args)?;
         Ok(self)
     }
 
@@ -459,9 +466,9 @@ impl Forwarder {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<Drained> {
-        serve_each(&self.watm, listener, shutdown, |stream, peer, links, setup_stop, permit| {
-            let _ = stream.set_nodelay(true);
-            let (upstream, limit) = (self.upstream.clone(), self.watm.inner.config.connect_timeout);
+        serve_each(&self.shared, listener, shutdown, |stream, peer, links, setup_stop, permit| {
+            let limit = self.shared.current().watm.inner.config.connect_timeout;
+            let upstream = self.upstream.clone();
             // Dialed when the guest first uses its plain side, which it does
             // once its handshake has taken the client in: a prober causes
             // no upstream connection.
@@ -478,14 +485,13 @@ impl Forwarder {
             let internal = Stream::Lazy(LazyTcp::new(connect));
             let setup = std::future::ready(Ok(Setup::Accept { internal, accepted: stream }));
             run_one(
-                self.watm.clone(),
+                self.shared.clone(),
                 Kind::Accepted,
                 setup,
                 label("forward"),
                 peer,
                 links,
                 setup_stop,
-                self.pulled.clone(),
                 permit,
             )
         })
@@ -511,7 +517,7 @@ pub struct Drained {
 /// token that stops its setup at shutdown. Errors: only the listener's
 /// own.
 async fn serve_each<F, Fut>(
-    watm: &Watm,
+    shared: &Shared,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     one: F,
@@ -520,37 +526,24 @@ where
     F: Fn(TcpStream, SocketAddr, Links, CancellationToken, OwnedSemaphorePermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let setups = Arc::new(Semaphore::new(watm.inner.config.max_pending_setups.max(1)));
+    // The loop's own limits are the module's when serving starts.
+    let config = shared.current().watm.inner.config.clone();
+    let setups = Arc::new(Semaphore::new(config.max_pending_setups.max(1)));
     let (setup_stop, cut) = (CancellationToken::new(), CancellationToken::new());
     let mut tasks = JoinSet::new();
-    tokio::pin!(shutdown);
-    let result = loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => break Ok(()),
-            p = setups.clone().acquire_owned() => p.expect("never closed"),
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-        };
-        tokio::select! {
-            () = &mut shutdown => break Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let links = Links { closing: CancellationToken::new(), cancel: cut.child_token() };
-                    tasks.spawn(one(stream, peer, links, setup_stop.child_token(), permit));
-                }
-                Err(e) if is_transient_accept_error(&e) => {
-                    tracing::warn!(target: "water", error = %e, "accept failed; continuing");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(e) => break Err(e),
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-        }
-    };
+    let room = || setups.clone().acquire_owned();
+    let result = accept_each(&listener, shutdown, room, |stream, peer, permit| {
+        // Ended connections leave the set as new ones come.
+        while tasks.try_join_next().is_some() {}
+        let links = Links { closing: CancellationToken::new(), cancel: cut.child_token() };
+        tasks.spawn(one(stream, peer, links, setup_stop.child_token(), permit.expect("never closed")));
+    })
+    .await;
     // New connections are refused from here on; setups under way end.
     drop(listener);
     setup_stop.cancel();
     let mut drained = Drained::default();
-    let drain = tokio::time::sleep(watm.inner.config.drain_timeout);
+    let drain = tokio::time::sleep(config.drain_timeout);
     tokio::pin!(drain);
     loop {
         tokio::select! {
@@ -574,8 +567,14 @@ where
 /// Takes one of the module's `max_connections` slots for a connection the
 /// caller still holds; a refusal is logged first (rate-limited, the peer
 /// scrubbed), so that a peer who sees the close finds the line written.
-fn admit(watm: &Watm, kind: Kind, conn: &str, peer: Option<SocketAddr>) -> Result<Slot, Error> {
-    watm.admit(kind).inspect_err(|e| {
+fn admit(
+    shared: &Shared,
+    watm: &Watm,
+    kind: Kind,
+    conn: &str,
+    peer: Option<SocketAddr>,
+) -> Result<Slot, Error> {
+    shared.admit(watm, kind).inspect_err(|e| {
         let peer = peer.map(|p| Scrubbed(p).to_string()).unwrap_or_default();
         logging::connection_warning(
             e.kind_name(),
@@ -590,20 +589,21 @@ fn admit(watm: &Watm, kind: Kind, conn: &str, peer: Option<SocketAddr>) -> Resul
 /// returned once the worker runs.
 #[allow(clippy::too_many_arguments)]
 async fn run_one(
-    watm: Watm,
+    shared: Arc<Shared>,
     kind: Kind,
     setup: impl Future<Output = Result<Setup, Error>>,
     label: String,
     peer: SocketAddr,
     links: Links,
     setup_stop: CancellationToken,
-    pulled: Option<Arc<[u8]>>,
     permit: OwnedSemaphorePermit,
 ) {
+    // The module current when the connection starts, to its end.
+    let Current { watm, pulled } = shared.current();
     // Before the setup runs (a forwarder's dials its upstream): a refused
     // connection costs nothing more, and is logged while its socket (in
     // `setup`) is still open.
-    let Ok(slot) = admit(&watm, kind, &label, Some(peer)) else { return };
+    let Ok(slot) = admit(&shared, &watm, kind, &label, Some(peer)) else { return };
     let started = tokio::select! {
         r = async { Session::start(&watm, slot, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
         () = setup_stop.cancelled() => {
@@ -629,18 +629,4 @@ async fn run_one(
             || tracing::warn!(target: "water", conn = %label, peer = %Scrubbed(peer), error = %e, "connection failed"),
         ),
     }
-}
-
-/// Whether an error of `accept` concerns one connection or a passing
-/// resource shortage (serve on, after a pause), rather than the listening
-/// socket itself (stop). The one definition every accept loop uses: the
-/// library's and the `water` command's.
-pub fn is_transient_accept_error(e: &io::Error) -> bool {
-    // Linux: ENFILE (23), EMFILE (24), ENOMEM (12), ENOBUFS (105). Out of
-    // fds is a reason to wait, not to stop serving.
-    const SHORTAGE: [i32; 4] = [23, 24, 12, 105];
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
-    ) || e.raw_os_error().is_some_and(|code| SHORTAGE.contains(&code))
 }
