@@ -29,7 +29,7 @@ use crate::policy::throttle::{Counters, Throttle, Verdict};
 use crate::wasi::gate::{Gated, MAX_NEED};
 use crate::wasi::p1::GuestExit;
 use crate::wasi::table::{Desc, Stream};
-use crate::wasi::{WasiCtx, WasiView, errno};
+use crate::wasi::{WasiCtx, WasiView, Watch, errno};
 use crate::watm::{EPOCH_TICK, Inner, Linked};
 use crate::watm::{Role, Watm};
 
@@ -58,6 +58,10 @@ pub struct Ctx {
     sockets: Vec<u32>,
     /// The fd `host_accept` handed out: a relay's plain side.
     accepted_fd: Option<u32>,
+    /// The application's end (`internal_fd`), once handed to the role call.
+    internal_fd: Option<u32>,
+    /// The network fd the role call returned.
+    net_fd: Option<u32>,
     /// Deadline of the current setup call; `None` while the worker runs.
     deadline: Option<Instant>,
     /// Nanoseconds the current setup step's limit is extended by, for the
@@ -471,6 +475,8 @@ impl<'a> Initialized<'a> {
             dial_error: None,
             sockets: Vec::new(),
             accepted_fd: None,
+            internal_fd: None,
+            net_fd: None,
             deadline: Some(Instant::now() + limit),
             extended: Arc::default(),
             throttle: Throttle::new(spin_limit),
@@ -638,7 +644,7 @@ impl Session {
                     .table
                     .insert(Desc::Stream { stream, nonblocking: false })
                     .map_err(|errno| Error::Guest { export, errno, message: None })?;
-                ctx.wasi.internal_fd = Some(fd);
+                ctx.internal_fd = Some(fd);
                 Some(fd as i32)
             }
             None => None,
@@ -658,7 +664,7 @@ impl Session {
                 {
                     return Err(Error::BogusFd { export, fd: r });
                 }
-                this.store.data_mut().wasi.net_fd = Some(fd);
+                this.store.data_mut().net_fd = Some(fd);
             }
             Ok(_) => {
                 // The relay's guest must have joined the two connections.
@@ -684,12 +690,17 @@ impl Session {
             return Err(this.guest_err(names.cancel, errno));
         }
 
+        // What the policies watch, told to the preview1 layer in its own
+        // terms: the plain fd (bytes across it: the peer is taken in), the
+        // network fd (its write end: all delivered), and the fds whose
+        // reset means the application is gone.
         let ctx = this.store.data_mut();
-        ctx.wasi.app_fds = match ctx.wasi.internal_fd {
+        let peers = match ctx.internal_fd {
             Some(fd) => vec![fd],
             // A relay's two sockets are both peers; neither is the network.
             None => ctx.sockets.clone(),
         };
+        ctx.wasi.watch = Watch::new(ctx.internal_fd, ctx.net_fd, &peers);
         this.store.data_mut().deadline = None;
         let worker = this.func(names.worker).typed::<(), i32>(&this.store).expect("validated");
         // A server's connection must be taken in by its guest within the
@@ -708,7 +719,7 @@ impl Session {
     /// the network, or a relay's two sockets.
     fn inbound_fds(&self) -> Vec<u32> {
         let data = self.store.data();
-        match (data.wasi.internal_fd, data.wasi.net_fd) {
+        match (data.internal_fd, data.net_fd) {
             (Some(internal), Some(net)) => vec![internal, net],
             _ => data.sockets.clone(),
         }
@@ -721,14 +732,14 @@ impl Session {
     /// would. The guest's own duplicate handles close with the store.
     fn reset_plain_side(&self) {
         let data = self.store.data();
-        let Some(fd) = data.wasi.internal_fd.or(data.accepted_fd) else { return };
+        let Some(fd) = data.internal_fd.or(data.accepted_fd) else { return };
         if let Some(socket) = self.stream(fd).and_then(|s| s.tcp()) {
             let _ = socket.set_zero_linger();
         }
     }
 
     fn plain_connect_failure(&self) -> Option<io::Error> {
-        self.stream(self.store.data().wasi.internal_fd?)?.connect_failure()
+        self.stream(self.store.data().internal_fd?)?.connect_failure()
     }
 
     fn stream(&self, fd: u32) -> Option<Stream> {
@@ -745,7 +756,7 @@ impl Session {
     /// application's end, or both ways between a relay's sockets.
     fn eof_paths(&self) -> Vec<(Stream, u32)> {
         let data = self.store.data();
-        let pairs = match (data.wasi.internal_fd, data.wasi.net_fd, data.sockets.as_slice()) {
+        let pairs = match (data.internal_fd, data.net_fd, data.sockets.as_slice()) {
             (Some(internal), Some(net), _) => vec![(internal, net), (net, internal)],
             (None, _, &[a, b]) => vec![(a, b), (b, a)],
             _ => Vec::new(),

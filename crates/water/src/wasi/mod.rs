@@ -53,13 +53,9 @@ pub struct WasiCtx {
     /// whose library drops bytes on either (water-go's v1 TinyGo library,
     /// written for sockets with megabytes of buffer).
     pub whole_writes: bool,
-    /// The application's end (`internal_fd`), once handed to the role call.
-    pub internal_fd: Option<u32>,
-    /// The network fd the role call returned.
-    pub net_fd: Option<u32>,
-    /// The fds whose failure (a reset, a broken pipe) means the
-    /// application side is gone: `internal_fd`, or a relay's two sockets.
-    pub app_fds: Vec<u32>,
+    /// Which fds' use [`Activity`] records beyond the counts: set by the
+    /// embedder, which alone knows what they are to it.
+    pub watch: Watch,
     /// What the guest has done, readable while it runs.
     pub activity: Arc<Activity>,
     /// Time the guest's host calls spent waiting (for I/O, a timer, a
@@ -86,27 +82,55 @@ pub async fn watched<F: std::future::Future>(f: F) -> (F::Output, std::time::Dur
     (out, since.map(|t| t.elapsed()).unwrap_or_default())
 }
 
+/// The fds whose use [`Activity`] records beyond byte counts. The preview1
+/// layer knows nothing of what they are (WATM's application end, network
+/// fd, a relay's sockets): the embedder sets them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Watch {
+    /// Bytes read or written here set [`Activity::taken_in`]; bytes
+    /// written here are not counted in [`Activity::sent`].
+    pub plain: Option<u32>,
+    /// Ending writes here (a shutdown, a close) sets
+    /// [`Activity::delivered`].
+    pub outlet: Option<u32>,
+    /// A reset or broken pipe on one of these fds (a bit each; the table
+    /// holds at most 64) sets [`Activity::app_gone`].
+    peers: u64,
+}
+
+impl Watch {
+    pub fn new(plain: Option<u32>, outlet: Option<u32>, peers: &[u32]) -> Watch {
+        let peers = peers.iter().filter(|&&fd| fd < 64).fold(0, |bits, &fd| bits | 1 << fd);
+        Watch { plain, outlet, peers }
+    }
+
+    fn is_peer(&self, fd: u32) -> bool {
+        fd < 64 && self.peers & (1 << fd) != 0
+    }
+}
+
 /// What a running guest has done, shared with the task that owns it, which
 /// cannot look inside the store while the worker runs: after the
 /// application closed, the worker is left to finish while it makes progress
 /// (see `session::spawn_worker`).
 #[derive(Debug, Default)]
 pub struct Activity {
-    /// Bytes the guest wrote to streams other than the application's end.
+    /// Bytes the guest wrote to streams other than [`Watch::plain`].
     sent: AtomicU64,
     /// Bytes the guest read or wrote on any stream.
     moved: AtomicU64,
-    /// The guest half-closed (or closed) its network fd: everything it had
-    /// to deliver is out.
+    /// The guest half-closed (or closed) [`Watch::outlet`]: everything it
+    /// had to deliver is out.
     delivered: AtomicBool,
     /// Fds the guest shut down for writing or closed, one bit per fd (the
     /// table holds at most 64).
     write_ended: AtomicU64,
-    /// A read or write of the application side failed with a reset or a
-    /// broken pipe: the application is gone, not just half-closed.
+    /// A read or write of a [`Watch`] peer fd failed with a reset or a
+    /// broken pipe: that peer is gone, not just half-closed.
     app_gone: AtomicBool,
-    /// A byte crossed the application side (the guest read or wrote it):
-    /// the guest has taken the peer in (a server's handshake is done).
+    /// A byte crossed [`Watch::plain`] (the guest read or wrote it): for
+    /// WATM, the guest has taken its peer in (a server's handshake is
+    /// done).
     taken_in: AtomicBool,
 }
 
@@ -173,9 +197,7 @@ impl WasiCtx {
             clock_base: Instant::now(),
             coarse_poll: false,
             whole_writes: false,
-            internal_fd: None,
-            net_fd: None,
-            app_fds: Vec::new(),
+            watch: Watch::default(),
             activity: Arc::default(),
             waited: std::time::Duration::ZERO,
             polls: 0,
@@ -190,7 +212,7 @@ impl WasiCtx {
     /// Counts `n` bytes the guest read from stream `fd`.
     pub fn note_read(&self, fd: u32, n: usize) {
         self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
-        if n > 0 && Some(fd) == self.internal_fd {
+        if n > 0 && Some(fd) == self.watch.plain {
             self.activity.taken_in.store(true, Ordering::Relaxed);
         }
     }
@@ -198,7 +220,7 @@ impl WasiCtx {
     /// Counts `n` bytes the guest wrote to `fd`.
     pub fn note_write(&self, fd: u32, n: usize) {
         self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
-        if Some(fd) != self.internal_fd {
+        if Some(fd) != self.watch.plain {
             self.activity.sent.fetch_add(n as u64, Ordering::Relaxed);
         } else if n > 0 {
             self.activity.taken_in.store(true, Ordering::Relaxed);
@@ -207,7 +229,7 @@ impl WasiCtx {
 
     /// Notes that the guest ended its writing to `fd` (shutdown or close).
     pub fn note_write_end(&self, fd: u32) {
-        if Some(fd) == self.net_fd {
+        if Some(fd) == self.watch.outlet {
             self.activity.delivered.store(true, Ordering::Relaxed);
         }
         self.activity.end_write(fd);
@@ -218,8 +240,7 @@ impl WasiCtx {
     /// close and a half-close look alike until then).
     pub fn note_failure(&self, fd: u32, e: &std::io::Error) {
         use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-        if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) && self.app_fds.contains(&fd)
-        {
+        if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) && self.watch.is_peer(fd) {
             self.activity.app_gone.store(true, Ordering::Relaxed);
         }
     }
