@@ -393,14 +393,6 @@ impl Watm {
         &self.inner.config
     }
 
-    /// Takes a connection slot (see `policy::admission`).
-    pub(crate) fn admit(
-        &self,
-        kind: crate::policy::admission::Kind,
-    ) -> Result<crate::policy::admission::Slot, Error> {
-        crate::policy::admission::Slot::take(&self.inner.admission, self.inner.config.max_connections, kind)
-    }
-
     pub(crate) fn require(&self, role: Role) -> Result<(), Error> {
         if self.supports(role) {
             Ok(())
