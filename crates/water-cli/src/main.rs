@@ -24,6 +24,7 @@ mod scale;
 mod soak;
 mod socks;
 mod transport;
+mod trust;
 mod tunnel;
 
 use std::path::PathBuf;
@@ -55,6 +56,20 @@ struct TransportArgs {
     /// File whose bytes the transport gets from pull_config.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Refuse the module (at start and at reload) unless its SHA-256 is
+    /// this (64 hex digits; `sha256sum` prints it).
+    #[arg(long, value_name = "HEX", value_parser = trust::parse_sha256)]
+    transport_sha256: Option<[u8; 32]>,
+    /// Refuse a module file (at start and at reload) without a minisign
+    /// signature `<module>.minisig` by this public key. Repeat for several
+    /// keys (a rotation): any one will do. Built-in transports are part of
+    /// the binary and need none.
+    #[arg(long, value_name = "FILE")]
+    trusted_key: Vec<PathBuf>,
+    /// Listen with SO_REUSEPORT: several `water` processes started with
+    /// it share the port, and the kernel spreads connections among them.
+    #[arg(long)]
+    reuse_port: bool,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -112,6 +127,22 @@ fn drain_seconds(s: &str) -> Result<std::time::Duration, String> {
 impl TransportArgs {
     fn limits(&self) -> tunnel::Limits {
         self.limits.limits()
+    }
+
+    /// The transport as a re-readable source (SIGHUP reloads it).
+    fn source(&self) -> anyhow::Result<transport::Source> {
+        let keys =
+            self.trusted_key.iter().map(|k| trust::TrustedKey::from_file(k)).collect::<Result<_, _>>()?;
+        Ok(transport::Source {
+            transport: self.transport.clone(),
+            config: self.config.clone(),
+            trust: trust::Trust { sha256: self.transport_sha256, keys },
+            library: tunnel::library_config(self.limits(), 1),
+        })
+    }
+
+    fn listen(&self, addr: String) -> tunnel::Listen {
+        tunnel::Listen { addr, reuse_port: self.reuse_port }
     }
 }
 
@@ -205,6 +236,15 @@ enum Command {
         /// repeatable.
         #[arg(long = "config", value_name = "NAME=FILE")]
         configs: Vec<String>,
+        /// Refuse transport NAME's module (at start and on SIGHUP) unless
+        /// its SHA-256 is HEX.
+        #[arg(long = "transport-sha256", value_name = "NAME=HEX")]
+        sha256: Vec<String>,
+        /// Refuse a module file without a minisign signature
+        /// `<module>.minisig` by this key (repeat for several; built-ins
+        /// need none).
+        #[arg(long = "trusted-key", value_name = "FILE")]
+        trusted_keys: Vec<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -265,7 +305,10 @@ fn main() -> ExitCode {
     water::logging::set_unsafe_logging(cli.unsafe_logging);
     // The PT logs to a file in its state directory, never to stderr.
     let command = match cli.command {
-        Command::Pt { transports, configs, limits } => return pt::main(transports, configs, limits.limits()),
+        Command::Pt { transports, configs, sha256, trusted_keys, limits } => {
+            let trust = pt::TrustArgs { sha256, keys: trusted_keys };
+            return pt::main(transports, configs, trust, limits.limits());
+        }
         command => command,
     };
     tracing_subscriber::fmt()
@@ -284,17 +327,17 @@ fn main() -> ExitCode {
         match command {
             Command::Client { t, listen, remote, socks5: false } => {
                 let remote = remote.expect("clap requires --remote without --socks5");
-                tunnel::client(&t.transport, t.config.as_deref(), t.limits(), &listen, remote).await
+                tunnel::client(t.source()?, t.limits(), &t.listen(listen), remote).await
             }
             Command::Client { t, listen, remote, socks5: true } => {
                 let mode = remote.map_or(socks::Mode::Bridge, socks::Mode::Proxy);
-                tunnel::socks_client(&t.transport, t.config.as_deref(), t.limits(), &listen, mode).await
+                tunnel::socks_client(t.source()?, t.limits(), &t.listen(listen), mode).await
             }
             Command::Server { t, listen, forward } => {
-                tunnel::server(&t.transport, t.config.as_deref(), t.limits(), &listen, forward).await
+                tunnel::server(t.source()?, t.limits(), &t.listen(listen), forward).await
             }
             Command::Relay { t, listen, remote } => {
-                tunnel::relay(&t.transport, t.config.as_deref(), t.limits(), &listen, remote).await
+                tunnel::relay(t.source()?, t.limits(), &t.listen(listen), remote).await
             }
             Command::Check { transport, config } => check::run(&transport, config.as_deref()).await,
             Command::Demo => demo::run().await,

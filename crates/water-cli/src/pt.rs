@@ -151,17 +151,55 @@ fn parse_named(flag: &str, specs: &[String]) -> anyhow::Result<BTreeMap<String, 
 pub struct Modules {
     paths: BTreeMap<String, PathBuf>,
     configs: BTreeMap<String, PathBuf>,
+    /// `--transport-sha256 NAME=HEX`.
+    pins: BTreeMap<String, [u8; 32]>,
+    /// `--trusted-key`, for every module file.
+    keys: Vec<crate::trust::TrustedKey>,
     /// The library options every transport is loaded with (the limits).
     config: water::Config,
 }
 
+/// `water pt`'s module rules: `--transport-sha256 NAME=HEX` and
+/// `--trusted-key FILE` (see `crate::trust`).
+#[derive(Debug, Default)]
+pub struct TrustArgs {
+    pub sha256: Vec<String>,
+    pub keys: Vec<PathBuf>,
+}
+
 impl Modules {
-    pub fn parse(transports: &[String], configs: &[String]) -> anyhow::Result<Modules> {
+    #[cfg(test)]
+    fn parse(transports: &[String], configs: &[String]) -> anyhow::Result<Modules> {
+        Modules::parse_trusted(transports, configs, &TrustArgs::default())
+    }
+
+    pub fn parse_trusted(
+        transports: &[String],
+        configs: &[String],
+        trust: &TrustArgs,
+    ) -> anyhow::Result<Modules> {
+        let mut pins = BTreeMap::new();
+        for spec in &trust.sha256 {
+            let (name, hex) = spec
+                .split_once('=')
+                .with_context(|| format!("--transport-sha256 {spec}: expected NAME=HEX"))?;
+            let hash = crate::trust::parse_sha256(hex)
+                .map_err(|e| anyhow::anyhow!("--transport-sha256 {name}: {e}"))?;
+            pins.insert(name.to_string(), hash);
+        }
+        let keys =
+            trust.keys.iter().map(|k| crate::trust::TrustedKey::from_file(k)).collect::<Result<_, _>>()?;
         Ok(Modules {
             paths: parse_named("--transport", transports)?,
             configs: parse_named("--config", configs)?,
+            pins,
+            keys,
             config: water::Config::default(),
         })
+    }
+
+    fn trust(&self, name: &str) -> crate::trust::Trust {
+        crate::trust::Trust { sha256: self.pins.get(name).copied(), keys: self.keys.clone() }
     }
 
     /// Names from a `TOR_PT_*_TRANSPORTS` list (`*`: every one we have).
@@ -178,11 +216,29 @@ impl Modules {
     /// name we do not know.
     fn load(&self, name: &str) -> Option<anyhow::Result<Watm>> {
         let config = self.configs.get(name).map(PathBuf::as_path);
+        let trust = self.trust(name);
         if let Some(path) = self.paths.get(name) {
-            return Some(transport::load_with(&path.to_string_lossy(), config, self.config.clone()));
+            return Some(transport::load_trusted(
+                &path.to_string_lossy(),
+                config,
+                self.config.clone(),
+                &trust,
+            ));
         }
         let builtin = valid_name(name) && transport::builtins().contains(&name);
-        builtin.then(|| transport::load_with(name, config, self.config.clone()))
+        builtin.then(|| transport::load_trusted(name, config, self.config.clone(), &trust))
+    }
+
+    /// [`load`](Self::load) for a reload: compiled on a blocking thread,
+    /// then its init dry-run.
+    async fn reload(self: &Arc<Self>, name: &str) -> anyhow::Result<Watm> {
+        let (own, owned) = (self.clone(), name.to_string());
+        let loaded = tokio::task::spawn_blocking(move || own.load(&owned))
+            .await
+            .context("the loading thread failed")?;
+        let watm = loaded.context("no such transport")??;
+        watm.check_init().await.context("the transport rejects its configuration")?;
+        Ok(watm)
     }
 }
 
@@ -194,8 +250,13 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Entry point: runs the PT to its end and gives the exit code.
-pub fn main(transports: Vec<String>, configs: Vec<String>, limits: crate::tunnel::Limits) -> ExitCode {
-    let result = run(transports, configs, limits);
+pub fn main(
+    transports: Vec<String>,
+    configs: Vec<String>,
+    trust: TrustArgs,
+    limits: crate::tunnel::Limits,
+) -> ExitCode {
+    let result = run(transports, configs, trust, limits);
     water::logging::flush_warnings();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,7 +264,12 @@ pub fn main(transports: Vec<String>, configs: Vec<String>, limits: crate::tunnel
     }
 }
 
-fn run(transports: Vec<String>, configs: Vec<String>, limits: crate::tunnel::Limits) -> Result<(), Reported> {
+fn run(
+    transports: Vec<String>,
+    configs: Vec<String>,
+    trust: TrustArgs,
+    limits: crate::tunnel::Limits,
+) -> Result<(), Reported> {
     let drain = limits.drain;
     // The version comes first: nothing else means anything without it.
     let Some(versions) = env("TOR_PT_MANAGED_TRANSPORT_VER") else {
@@ -234,7 +300,8 @@ fn run(transports: Vec<String>, configs: Vec<String>, limits: crate::tunnel::Lim
         tracing_subscriber::registry().with(filter).with(file).with(PtLog).init();
     }
 
-    let mut own = Modules::parse(&transports, &configs).map_err(|e| env_error(format_args!("{e:#}")))?;
+    let mut own = Modules::parse_trusted(&transports, &configs, &trust)
+        .map_err(|e| env_error(format_args!("{e:#}")))?;
     let client = env_nonempty("TOR_PT_CLIENT_TRANSPORTS");
     let server = env_nonempty("TOR_PT_SERVER_TRANSPORTS");
     // Every transport started shares the process's fd budget.
@@ -263,6 +330,7 @@ fn run(transports: Vec<String>, configs: Vec<String>, limits: crate::tunnel::Lim
         if let Some(names) = server {
             pt.start_servers(&names, &own, &state).await?;
         }
+        pt.reload_on_hangup(Arc::new(own));
         pt.run().await;
         Ok(())
     });
@@ -280,11 +348,54 @@ struct Pt {
     kill: CancellationToken,
     /// Listener loops and connections.
     tasks: TaskTracker,
+    /// Each started transport's module, by name, for SIGHUP.
+    reloaders: Arc<std::sync::Mutex<Vec<(String, water::Reloader)>>>,
 }
 
 impl Pt {
     fn new() -> Pt {
-        Pt { accepting: CancellationToken::new(), kill: CancellationToken::new(), tasks: TaskTracker::new() }
+        Pt {
+            accepting: CancellationToken::new(),
+            kill: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            reloaders: Arc::default(),
+        }
+    }
+
+    fn reloadable(&self, name: &str, reloader: water::Reloader) {
+        self.reloaders.lock().unwrap_or_else(|e| e.into_inner()).push((name.to_string(), reloader));
+    }
+
+    /// On SIGHUP, reads every started transport's module and config again
+    /// (under the same hash and signature rules) and swaps each one that
+    /// loads: new connections use it, open ones finish on theirs. One that
+    /// fails to load keeps serving with its previous module (logged).
+    fn reload_on_hangup(&self, own: Arc<Modules>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot watch SIGHUP: no reloads");
+            return;
+        };
+        let reloaders = self.reloaders.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let list = reloaders.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for (name, reloader) in list {
+                    match own.reload(&name).await.and_then(|w| Ok(reloader.replace(&w).map(|()| w)?)) {
+                        Ok(watm) => tracing::info!(
+                            transport = %name,
+                            "reloaded (WATM {}): new connections use it; reload {}",
+                            watm.abi(),
+                            reloader.reloads()
+                        ),
+                        Err(e) => tracing::error!(
+                            transport = %name,
+                            "reload failed; the previous module goes on serving: {e:#}"
+                        ),
+                    }
+                }
+            }
+        });
     }
 
     async fn start_clients(&self, names: &str, own: &Modules) {
@@ -307,6 +418,7 @@ impl Pt {
                 Ok((dialer, addr, listener)) => {
                     say(format_args!("CMETHOD {name} socks5 {addr}"));
                     tracing::info!(transport = %name, %addr, "client transport listening (SOCKS5)");
+                    self.reloadable(&name, dialer.reloader());
                     self.tasks.spawn(self.clone_handles().serve_socks(dialer, listener));
                 }
                 Err(e) => say(format_args!("CMETHOD-ERROR {name} {}", one_line(&format!("{e:#}")))),
@@ -360,6 +472,7 @@ impl Pt {
                     let addr = listener.local_addr().expect("bound");
                     say(format_args!("SMETHOD {name} {addr}{}", smethod_args(&published)));
                     tracing::info!(transport = %name, %addr, "server transport listening");
+                    self.reloadable(&name, listener.reloader());
                     let (name, upstream) = (name.clone(), upstream.clone());
                     self.tasks.spawn(self.clone_handles().serve_transport(name, listener, upstream));
                 }
@@ -371,7 +484,12 @@ impl Pt {
     }
 
     fn clone_handles(&self) -> Pt {
-        Pt { accepting: self.accepting.clone(), kill: self.kill.clone(), tasks: self.tasks.clone() }
+        Pt {
+            accepting: self.accepting.clone(),
+            kill: self.kill.clone(),
+            tasks: self.tasks.clone(),
+            reloaders: self.reloaders.clone(),
+        }
     }
 
     /// Client half: SOCKS5 in bridge mode; every connection a task.

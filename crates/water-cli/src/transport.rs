@@ -1,9 +1,11 @@
 //! Resolving `--transport T` and `--config FILE`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use water::{Config, Watm};
+
+pub use crate::trust::Trust;
 
 /// The key built-in `xor` uses when no `--config` is given ("WATER" in
 /// ASCII). Documented in the README; fine for a demo, useless for hiding
@@ -16,7 +18,7 @@ pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 
 /// Reads a whole file of at most `max` bytes; a larger one is an error
 /// (before reading it).
-fn read_capped(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
+pub fn read_capped(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
@@ -38,7 +40,50 @@ pub fn load(name_or_path: &str, config: Option<&Path>) -> anyhow::Result<Watm> {
 }
 
 /// [`load`], starting from `cfg` (the tunnels' limits).
-pub fn load_with(name_or_path: &str, config: Option<&Path>, mut cfg: Config) -> anyhow::Result<Watm> {
+pub fn load_with(name_or_path: &str, config: Option<&Path>, cfg: Config) -> anyhow::Result<Watm> {
+    load_trusted(name_or_path, config, cfg, &Trust::default())
+}
+
+/// A transport as the operator named it, which can be read again (a
+/// reload reads the module and its config anew, under the same rules).
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// A built-in name or a module file.
+    pub transport: String,
+    /// The config file.
+    pub config: Option<PathBuf>,
+    /// The hash and signature rules.
+    pub trust: Trust,
+    /// The library options (limits) it is loaded with.
+    pub library: Config,
+}
+
+impl Source {
+    /// Reads and checks the module and its config, compiles it (on a
+    /// blocking thread: compiling takes a core for a while, and the
+    /// connections' tasks must not wait behind it), then runs its init
+    /// once with the config in a throwaway instance, so that a bad config
+    /// is an error here rather than on each connection.
+    pub async fn load(&self) -> anyhow::Result<Watm> {
+        let me = self.clone();
+        let watm = tokio::task::spawn_blocking(move || {
+            load_trusted(&me.transport, me.config.as_deref(), me.library, &me.trust)
+        })
+        .await
+        .context("the loading thread failed")??;
+        watm.check_init().await.context("the transport rejects its configuration")?;
+        Ok(watm)
+    }
+}
+
+/// [`load_with`], with the module's bytes checked against `trust` before
+/// they are compiled.
+pub fn load_trusted(
+    name_or_path: &str,
+    config: Option<&Path>,
+    mut cfg: Config,
+    trust: &Trust,
+) -> anyhow::Result<Watm> {
     if let Some(path) = config {
         let bytes = read_capped(path, MAX_CONFIG_FILE)
             .with_context(|| format!("cannot read config {}", path.display()))?;
@@ -57,6 +102,7 @@ pub fn load_with(name_or_path: &str, config: Option<&Path>, mut cfg: Config) -> 
             // key=value, so that a connection's `key=` argument can override it.
             cfg = cfg.transport_config(format!("key={DEMO_XOR_KEY}"));
         }
+        trust.check(name_or_path, None, guest.wasm)?;
         return Watm::new(guest.wasm, cfg).with_context(|| format!("built-in transport {name_or_path}"));
     }
     if !looks_like_path && !Path::new(name_or_path).exists() {
@@ -67,6 +113,7 @@ pub fn load_with(name_or_path: &str, config: Option<&Path>, mut cfg: Config) -> 
     }
     let bytes = read_capped(Path::new(name_or_path), cfg.module_size_limit())
         .with_context(|| format!("cannot read {name_or_path}"))?;
+    trust.check(name_or_path, Some(Path::new(name_or_path)), &bytes)?;
     Watm::new(&bytes, cfg).with_context(|| name_or_path.to_string())
 }
 

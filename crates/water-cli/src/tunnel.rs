@@ -5,7 +5,6 @@
 //! errors of the listening socket itself (and bad arguments) end it.
 
 use std::io;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,12 +19,78 @@ use crate::{socks, transport};
 
 /// Binds `addr` and announces it: exactly one line on stdout.
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    bind_shared(addr, false).await
+}
+
+/// [`bind`]; with `reuse_port`, with `SO_REUSEPORT`, so that several
+/// processes (each with the same flag) listen on one port and the kernel
+/// spreads new connections among them.
+pub async fn bind_shared(addr: &str, reuse_port: bool) -> anyhow::Result<TcpListener> {
+    let listener = match reuse_port {
+        false => TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?,
+        true => {
+            bind_reuse_port(addr).await.with_context(|| format!("cannot listen on {addr} (--reuse-port)"))?
+        }
+    };
     let local = listener.local_addr()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {local}")?;
     out.flush()?;
     Ok(listener)
+}
+
+async fn bind_reuse_port(addr: &str) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket =
+            if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        // As tokio's own bind: SO_REUSEADDR, so a restart need not wait out
+        // TIME_WAIT; then SO_REUSEPORT for the sharing.
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(1024)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Reloads `source` on every SIGHUP and gives the new module to each of
+/// `reloaders`: new connections use it, open ones finish on theirs. The
+/// module is read, checked (hash, signature), compiled and its init dry-run
+/// first, off the accept path; if any of that fails the old module goes on
+/// serving and the error is logged. SIGHUPs that come during a reload are
+/// one more reload after it.
+pub fn reload_on_hangup(source: transport::Source, reloaders: Vec<water::Reloader>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload(&source, &reloaders).await;
+        }
+    });
+    Ok(())
+}
+
+/// One reload of `source` into `reloaders` (see [`reload_on_hangup`]).
+pub async fn reload(source: &transport::Source, reloaders: &[water::Reloader]) {
+    let name = &source.transport;
+    let watm = match source.load().await {
+        Ok(watm) => watm,
+        Err(e) => {
+            tracing::error!("reload of {name} failed; the previous module goes on serving: {e:#}");
+            return;
+        }
+    };
+    for r in reloaders {
+        if let Err(e) = r.replace(&watm) {
+            tracing::error!("reload of {name} failed; the previous module goes on serving: {e}");
+            return;
+        }
+    }
+    let count = reloaders.first().map_or(0, |r| r.reloads());
+    tracing::info!("reloaded {name} (WATM {}): new connections use it; reload {count}", watm.abi());
 }
 
 /// What SIGINT and SIGTERM say: the first signal `stop`s accepting and
@@ -139,25 +204,32 @@ pub fn library_config(l: Limits, share: usize) -> water::Config {
     cfg.drain_timeout(l.drain)
 }
 
-/// Loads transport `t` with the tunnel's limits, then runs its
-/// `_water_init` once (with the config) in a throwaway instance: a bad config
-/// is an error at start-up, not on each connection.
-async fn load_checked(t: &str, config: Option<&Path>, limits: Limits) -> anyhow::Result<water::Watm> {
-    let watm = transport::load_with(t, config, library_config(limits, 1))?;
-    watm.check_init().await.context("the transport rejects its configuration")?;
+/// Where a tunnel listens.
+#[derive(Clone, Debug)]
+pub struct Listen {
+    pub addr: String,
+    /// `--reuse-port`.
+    pub reuse_port: bool,
+}
+
+/// Loads `source` (see [`transport::Source::load`]) and says what runs.
+async fn load_checked(source: &transport::Source) -> anyhow::Result<water::Watm> {
+    let watm = source.load().await?;
+    tracing::info!("transport {}: WATM {}; SIGHUP reloads it", source.transport, watm.abi());
     Ok(watm)
 }
 
 pub async fn client(
-    t: &str,
-    config: Option<&Path>,
+    source: transport::Source,
     limits: Limits,
-    listen: &str,
+    listen: &Listen,
     remote: String,
 ) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&load_checked(t, config, limits).await?)?;
-    let listener = bind(listen).await?;
-    run_client(dialer, listener, remote, Signals::watch()?, limits.drain).await
+    let dialer = Dialer::new(&load_checked(&source).await?)?;
+    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
+    let signals = Signals::watch()?;
+    reload_on_hangup(source, vec![dialer.reloader()])?;
+    run_client(dialer, listener, remote, signals, limits.drain).await
 }
 
 /// The client tunnel on a bound listener, until `signals` (then drained).
@@ -187,30 +259,31 @@ pub async fn run_client(
 
 /// `water client --socks5`: SOCKS5 in front of the dialer (see [`socks::Mode`]).
 pub async fn socks_client(
-    t: &str,
-    config: Option<&Path>,
+    source: transport::Source,
     limits: Limits,
-    listen: &str,
+    listen: &Listen,
     mode: socks::Mode,
 ) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&load_checked(t, config, limits).await?)?;
-    let listener = bind(listen).await?;
-    socks::serve(dialer, listener, mode, Signals::watch()?, limits.drain).await
+    let dialer = Dialer::new(&load_checked(&source).await?)?;
+    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
+    let signals = Signals::watch()?;
+    reload_on_hangup(source, vec![dialer.reloader()])?;
+    socks::serve(dialer, listener, mode, signals, limits.drain).await
 }
 
 pub async fn server(
-    t: &str,
-    config: Option<&Path>,
+    source: transport::Source,
     limits: Limits,
-    listen: &str,
+    listen: &Listen,
     forward: String,
 ) -> anyhow::Result<()> {
     // The guest reads and writes the upstream socket itself: no copy
     // through the host (see `water::Forwarder`). A module without
     // `_water_accept` is refused here (`Error::RoleNotSupported`).
-    let forwarder = Forwarder::new(&load_checked(t, config, limits).await?, forward)?;
-    let listener = bind(listen).await?;
+    let forwarder = Forwarder::new(&load_checked(&source).await?, forward)?;
+    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
     let signals = Signals::watch()?;
+    reload_on_hangup(source, vec![forwarder.reloader()])?;
     until_second_signal(
         &signals,
         limits.drain,
@@ -239,15 +312,15 @@ async fn until_second_signal(
 }
 
 pub async fn relay(
-    t: &str,
-    config: Option<&Path>,
+    source: transport::Source,
     limits: Limits,
-    listen: &str,
+    listen: &Listen,
     remote: String,
 ) -> anyhow::Result<()> {
-    let relay = Relay::new(&load_checked(t, config, limits).await?, remote)?;
-    let listener = bind(listen).await?;
+    let relay = Relay::new(&load_checked(&source).await?, remote)?;
+    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
     let signals = Signals::watch()?;
+    reload_on_hangup(source, vec![relay.reloader()])?;
     until_second_signal(&signals, limits.drain, relay.serve(listener, signals.stop.clone().cancelled_owned()))
         .await
         .context("relay")
