@@ -106,7 +106,8 @@ fn open_v1_config() -> Result<Fd, Errno> {
         }
         if name == CONFIG_DIR.as_bytes() {
             // SAFETY: no memory is passed but the path, borrowed for the call.
-            return unsafe { wasi::path_open(fd, 0, CONFIG_FILE, 0, wasi::RIGHTS_FD_READ, 0, 0) }.map_err(errno);
+            return unsafe { wasi::path_open(fd, 0, CONFIG_FILE, 0, wasi::RIGHTS_FD_READ, 0, 0) }
+                .map_err(errno);
         }
     }
     Err(Errno::NOENT)
