@@ -560,6 +560,9 @@ fn the_iat_distribution_is_seeded_from_sha256_of_the_drbg_seed() {
     assert!(a.values().iter().all(|&v| v as usize <= dist::MAX_IAT));
     // Not the length seed itself over 0..=100.
     assert_ne!(a.values(), dist::LenDist::with_max(&seed, dist::MAX_IAT).values());
+    // The CLI test's pacing check counts on every gap being at least one
+    // unit (400 µs here): this identity's iat table has no 0.
+    assert!(!a.values().contains(&0), "{:?}", a.values());
     // `with_max` at the length maximum is the length table.
     assert_eq!(dist::LenDist::with_max(&seed, dist::MAX_VALUE).values(), LenDist::new(&seed).values());
 }
