@@ -6,8 +6,9 @@
 //!   credentials) → `water server -t obfs4` with the identity from the same
 //!   `obfs4_state.json` → echo;
 //! - iat-mode 0 with 64 MiB each way, iat-modes 1 and 2 with smaller
-//!   transfers written in random pieces (obfs4proxy sleeps up to 10 ms
-//!   between its MTU-sized writes in those modes);
+//!   transfers written in random pieces (both ends sleep up to 10 ms
+//!   between their pieces in those modes), and a recording relay that
+//!   shows a water client's and a water server's pieces arriving apart;
 //! - probes side by side against obfs4proxy's server and ours with the same
 //!   identity: silence, garbage, a wrong cert;
 //! - a tor bridge and a tor client, one over `water pt` and the other over
@@ -25,6 +26,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::tor;
@@ -329,6 +331,166 @@ fn iat_modes_1_and_2_both_ways_in_random_pieces() {
         let s = socks5(socks, server, &format!("cert={};iat-mode={iat}", b.cert));
         round_trip(s, SMALL, 20 + iat as u64, true)
             .unwrap_or_else(|e| panic!("iat-mode {iat}, water server: {e}"));
+    }
+}
+
+/// A TCP relay on loopback to `to` that records the size of every read it
+/// makes from its client (`up`) and from `to` (`down`): a sender that
+/// writes in pieces with gaps between them arrives as many reads, one that
+/// writes a burst at once as few. Its sockets time out after
+/// [`TRANSFER_LIMIT`].
+struct Recorder {
+    addr: SocketAddr,
+    up: Arc<Mutex<Vec<usize>>>,
+    down: Arc<Mutex<Vec<usize>>>,
+}
+
+fn recording_relay(to: SocketAddr) -> Recorder {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (up, down) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let (u, d) = (Arc::clone(&up), Arc::clone(&down));
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(client) = s else { return };
+            let Ok(remote) = TcpStream::connect(to) else { return };
+            copy_recording(client.try_clone().unwrap(), remote.try_clone().unwrap(), Arc::clone(&u));
+            copy_recording(remote, client, Arc::clone(&d));
+        }
+    });
+    Recorder { addr, up, down }
+}
+
+fn copy_recording(mut from: TcpStream, mut to: TcpStream, log: Arc<Mutex<Vec<usize>>>) {
+    std::thread::spawn(move || {
+        from.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
+        to.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            log.lock().unwrap().push(n);
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// Bytes of the block whose pieces [`paced_reads`] counts.
+const PACED_BLOCK: usize = 60_000;
+
+/// A service for [`paced_reads`]: on each connection it echoes a 5-byte
+/// hello, then answers a 1-byte go with [`PACED_BLOCK`] pattern bytes
+/// (from `seed`) in one write, then echoes everything. So its block
+/// reaches the water server in front of it at once, however the client
+/// paces.
+fn blaster(seed: u64) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
+                let mut hello = [0u8; 6];
+                if s.read_exact(&mut hello[..5]).is_err() || s.write_all(&hello[..5]).is_err() {
+                    return;
+                }
+                if s.read_exact(&mut hello[5..]).is_err() {
+                    return;
+                }
+                let mut block = vec![0u8; PACED_BLOCK];
+                Pattern(seed).fill(&mut block);
+                if s.write_all(&block).is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Over `stream`, which reaches a [`blaster`] through a recording relay:
+/// a hello first (the handshake done, both directions flowing), then the
+/// go and the blaster's block, then one write of [`PACED_BLOCK`] pattern
+/// bytes and their echo; every byte compared. Returns how many reads the
+/// relay made of the blaster's block on its way down, and of ours on its
+/// way up: each phase alone, so a peer's pacing of the other way cannot
+/// cut the block counted.
+fn paced_reads(mut stream: TcpStream, relay: &Recorder, seed: u64) -> (usize, usize) {
+    let count = |log: &Mutex<Vec<usize>>| log.lock().unwrap().len();
+    stream.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(b"hello").unwrap();
+    let mut hello = [0u8; 5];
+    stream.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello");
+    let mark = count(&relay.down);
+    stream.write_all(b"g").unwrap();
+    let (mut got, mut want) = (vec![0u8; PACED_BLOCK], vec![0u8; PACED_BLOCK]);
+    stream.read_exact(&mut got).unwrap();
+    Pattern(seed).fill(&mut want);
+    assert!(got == want, "the blaster's block came altered");
+    let down = count(&relay.down) - mark;
+    let mark = count(&relay.up);
+    Pattern(seed ^ 1).fill(&mut want);
+    stream.write_all(&want).unwrap();
+    stream.read_exact(&mut got).unwrap();
+    assert!(got == want, "our block came back altered");
+    (down, count(&relay.up) - mark)
+}
+
+/// The pacing of iat-modes 1 and 2 is real on the wire: a 60,000-byte
+/// write into a water client, and a 60,000-byte write out of the service
+/// behind a water server, reach a recording relay beside each as many
+/// separate reads (about 43 pieces of up to 1448 bytes in mode 1, about
+/// 87 of drawn lengths in mode 2, each followed by a gap of 0.4 to
+/// 9.9 ms: the pinned identity's iat table has no 0), where iat-mode 0
+/// writes each burst at once (its counts are only printed). No time is
+/// asserted: the threshold, a quarter of mode 1's pieces, holds unless
+/// the relay's thread sleeps through most gaps. obfs4proxy is the peer
+/// each way; bytes are compared exactly.
+#[test]
+#[cfg_attr(not(peer_obfs4proxy), ignore = "needs obfs4proxy: apt-get install obfs4proxy")]
+fn water_writes_in_paced_pieces_in_iat_modes_1_and_2() {
+    const AT_LEAST: usize = 10;
+    for iat in [0u8, 1, 2] {
+        let seed = 30 + u64::from(iat);
+        let service = blaster(seed);
+        let state = iat_state(iat);
+        let b = bridge_with(&format!("pace{iat}"), service, Some(iat), Some(&state));
+        let dir = temp_dir(&format!("pace{iat}-cfg"));
+        // water client → relay → obfs4proxy server → blaster: the water
+        // client's block is the relay's way up.
+        let relay = recording_relay(b.addr);
+        let (_client, addr) = water_client(&dir, &b.cert, iat, relay.addr);
+        let (_, client_reads) = paced_reads(TcpStream::connect(addr).unwrap(), &relay, seed);
+        // obfs4proxy client → relay → water server → blaster: the water
+        // server's block (the blaster's) is the relay's way down.
+        let (_server, server) = water_server(Path::new(&write_config(&dir, "state.json", &state)), service);
+        let relay = recording_relay(server);
+        let (_c, socks) = obfs4proxy_client(&temp_dir(&format!("pace{iat}-client")));
+        let s = socks5(socks, relay.addr, &format!("cert={};iat-mode={iat}", b.cert));
+        let (server_reads, _) = paced_reads(s, &relay, seed);
+        eprintln!(
+            "iat-mode {iat}: water client's block in {client_reads} reads, water server's in {server_reads}"
+        );
+        if iat > 0 {
+            assert!(
+                client_reads >= AT_LEAST,
+                "iat-mode {iat}: the water client's block came in {client_reads} reads"
+            );
+            assert!(
+                server_reads >= AT_LEAST,
+                "iat-mode {iat}: the water server's block came in {server_reads} reads"
+            );
+        }
     }
 }
 

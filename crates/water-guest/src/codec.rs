@@ -15,13 +15,57 @@ pub struct Progress {
     pub produced: usize,
 }
 
+/// What [`Codec::pace`] lets out of a paced codec's output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// How many of the pending bytes (from the front, in order) may be
+    /// written now. `0`: none yet; the worker then calls
+    /// [`Codec::transform`] (with whatever input is buffered, possibly none)
+    /// so that the codec can add output first, and asks again.
+    pub release: usize,
+    /// Nanoseconds to wait, counted from when the last released byte was
+    /// written, before anything more leaves this direction: bytes or the
+    /// half-close. `0`: no wait.
+    pub then_wait: u64,
+}
+
 /// A streaming byte transform for one direction of a connection.
 ///
 /// The worker hands the codec whatever bytes have arrived, split wherever TCP
 /// split them; a correct codec's output never depends on that split.
+///
+/// A codec may also shape its output's timing ([`Codec::PACED`],
+/// [`Codec::pace`]): it then says how much of what it produced may go now,
+/// and how long to wait after it before the next piece. A codec that does
+/// not pace costs nothing for it: the worker never reads the clock for it.
 pub trait Codec {
     /// The least output space the worker offers before it expects progress.
     const MIN_OUTPUT: usize = 16;
+
+    /// Whether the worker asks [`Codec::pace`] before writing this codec's
+    /// output. `false` (the default): everything produced may go at once.
+    ///
+    /// When `true`, [`Codec::transform`] is called only while everything it
+    /// produced earlier has been released, or right after `pace` asked for
+    /// more output (released `0`): so what `pace` sees pending is the output
+    /// of the latest `transform` (or `finish`) calls.
+    const PACED: bool = false;
+
+    /// For a [`Codec::PACED`] codec: `pending` (at least 1) bytes it produced
+    /// are not released yet; how many go now, and how long after them the
+    /// direction then waits. Called when nothing released earlier is still
+    /// unwritten and the last wait is over, so a codec writes its output in
+    /// pieces with gaps between them (the worker sleeps in `poll_oneoff`
+    /// for a gap, it never spins, and the other direction keeps moving).
+    ///
+    /// Contract: `release <= pending`; a `release` of `0` must be followed
+    /// by output from the next `transform` call, or the worker ends the
+    /// connection with [`Errno::IO`] rather than hang.
+    ///
+    /// The default releases everything, with no wait.
+    fn pace(&mut self, pending: usize) -> Pace {
+        Pace { release: pending, then_wait: 0 }
+    }
 
     /// Transforms a prefix of `input` into a prefix of `output`.
     ///

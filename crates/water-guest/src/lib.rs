@@ -56,7 +56,7 @@ pub mod rt;
 #[cfg(target_arch = "wasm32")]
 mod sys;
 
-pub use codec::{Codec, Handshake, InitError, Keys, Progress, Role, Step, Transport};
+pub use codec::{Codec, Handshake, InitError, Keys, Pace, Progress, Role, Step, Transport};
 pub use config::Config;
 pub use water_abi::{Errno, args};
 

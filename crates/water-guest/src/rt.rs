@@ -371,13 +371,13 @@ fn run<E: crate::Codec, D: crate::Codec>(
     if let Some(fd) = cancel {
         sys::set_nonblocking(fd)?;
     }
-    let mut events = [EMPTY_EVENT; 6];
+    let mut events = [EMPTY_EVENT; 8];
     loop {
         let hot = turn(&mut up, plain, wire)? | turn(&mut down, wire, plain)?;
         if up.is_done() && down.is_done() {
             return Ok(());
         }
-        let mut interests = [Interest::Read(0); 6];
+        let mut interests = [Interest::Read(0); 8];
         let mut n = 0;
         let mut add = |i: Interest| {
             interests[n] = i;
@@ -397,6 +397,14 @@ fn run<E: crate::Codec, D: crate::Codec>(
         }
         if down.wants_write() {
             add(Interest::Write(plain));
+        }
+        // A paced direction holding bytes back sleeps until its gap ends,
+        // beside the fds: the other direction keeps moving meanwhile.
+        if let Some(at) = up.held_until() {
+            add(Interest::Until(at));
+        }
+        if let Some(at) = down.held_until() {
+            add(Interest::Until(at));
         }
         if hot {
             add(Interest::Now);
@@ -438,6 +446,7 @@ fn turn<C: crate::Codec>(pipe: &mut Pipe<'_, C>, src: Fd, dst: Fd) -> Result<boo
                 Err(e) => return Err(e),
             }
         }
+        moved |= clock(pipe)?;
         moved |= pipe.transform()?;
         while pipe.wants_write() {
             match sys::write(dst, pipe.pending()) {
@@ -445,6 +454,8 @@ fn turn<C: crate::Codec>(pipe: &mut Pipe<'_, C>, src: Fd, dst: Fd) -> Result<boo
                 Ok(n) => {
                     pipe.sent(n);
                     moved = true;
+                    // A paced piece that went out starts its wait now.
+                    clock(pipe)?;
                     // Room in the output may let more input through.
                     pipe.transform()?;
                 }
@@ -467,4 +478,10 @@ fn turn<C: crate::Codec>(pipe: &mut Pipe<'_, C>, src: Fd, dst: Fd) -> Result<boo
         }
     }
     Ok(true)
+}
+
+/// Reads the clock for a paced pipe when it needs it (never for a codec
+/// that does not pace). Returns whether a wait ended.
+fn clock<C: crate::Codec>(pipe: &mut Pipe<'_, C>) -> Result<bool, Errno> {
+    if pipe.needs_clock() { Ok(pipe.tick(sys::monotonic_now()?)) } else { Ok(false) }
 }

@@ -2,8 +2,10 @@
 //!
 //! [`pump`] runs bytes through a [`Pipe`] with the reads and writes cut into
 //! sizes the test chooses, so a property test can check that a codec's output
-//! does not depend on how TCP split the stream. [`handshake`] runs two
-//! [`Handshake`]s against each other the same way.
+//! does not depend on how TCP split the stream; [`pump_timed`] does the same
+//! on a simulated clock and says when each write went, for codecs that pace
+//! their output. [`handshake`] runs two [`Handshake`]s against each other
+//! the same way.
 
 use std::vec;
 use std::vec::Vec;
@@ -37,15 +39,54 @@ impl Default for Segmentation {
 /// Errors: the codec's (or the pipe's) errno. Panics if the pipe stops making
 /// progress, which would be a hang in a real worker.
 pub fn pump<C: Codec>(codec: C, data: &[u8], seg: &Segmentation) -> Result<Vec<u8>, Errno> {
+    Ok(pump_timed(codec, data, seg)?.bytes())
+}
+
+/// What [`pump_timed`] saw the sink get, on its simulated clock.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// Each write the sink took: when (nanoseconds) and what.
+    pub writes: Vec<(u64, Vec<u8>)>,
+    /// When the sink was shut down for writing.
+    pub shut_down_at: u64,
+}
+
+impl Trace {
+    /// Every byte written, in order.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.writes.iter().flat_map(|(_, b)| b.iter().copied()).collect()
+    }
+}
+
+/// [`pump`] on a simulated monotonic clock, for paced codecs
+/// ([`Codec::PACED`]): the clock stands still while anything moves and
+/// jumps to the end of a wait when only the wait holds the pipe, as a
+/// worker sleeping in `poll_oneoff` would see it. Returns each write with
+/// its time. Same errors and panics as [`pump`].
+pub fn pump_timed<C: Codec>(codec: C, data: &[u8], seg: &Segmentation) -> Result<Trace, Errno> {
+    pump_with_clock(codec, data, seg, &[0])
+}
+
+/// [`pump_timed`] whose clock also advances by `steps` (nanoseconds,
+/// cycled) on every round, as a real one does between syscalls.
+pub fn pump_with_clock<C: Codec>(
+    codec: C,
+    data: &[u8],
+    seg: &Segmentation,
+    steps: &[u64],
+) -> Result<Trace, Errno> {
     let mut input = vec![0u8; seg.buffer.max(C::MIN_OUTPUT)];
     let mut output = vec![0u8; seg.buffer.max(C::MIN_OUTPUT)];
     let mut pipe = Pipe::new(codec, &mut input, &mut output);
     let (mut reads, mut writes) = (seg.reads.iter().cycle(), seg.writes.iter().cycle());
+    let mut steps = steps.iter().cycle();
     let mut fed = 0;
-    let mut out = Vec::with_capacity(data.len());
+    let mut trace = Trace::default();
+    let mut now = 0u64;
     let mut idle = 0;
     while !pipe.is_done() {
         let mut moved = false;
+        now += steps.next().copied().unwrap_or(0);
         if pipe.wants_read() {
             let buf = pipe.read_buf();
             let n = buf.len().min(data.len() - fed).min((*reads.next().unwrap()).max(1));
@@ -54,21 +95,34 @@ pub fn pump<C: Codec>(codec: C, data: &[u8], seg: &Segmentation) -> Result<Vec<u
             fed += n;
             moved = true;
         }
+        if pipe.needs_clock() {
+            moved |= pipe.tick(now);
+        }
         moved |= pipe.transform()?;
         if pipe.wants_write() {
             let n = pipe.pending().len().min((*writes.next().unwrap()).max(1));
-            out.extend_from_slice(&pipe.pending()[..n]);
+            trace.writes.push((now, pipe.pending()[..n].to_vec()));
             pipe.sent(n);
             moved = true;
         }
+        if pipe.needs_clock() {
+            moved |= pipe.tick(now);
+        }
         if pipe.wants_shutdown() {
             pipe.shut_down();
+            trace.shut_down_at = now;
+            moved = true;
+        }
+        if !moved && let Some(at) = pipe.held_until() {
+            // Asleep until the wait ends.
+            assert!(at > now, "held until {at}, which has passed ({now}): a spin");
+            now = at;
             moved = true;
         }
         idle = if moved { 0 } else { idle + 1 };
-        assert!(idle < 3, "pipe stalled: fed {fed} of {}, wrote {}", data.len(), out.len());
+        assert!(idle < 3, "pipe stalled: fed {fed} of {}, wrote {}", data.len(), trace.bytes().len());
     }
-    Ok(out)
+    Ok(trace)
 }
 
 /// The end of a [`handshake`] for one side: its keys, and what it had read

@@ -10,13 +10,41 @@
 //! answers check the table against obfs4proxy's padding). The samples
 //! themselves come from a per-connection DRBG seeded by the host's
 //! randomness, where obfs4proxy uses the system's CSPRNG.
+//!
+//! The inter-arrival-time distribution of iat-modes 1 and 2 is built the
+//! same way over `0..=100` (obfs4proxy's `maxIATDelay`, in units of
+//! 100 µs) from its own seed: the first 24 bytes of SHA-256 of the length
+//! distribution's seed ([`iat_dist`]), as obfs4proxy derives it on both
+//! ends (the client again once the bridge's seed arrives).
+
+use sha2::{Digest as _, Sha256};
 
 use crate::framing::{Drbg, SEED_LEN};
 
 /// Most values in a table (obfs4proxy's `maxValues`).
 const MAX_VALUES: usize = 100;
-/// The values lie in `0..=MAX_VALUE` (`MaximumSegmentLength`).
+/// The length values lie in `0..=MAX_VALUE` (`MaximumSegmentLength`).
 pub const MAX_VALUE: usize = crate::framing::MAX_SEGMENT;
+/// The iat values lie in `0..=MAX_IAT` (obfs4proxy's `maxIATDelay`), in
+/// units of [`IAT_UNIT_NS`]: a delay of at most 10 ms.
+pub const MAX_IAT: usize = 100;
+/// One unit of an iat sample: 100 µs, in nanoseconds.
+pub const IAT_UNIT_NS: u64 = 100_000;
+
+/// The iat distribution's seed for a length distribution's `seed`:
+/// obfs4proxy's `SeedFromBytes(sha256(seed))`, the hash's first 24 bytes.
+pub fn iat_seed(seed: &[u8; SEED_LEN]) -> [u8; SEED_LEN] {
+    let hash = Sha256::digest(seed);
+    let mut out = [0u8; SEED_LEN];
+    out.copy_from_slice(&hash[..SEED_LEN]);
+    out
+}
+
+/// The iat distribution of a connection whose length distribution's seed
+/// is `seed` (values in `0..=`[`MAX_IAT`]).
+pub fn iat_dist(seed: &[u8; SEED_LEN]) -> LenDist {
+    LenDist::with_max(&iat_seed(seed), MAX_IAT)
+}
 
 /// Go's `math/rand.Rand` methods that the table needs, over a [`Drbg`].
 struct GoRand(Drbg);
@@ -59,7 +87,7 @@ pub fn close_delay(seed: &[u8; SEED_LEN]) -> u64 {
     u64::from(GoRand(Drbg::new(seed)).intn(60))
 }
 
-/// A weighted distribution over packet lengths.
+/// A weighted distribution over packet lengths (or, [`iat_dist`], delays).
 #[derive(Clone, Debug)]
 pub struct LenDist {
     values: [u16; MAX_VALUES],
@@ -96,11 +124,18 @@ impl Queue {
 }
 
 impl LenDist {
-    /// The table for `seed`.
+    /// The length table for `seed` (values in `0..=`[`MAX_VALUE`]).
     pub fn new(seed: &[u8; SEED_LEN]) -> LenDist {
+        LenDist::with_max(seed, MAX_VALUE)
+    }
+
+    /// The table for `seed` over `0..=max` (`max` at most [`MAX_VALUE`]):
+    /// obfs4proxy's `probdist.New(seed, 0, max, false)`.
+    pub fn with_max(seed: &[u8; SEED_LEN], max: usize) -> LenDist {
+        assert!(max <= MAX_VALUE);
         let mut rng = GoRand(Drbg::new(seed));
         // genValues: a permutation of every value, cut to 1..=100 of them.
-        let all = MAX_VALUE + 1;
+        let all = max + 1;
         let mut perm = [0u16; MAX_VALUE + 1];
         for i in 0..all {
             let j = rng.intn(i as u32 + 1) as usize;

@@ -19,7 +19,7 @@ pub mod framing;
 pub mod handshake;
 
 use water_guest::config::hex_to;
-use water_guest::{Codec, Config, Errno, InitError, Progress, Role, Transport};
+use water_guest::{Codec, Config, Errno, InitError, Pace, Progress, Role, Transport};
 
 use dist::LenDist;
 use framing::{
@@ -30,16 +30,19 @@ use handshake::{Bridge, ClientHandshake, Identity, Keys, NODE_ID, ServerHandshak
 /// The errno a frame that fails to authenticate ends a connection with.
 pub const AUTH_FAILED: Errno = Errno::BADMSG;
 
-/// Inter-arrival-time obfuscation (`iat-mode`).
+/// Inter-arrival-time obfuscation (`iat-mode`), as obfs4proxy does it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IatMode {
-    /// 0: every write is padded to a length from the distribution.
+    /// 0: every write is padded to a length from the distribution and goes
+    /// out at once.
     None,
-    /// 1: as 0 on the wire here (obfs4proxy also delays its MTU-sized
-    /// writes; see README).
+    /// 1: as 0, then written in pieces of up to 1448 bytes (one frame's
+    /// worth, obfs4proxy's `MaximumSegmentLength`), each followed by a
+    /// delay drawn from the iat distribution.
     Enabled,
-    /// 2: bursts are cut into lengths from the distribution, the last one
-    /// padded (obfs4proxy also delays each; see README).
+    /// 2: written in pieces of lengths drawn from the length distribution,
+    /// padding a tail shorter than its draw up to it, each piece followed
+    /// by a delay drawn from the iat distribution.
     Paranoid,
 }
 
@@ -227,14 +230,32 @@ fn random_seed() -> Result<[u8; SEED_LEN], Errno> {
 }
 
 /// Plain → wire: payload frames of up to 1427 bytes, then padding frames
-/// as the `iat-mode` asks.
+/// and timing as the `iat-mode` asks.
+///
+/// Each `transform` call is one burst, as one `Write` of obfs4proxy's (the
+/// worker hands a paced codec new input only once its last burst is out
+/// and the delay after it is over, as obfs4proxy's blocking `Write`
+/// returns only then). In iat-modes 1 and 2, [`Codec::pace`] cuts the
+/// burst into the pieces obfs4proxy writes and draws the delay after each.
 #[derive(Debug)]
 pub struct Encoder {
     keys: FrameKeys,
     dist: LenDist,
     rng: Drbg,
     iat: IatMode,
+    /// iat-modes 1 and 2: the delay distribution.
+    delays: Option<LenDist>,
+    /// Paranoid: a burst's tail of this length is to be padded to the
+    /// drawn piece length (tail, target), by the next `transform` call.
+    owed_pad: Option<(usize, usize)>,
+    /// Paranoid: the next piece's length, drawn before padding made the
+    /// tail exactly that long.
+    next_piece: Option<usize>,
 }
+
+/// How many zero-length draws a paranoid piece skips before it gives up
+/// and sends what is left at once (a table of only 0 would never end).
+const MAX_ZERO_DRAWS: usize = 64;
 
 impl Encoder {
     /// An encoder over a handshake's keys.
@@ -244,42 +265,65 @@ impl Encoder {
             dist: LenDist::new(&keys.dist_seed),
             rng: Drbg::new(&keys.sample_seed),
             iat,
+            delays: (iat != IatMode::None).then(|| dist::iat_dist(&keys.dist_seed)),
+            owed_pad: None,
+            next_piece: None,
         }
     }
 
-    /// Paranoid mode's end of a burst of `burst` bytes: obfs4proxy cuts the
-    /// burst into writes of sampled lengths, padding the last one up to its
-    /// sample; here only that padding is made (at most twice).
-    fn paranoid_tail(&mut self, burst: usize, out: &mut [u8]) -> usize {
-        let (mut left, mut added, mut pads) = (burst, 0, 0);
-        // Bounded: a distribution of only zero would loop forever.
-        for _ in 0..64 {
-            if left == 0 {
-                break;
-            }
+    /// The delay after a piece: an iat sample in units of 100 µs.
+    fn delay(&mut self) -> u64 {
+        match &self.delays {
+            Some(d) => d.sample(&mut self.rng) as u64 * dist::IAT_UNIT_NS,
+            None => 0,
+        }
+    }
+
+    /// Paranoid mode's next piece of the `pending` bytes left of a burst:
+    /// obfs4proxy's loop draws a length; a tail at least that long gives a
+    /// piece of it; a shorter one is first padded up to it (when the pad
+    /// takes two frames, the tail is longer than the draw, and a new
+    /// length is drawn). Returns `None` when padding is owed first.
+    fn paranoid_piece(&mut self, pending: usize) -> Option<usize> {
+        if let Some(piece) = self.next_piece.take() {
+            return Some(piece.min(pending));
+        }
+        for _ in 0..MAX_ZERO_DRAWS {
+            // obfs4proxy 0.0.14 panics on a draw of 0; it is skipped here.
             let target = self.dist.sample(&mut self.rng);
-            if left >= target {
-                left -= target;
+            if target == 0 {
                 continue;
             }
-            if pads == 2 {
-                break;
+            if pending >= target {
+                return Some(target);
             }
-            let n = framing::pad_burst(&mut self.keys, left, target, &mut out[added..]);
-            (added, left, pads) = (added + n, left + n, pads + 1);
-            if left == target {
-                break;
-            }
+            self.owed_pad = Some((pending, target));
+            return None;
         }
-        added
+        Some(pending)
     }
 }
 
 impl Codec for Encoder {
     /// A full frame and two bursts of padding.
     const MIN_OUTPUT: usize = MAX_SEGMENT + 2 * MAX_PAD_BURST;
+    /// iat-modes 1 and 2 pace their bursts; iat-mode 0 releases each at
+    /// once.
+    const PACED: bool = true;
 
     fn transform(&mut self, input: &[u8], output: &mut [u8]) -> Result<Progress, Errno> {
+        if let Some((tail, target)) = self.owed_pad {
+            // Paranoid padding for the piece being cut: nothing else first.
+            if output.len() < MAX_PAD_BURST {
+                return Ok(Progress::default());
+            }
+            self.owed_pad = None;
+            let produced = framing::pad_burst(&mut self.keys, tail, target, output);
+            if tail + produced == target {
+                self.next_piece = Some(target);
+            }
+            return Ok(Progress { consumed: 0, produced });
+        }
         let frames = output.len().saturating_sub(2 * MAX_PAD_BURST) / MAX_SEGMENT;
         let take = input.len().min(frames * MAX_PACKET_PAYLOAD);
         if take == 0 {
@@ -290,14 +334,26 @@ impl Codec for Encoder {
             produced +=
                 framing::write_packet(&mut self.keys, PACKET_PAYLOAD, chunk, 0, &mut output[produced..]);
         }
-        produced += match self.iat {
-            IatMode::Paranoid => self.paranoid_tail(produced, &mut output[produced..]),
-            _ => {
-                let to = self.dist.sample(&mut self.rng);
-                framing::pad_burst(&mut self.keys, produced, to, &mut output[produced..])
-            }
-        };
+        // Paranoid mode pads piece by piece (`pace`); the others once per
+        // burst, as obfs4proxy.
+        if self.iat != IatMode::Paranoid {
+            let to = self.dist.sample(&mut self.rng);
+            produced += framing::pad_burst(&mut self.keys, produced, to, &mut output[produced..]);
+        }
         Ok(Progress { consumed: take, produced })
+    }
+
+    fn pace(&mut self, pending: usize) -> Pace {
+        let release = match self.iat {
+            IatMode::None => return Pace { release: pending, then_wait: 0 },
+            // ScrambleSuit-style: about an MTU at a time.
+            IatMode::Enabled => pending.min(MAX_SEGMENT),
+            IatMode::Paranoid => match self.paranoid_piece(pending) {
+                Some(piece) => piece,
+                None => return Pace { release: 0, then_wait: 0 },
+            },
+        };
+        Pace { release, then_wait: self.delay() }
     }
 }
 

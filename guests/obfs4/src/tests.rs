@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use water_guest::Handshake;
-use water_guest::testing::{Segmentation, handshake, pump};
+use water_guest::testing::{Segmentation, handshake, pump, pump_timed};
 
 use super::*;
 use crate::handshake::{CLIENT_MAX_PAD, CLIENT_MIN_PAD, SERVER_MAX_PAD};
@@ -544,4 +544,131 @@ fn a_server_handshake_gives_up_at_its_deadline() {
     hs.step(&mut garbage, &mut out).unwrap();
     assert!(hs.failed());
     assert_eq!(hs.timed_out(), handshake::AUTH_FAILED);
+}
+
+/// The iat distribution's seed is the first 24 bytes of SHA-256 of the
+/// length distribution's seed, as obfs4proxy derives it (the known answer
+/// is Python's `hashlib.sha256` of the iat test's bridge seed), and its
+/// table lies in 0..=100 units of 100 µs.
+#[test]
+fn the_iat_distribution_is_seeded_from_sha256_of_the_drbg_seed() {
+    let seed = seed_of("5e1a887b34dbf3e55b377f7b008e006e969cc18f6d2f4e4c");
+    assert_eq!(dist::iat_seed(&seed), seed_of("cc8e02921f2c20f55720aca68a930516e14bf9e32a1cbb51"));
+    let (a, b) = (dist::iat_dist(&seed), dist::iat_dist(&seed));
+    assert_eq!(a.values(), b.values());
+    assert!((1..=100).contains(&a.values().len()));
+    assert!(a.values().iter().all(|&v| v as usize <= dist::MAX_IAT));
+    // Not the length seed itself over 0..=100.
+    assert_ne!(a.values(), dist::LenDist::with_max(&seed, dist::MAX_IAT).values());
+    // The CLI test's pacing check counts on every gap being at least one
+    // unit (400 µs here): this identity's iat table has no 0.
+    assert!(!a.values().contains(&0), "{:?}", a.values());
+    // `with_max` at the length maximum is the length table.
+    assert_eq!(dist::LenDist::with_max(&seed, dist::MAX_VALUE).values(), LenDist::new(&seed).values());
+}
+
+/// Both ends delay from the bridge's table: the client's comes from the
+/// seed in the server's first frame, as obfs4proxy's client resets its
+/// iat distribution when that frame arrives.
+#[test]
+fn both_ends_draw_delays_from_the_bridges_table() {
+    let s = server(1);
+    let c = client_of(&s, 1);
+    let (ch, sh) = pair(&c, &s);
+    let (cf, sf) = handshake(ch, sh, &Segmentation::default(), &[], &[]).unwrap();
+    let (ce, se) = (c.encoder(Role::Dialer, &cf.keys), s.encoder(Role::Listener, &sf.keys));
+    let want = dist::iat_dist(&s.identity().unwrap().drbg_seed);
+    assert_eq!(ce.delays.as_ref().unwrap().values(), want.values());
+    assert_eq!(se.delays.as_ref().unwrap().values(), want.values());
+    assert!(Encoder::new(&cf.keys, IatMode::None).delays.is_none());
+}
+
+/// The gaps of a paced trace: between consecutive writes, and from the
+/// last write to the half-close.
+fn gaps(trace: &water_guest::testing::Trace) -> Vec<u64> {
+    let mut at: Vec<u64> = trace.writes.iter().map(|(t, _)| *t).collect();
+    at.push(trace.shut_down_at);
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// Every gap is a draw from the iat table, in units of 100 µs (the
+/// simulated clock stands still while bytes move, so a gap is exactly the
+/// delay the encoder asked for).
+fn assert_gaps_from_the_iat_table(trace: &water_guest::testing::Trace, keys: &Keys) {
+    let table = dist::iat_dist(&keys.dist_seed);
+    let allowed: Vec<u64> = table.values().iter().map(|&v| u64::from(v) * dist::IAT_UNIT_NS).collect();
+    let gaps = gaps(trace);
+    for g in &gaps {
+        assert!(allowed.contains(g), "a gap of {g} ns is not in {:?}", table.values());
+    }
+    // Many pieces and a table of several delays: the gaps vary.
+    if table.values().len() > 1 && gaps.len() > 20 {
+        assert!(gaps.iter().any(|g| *g != gaps[0]), "every gap is {} ns", gaps[0]);
+    }
+}
+
+/// iat-mode 1: each burst (here, whole 32 KiB reads) goes out in pieces of
+/// 1448 bytes and a shorter last one, with a delay from the iat table after
+/// each, and the receiver decodes the bytes as before.
+#[test]
+fn iat_mode_1_writes_mtu_pieces_with_delays_between() {
+    let (ck, sk) = keys_pair();
+    let input = data(100_000, 7);
+    let trace = pump_timed(Encoder::new(&ck, IatMode::Enabled), &input, &Segmentation::default()).unwrap();
+    let sizes: Vec<usize> = trace.writes.iter().map(|(_, b)| b.len()).collect();
+    assert!(sizes.iter().all(|&n| n <= MAX_SEGMENT), "{sizes:?}");
+    let wire = trace.bytes();
+    assert!(sizes.len() >= wire.len() / MAX_SEGMENT, "{} pieces for {} bytes", sizes.len(), wire.len());
+    // A short piece only ends a burst: 100,000 bytes are four bursts.
+    assert!(sizes.iter().filter(|&&n| n < MAX_SEGMENT).count() <= 4, "{sizes:?}");
+    assert_gaps_from_the_iat_table(&trace, &ck);
+    assert_eq!(pump(Decoder::new(&sk), &wire, &Segmentation::default()).unwrap(), input);
+}
+
+/// iat-mode 2: every piece is a length drawn from the length table (a
+/// burst's tail is padded up to its draw), with a delay from the iat table
+/// after each, under any read cut.
+#[test]
+fn iat_mode_2_writes_pieces_of_drawn_lengths_with_delays_between() {
+    let (ck, sk) = keys_pair();
+    let lengths = LenDist::new(&ck.dist_seed);
+    for (len, reads) in [(1usize, usize::MAX), (100_000, usize::MAX), (50_000, 1000), (20_000, 77)] {
+        let input = data(len, 8);
+        let seg = Segmentation { reads: vec![reads], ..Segmentation::default() };
+        let trace = pump_timed(Encoder::new(&ck, IatMode::Paranoid), &input, &seg).unwrap();
+        for (_, piece) in &trace.writes {
+            assert!(
+                lengths.values().contains(&(piece.len() as u16)),
+                "a piece of {} bytes is not in {:?}",
+                piece.len(),
+                lengths.values()
+            );
+        }
+        assert_gaps_from_the_iat_table(&trace, &ck);
+        assert_eq!(pump(Decoder::new(&sk), &trace.bytes(), &Segmentation::default()).unwrap(), input);
+    }
+}
+
+/// iat-mode 0 does not pace: each burst goes in one write, with no gap.
+#[test]
+fn iat_mode_0_sends_each_burst_at_once() {
+    let (ck, _) = keys_pair();
+    let trace =
+        pump_timed(Encoder::new(&ck, IatMode::None), &data(20_000, 9), &Segmentation::default()).unwrap();
+    assert_eq!(trace.writes.len(), 1);
+    assert_eq!(gaps(&trace), [0]);
+}
+
+/// Paced streams whose writes the socket takes a few bytes at a time still
+/// decode (the SDK's proptests check that such a cut never merges two
+/// pieces).
+#[test]
+fn paced_streams_survive_short_writes() {
+    let (ck, sk) = keys_pair();
+    let input = data(9_000, 10);
+    for iat in [IatMode::Enabled, IatMode::Paranoid] {
+        let seg = Segmentation { writes: vec![1, 700, 3], ..Segmentation::default() };
+        let trace = pump_timed(Encoder::new(&ck, iat), &input, &seg).unwrap();
+        assert_eq!(pump(Decoder::new(&sk), &trace.bytes(), &Segmentation::default()).unwrap(), input);
+    }
 }
