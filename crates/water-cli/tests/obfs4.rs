@@ -385,35 +385,27 @@ const PACED_BLOCK: usize = 60_000;
 /// reaches the water server in front of it at once, however the client
 /// paces.
 fn blaster(seed: u64) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
-                let mut hello = [0u8; 6];
-                if s.read_exact(&mut hello[..5]).is_err() || s.write_all(&hello[..5]).is_err() {
-                    return;
-                }
-                if s.read_exact(&mut hello[5..]).is_err() {
-                    return;
-                }
-                let mut block = vec![0u8; PACED_BLOCK];
-                Pattern(seed).fill(&mut block);
-                if s.write_all(&block).is_err() {
-                    return;
-                }
-                let mut buf = vec![0u8; 64 << 10];
-                while let Ok(n @ 1..) = s.read(&mut buf) {
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
+    service(move |mut s| {
+        s.set_read_timeout(Some(TRANSFER_LIMIT)).unwrap();
+        let mut hello = [0u8; 6];
+        if s.read_exact(&mut hello[..5]).is_err() || s.write_all(&hello[..5]).is_err() {
+            return;
         }
-    });
-    addr
+        if s.read_exact(&mut hello[5..]).is_err() {
+            return;
+        }
+        let mut block = vec![0u8; PACED_BLOCK];
+        Pattern(seed).fill(&mut block);
+        if s.write_all(&block).is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            if s.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// Over `stream`, which reaches a [`blaster`] through a recording relay:

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,29 +23,21 @@ const SIGHUP: i32 = 1;
 /// one key on the way in and another on the way out would cancel out, so
 /// a connection whose two ends disagree would pass unseen.
 fn plus_one() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 32 << 10];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            buf[..n].iter_mut().for_each(|b| *b = b.wrapping_add(1));
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
+    common::service(|mut s| {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf[..n].iter_mut().for_each(|b| *b = b.wrapping_add(1));
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
                     }
                 }
-                let _ = s.shutdown(Shutdown::Write);
-            });
+            }
         }
-    });
-    addr
+        let _ = s.shutdown(Shutdown::Write);
+    })
 }
 
 /// Sends `piece` and checks that each byte came back plus one.

@@ -8,24 +8,16 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 
 use common::*;
 
 /// A service that streams to each connection until the write fails.
 fn streaming_service() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let chunk = pattern(64 << 10, 3);
-                while s.write_all(&chunk).is_ok() {}
-            });
-        }
-    });
-    addr
+    service(|mut s| {
+        let chunk = pattern(64 << 10, 3);
+        while s.write_all(&chunk).is_ok() {}
+    })
 }
 
 /// `water ROLE -t plain` in front of `service` with `--drain SECONDS`.

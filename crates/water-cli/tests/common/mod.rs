@@ -275,6 +275,22 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A thread-per-connection service on loopback: `each` runs on every
+/// accepted connection, in a thread of its own. Its address.
+pub fn service(each: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let each = Arc::new(each);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            let each = each.clone();
+            std::thread::spawn(move || each(s));
+        }
+    });
+    addr
+}
+
 /// A thread-per-connection echo service that counts the connections it
 /// got and the bytes it read; it half-closes after the client's EOF.
 pub struct Echo {
