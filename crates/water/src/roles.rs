@@ -289,11 +289,13 @@ async fn accept_loop(
     let room = || setups.clone().acquire_owned();
     let accepted = accept_each(&listener, stop.cancelled(), room, |stream, peer, permit| {
         let permit = permit.expect("never closed");
-        let Current { watm, pulled } = shared.current();
-        let (shared, ready, stop) = (shared.clone(), ready.clone(), stop.clone());
+        // Refused while `stream` is open: its peer sees the close after the line.
+        let Some((Current { watm, pulled }, slot)) = admit_now(&shared, Kind::Accepted, "accept", peer)
+        else {
+            return;
+        };
+        let (ready, stop) = (ready.clone(), stop.clone());
         tokio::spawn(async move {
-            // Refused while `stream` is open: its peer sees the close after the line.
-            let Ok(slot) = admit(&shared, &watm, Kind::Accepted, "accept", Some(peer)) else { return };
             let setup = app_connection(
                 &watm,
                 slot,
@@ -387,17 +389,9 @@ impl Relay {
         serve_each(&self.shared, listener, shutdown, |stream, peer, links, setup_stop, permit| {
             let setup = Setup::Associate { accepted: stream, target: self.remote.clone() };
             let label = label("relay");
-            run_one(
-                self.shared.clone(),
-                // The relay's client is taken in as the application's own.
-                Kind::Dialed,
-                std::future::ready(Ok(setup)),
-                label,
-                peer,
-                links,
-                setup_stop,
-                permit,
-            )
+            // The relay's client is taken in as the application's own.
+            let admitted = admit_now(&self.shared, Kind::Dialed, &label, peer);
+            run_one(admitted, std::future::ready(Ok(setup)), label, peer, links, setup_stop, permit)
         })
         .await
     }
@@ -484,16 +478,9 @@ impl Forwarder {
             };
             let internal = Stream::Lazy(LazyTcp::new(connect));
             let setup = std::future::ready(Ok(Setup::Accept { internal, accepted: stream }));
-            run_one(
-                self.shared.clone(),
-                Kind::Accepted,
-                setup,
-                label("forward"),
-                peer,
-                links,
-                setup_stop,
-                permit,
-            )
+            let label = label("forward");
+            let admitted = admit_now(&self.shared, Kind::Accepted, &label, peer);
+            run_one(admitted, setup, label, peer, links, setup_stop, permit)
         })
         .await
     }
@@ -583,14 +570,25 @@ fn admit(
     })
 }
 
+/// The module current for a connection accepted now, and its slot: taken
+/// in the accept loop itself, so that slots go in the order connections
+/// arrived (a task's first poll comes in no set order, and a silent
+/// connection admitted after a real client would shed it as the older
+/// one), and before the setup runs (a forwarder's dials its upstream), so a
+/// refused connection costs nothing more. `None` when refused (logged).
+fn admit_now(shared: &Shared, kind: Kind, label: &str, peer: SocketAddr) -> Option<(Current, Slot)> {
+    let current = shared.current();
+    let slot = admit(shared, &current.watm, kind, label, Some(peer)).ok()?;
+    Some((current, slot))
+}
+
 /// One relayed or forwarded connection: the setup (`setup` makes its
 /// `Setup`), then the worker to its end, logged. Shutdown does not wait for
 /// a setup (a stuck one lasts the setup timeout); the setup permit is
 /// returned once the worker runs.
 #[allow(clippy::too_many_arguments)]
 async fn run_one(
-    shared: Arc<Shared>,
-    kind: Kind,
+    admitted: Option<(Current, Slot)>,
     setup: impl Future<Output = Result<Setup, Error>>,
     label: String,
     peer: SocketAddr,
@@ -598,12 +596,8 @@ async fn run_one(
     setup_stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) {
-    // The module current when the connection starts, to its end.
-    let Current { watm, pulled } = shared.current();
-    // Before the setup runs (a forwarder's dials its upstream): a refused
-    // connection costs nothing more, and is logged while its socket (in
-    // `setup`) is still open.
-    let Ok(slot) = admit(&shared, &watm, kind, &label, Some(peer)) else { return };
+    // Refused: the socket (in `setup`) closes now, after the log line.
+    let Some((Current { watm, pulled }, slot)) = admitted else { return };
     let started = tokio::select! {
         r = async { Session::start(&watm, slot, setup.await?, links.cancel.clone(), label.clone(), pulled).await } => r,
         () = setup_stop.cancelled() => {
