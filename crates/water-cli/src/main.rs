@@ -46,6 +46,11 @@ struct Cli {
     /// users. For debugging only.
     #[arg(long, global = true)]
     unsafe_logging: bool,
+    /// Keep transports' compiled code in DIR and reuse it at the next start
+    /// (off by default: a shared DIR would be a trust decision). DIR must
+    /// be owned by this user and writable by nobody else, or it is not used.
+    #[arg(long, global = true, value_name = "DIR")]
+    compile_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -303,6 +308,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     water::logging::set_unsafe_logging(cli.unsafe_logging);
+    transport::set_compile_cache(cli.compile_cache);
     // The PT logs to a file in its state directory, never to stderr.
     let command = match cli.command {
         Command::Pt { transports, configs, sha256, trusted_keys, limits } => {

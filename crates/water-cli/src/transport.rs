@@ -1,6 +1,8 @@
-//! Resolving `--transport T` and `--config FILE`.
+//! Resolving `--transport T` and `--config FILE`, and loading the module
+//! (with `--compile-cache DIR`, every command's transports go through it).
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use water::{Config, Watm};
@@ -27,6 +29,16 @@ pub fn read_capped(path: &Path, max: u64) -> anyhow::Result<Vec<u8>> {
         bail!("larger than {max} bytes");
     }
     Ok(bytes)
+}
+
+/// `--compile-cache DIR`, set once at start by `main`: every transport this
+/// process loads (`load_trusted`, at start and at reload) keeps its
+/// compiled code there.
+static COMPILE_CACHE: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Sets `--compile-cache` for every later load; only the first call counts.
+pub fn set_compile_cache(dir: Option<PathBuf>) {
+    let _ = COMPILE_CACHE.set(dir);
 }
 
 /// Built-in transport names.
@@ -77,8 +89,34 @@ impl Source {
 }
 
 /// [`load_with`], with the module's bytes checked against `trust` before
-/// they are compiled.
+/// they are compiled (or their compiled code read from `--compile-cache`,
+/// whose key is the same bytes' hash).
 pub fn load_trusted(
+    name_or_path: &str,
+    config: Option<&Path>,
+    cfg: Config,
+    trust: &Trust,
+) -> anyhow::Result<Watm> {
+    let Some(dir) = COMPILE_CACHE.get().cloned().flatten() else {
+        return load_module(name_or_path, config, cfg, trust);
+    };
+    let watm = load_module(name_or_path, config, cfg.compile_cache(Some(dir.clone())), trust)?;
+    match watm.code_origin() {
+        water::CodeOrigin::Cache => {
+            tracing::info!(
+                "transport {name_or_path}: compiled code read from the compile cache {}",
+                dir.display()
+            )
+        }
+        _ => tracing::info!(
+            "transport {name_or_path}: compiled (no usable entry in the compile cache {})",
+            dir.display()
+        ),
+    }
+    Ok(watm)
+}
+
+fn load_module(
     name_or_path: &str,
     config: Option<&Path>,
     mut cfg: Config,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,7 @@ pub struct Config {
     pub(crate) orphan_timeout: Option<Duration>,
     pub(crate) handshake_timeout: Option<Duration>,
     pub(crate) handshake_jitter: Duration,
+    pub(crate) compile_cache: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             orphan_timeout: Some(Duration::from_secs(60)),
             handshake_timeout: Some(DEFAULT_HANDSHAKE),
             handshake_jitter: DEFAULT_HANDSHAKE_JITTER,
+            compile_cache: None,
         }
     }
 }
@@ -113,6 +116,7 @@ impl fmt::Debug for Config {
             .field("orphan_timeout", &self.orphan_timeout)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("handshake_jitter", &self.handshake_jitter)
+            .field("compile_cache", &self.compile_cache)
             .finish()
     }
 }
@@ -301,6 +305,44 @@ impl Config {
     /// if the application had closed it ([`Config::close_grace`]).
     pub fn orphan_timeout(mut self, limit: impl Into<Option<Duration>>) -> Self {
         self.orphan_timeout = limit.into();
+        self
+    }
+
+    /// Keeps compiled code in `dir` (default: `None`, compile at every
+    /// load), so that a later [`crate::Watm::new`] of the same module, in
+    /// this process or another, deserializes it instead of compiling it
+    /// ([`crate::Watm::code_origin`] says which happened). Files are named
+    /// by a SHA-256 over the module's bytes, wasmtime's compatibility hash
+    /// of the engine (its version, target CPU features and compilation
+    /// settings) and this crate's version; nothing else is ever loaded for
+    /// a module.
+    ///
+    /// A cache file is native code, so it is trusted only if nobody but
+    /// this process's effective uid can have written it:
+    /// - `dir` is created with mode 0700 if missing; it is opened and
+    ///   checked on the open descriptor: a directory owned by the effective
+    ///   uid and not writable by group or others. Otherwise it is not used
+    ///   (a warning per load, the module compiled, nothing written).
+    /// - a file is opened relative to that descriptor with `O_NOFOLLOW`
+    ///   (no symlinks) and must be a regular file owned by the effective
+    ///   uid, not writable by group or others;
+    /// - its header must name this module's key and hold the SHA-256 of
+    ///   the code after it (against truncated or garbled files, and a file
+    ///   copied under another's name), before wasmtime deserializes it
+    ///   (and checks its own header).
+    ///
+    /// A file that fails a check, or that wasmtime refuses, is logged,
+    /// and the module is compiled and the file replaced: the cache never
+    /// makes a load fail. Files are written to a temporary name, `fsync`ed
+    /// and renamed, so concurrent loads (threads or processes) never see a
+    /// partial file. Entries are never removed: a new module or wasmtime
+    /// version adds files (tens to hundreds of KiB each for the reference
+    /// guests); delete the directory's files to reclaim them.
+    ///
+    /// Cost: a hit reads and hashes the file (SHA-256) instead of
+    /// compiling; a miss compiles, serializes and writes it once.
+    pub fn compile_cache(mut self, dir: Option<PathBuf>) -> Self {
+        self.compile_cache = dir;
         self
     }
 

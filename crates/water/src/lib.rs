@@ -27,6 +27,7 @@
 //!
 //! Layout:
 //! - [`watm`](Watm): loading and validation against the ABI.
+//! - `cache`: the on-disk compile cache ([`Config::compile_cache`]).
 //! - `abi`: one module per WATM ABI (v0, v1): its `env` imports and the
 //!   names of the exports each step calls.
 //! - `session`: the life of one instance, the same for every ABI.
@@ -44,6 +45,7 @@
 
 mod abi;
 mod accept;
+mod cache;
 mod config;
 mod conn;
 mod duplex;
@@ -64,7 +66,7 @@ pub use policy::admission::fd_budget;
 pub use reload::Reloader;
 pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
-pub use watm::{DEFAULT_POOL_SLOTS, PUBLIC_ARGS_SECTION, Role, Watm};
+pub use watm::{CodeOrigin, DEFAULT_POOL_SLOTS, PUBLIC_ARGS_SECTION, Role, Watm};
 
 /// Internals exposed for the benchmarks in `benches/` only; not API.
 #[doc(hidden)]

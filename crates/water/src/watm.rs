@@ -8,6 +8,7 @@ use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, Module
 use water_abi::{FuncSig, v0 as abi};
 
 use crate::abi::Abi;
+use crate::cache::{self, CompileCache, Lookup};
 use crate::config::Config;
 use crate::error::Error;
 use crate::session::Ctx;
@@ -221,16 +222,17 @@ impl Linked {
         Ok(Linked { pre, index: ExportIndex::new(module) })
     }
 
-    /// The same module in the pooled engine: deserialized, not compiled
-    /// again. `None` (logged) when the pool cannot hold it, say a module
-    /// with a larger table than a slot has.
-    fn pooled(engine: &Engine, module: &Module) -> Option<Linked> {
-        let loaded = module.serialize().and_then(|bytes| {
-            // SAFETY: `bytes` are what `Module::serialize` produced a moment
-            // ago in this process, from an engine with the same compilation
-            // settings (`base_config`); deserialization checks those too.
-            unsafe { Module::deserialize(engine, &bytes) }
-        });
+    /// The same module in the pooled engine: deserialized from
+    /// `serialized` (the on-demand engine's code), not compiled again.
+    /// `None` (logged) when the pool cannot hold it, say a module with a
+    /// larger table than a slot has.
+    fn pooled(engine: &Engine, serialized: &[u8]) -> Option<Linked> {
+        // SAFETY: `serialized` is what `Module::serialize` produced in this
+        // process, or a cache file that passed `cache`'s checks (written by
+        // our uid, for this module and engine, intact) and that the
+        // on-demand engine has just deserialized; both engines share one
+        // compilation config (`base_config`), which deserialization checks.
+        let loaded = unsafe { Module::deserialize(engine, serialized) };
         let linked = match loaded {
             Ok(pooled) => Linked::new(engine, &pooled).map_err(|e| e.to_string()),
             Err(e) => Err(format!("{e:#}")),
@@ -240,6 +242,8 @@ impl Linked {
 }
 
 pub(crate) struct Inner {
+    /// Where the code came from.
+    pub origin: CodeOrigin,
     /// In the pooled engine, when there is one and the module fits.
     pub pooled: Option<Linked>,
     pub on_demand: Linked,
@@ -266,6 +270,17 @@ impl std::fmt::Debug for Watm {
             .field("config", &self.inner.config)
             .finish()
     }
+}
+
+/// Where a [`Watm`]'s compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodeOrigin {
+    /// Compiled by this load (no [`Config::compile_cache`], no usable file
+    /// in it, or a file that failed a check).
+    Compiled,
+    /// Deserialized from a checked file of [`Config::compile_cache`].
+    Cache,
 }
 
 /// A connection role.
@@ -316,20 +331,29 @@ impl Watm {
     /// milliseconds for a small module); instantiation per connection is then
     /// cheap: a reused slot of the instance pool while one is free (see
     /// [`DEFAULT_POOL_SLOTS`]), a fresh mapping otherwise.
+    ///
+    /// With [`Config::compile_cache`], the compilation is replaced by a
+    /// checked read of the cache file when there is one (see there), and
+    /// otherwise its result is written to it; the checks against the ABI
+    /// and the budgets are the same either way.
     pub fn new(bytes: &[u8], config: Config) -> Result<Watm, Error> {
         if !bytes.starts_with(b"\0asm") {
             return Err(Error::NotWasm);
         }
         check_compile_budget(bytes, &config)?;
         let engines = engines();
-        let module = Module::new(&engines.on_demand, bytes).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+        let (module, serialized, origin) = load_code(engines, bytes, config.compile_cache.as_deref())?;
         let exports = validate(&module)?;
         check_resources(&module, &config)?;
         let on_demand = Linked::new(&engines.on_demand, &module)?;
-        let pooled = engines.pooled.as_ref().and_then(|engine| Linked::pooled(engine, &module));
+        let pooled = match (&engines.pooled, &serialized) {
+            (Some(engine), Some(serialized)) => Linked::pooled(engine, serialized),
+            _ => None,
+        };
         let public_args = public_args(bytes);
         Ok(Watm {
             inner: Arc::new(Inner {
+                origin,
                 pooled,
                 on_demand,
                 exports,
@@ -380,6 +404,12 @@ impl Watm {
         self.inner.pooled.is_some()
     }
 
+    /// Whether its code was compiled by this load or read from
+    /// [`Config::compile_cache`].
+    pub fn code_origin(&self) -> CodeOrigin {
+        self.inner.origin
+    }
+
     /// Runs `_start` and `_water_init` once in a throwaway instance, and
     /// reports what the first connection would meet there: a transport
     /// config the guest rejects ([`Error::Guest`] with its stderr line), a
@@ -401,6 +431,78 @@ impl Watm {
             Err(Error::RoleNotSupported { role: role.name(), export })
         }
     }
+}
+
+/// The module in the on-demand engine, from `cache_dir` when it holds a
+/// checked file for it, else compiled (and then written there); with its
+/// serialized code when the pooled engine or the cache needs it.
+fn load_code(
+    engines: &Engines,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<(Module, Option<Vec<u8>>, CodeOrigin), Error> {
+    let engine = &engines.on_demand;
+    let cache = cache_dir.and_then(|dir| {
+        CompileCache::open(dir)
+            .map_err(|why| {
+                tracing::warn!(
+                    "compile cache {} not used: {why}; it must be a directory owned by this user \
+                     and not writable by others. Compiling instead.",
+                    dir.display()
+                )
+            })
+            .ok()
+    });
+    let key = cache.as_ref().map(|_| cache::Key::new(engine, wasm));
+    if let (Some(cache), Some(key)) = (&cache, &key) {
+        let file = cache.file(key);
+        match cache.read(key) {
+            Lookup::Hit(code) => {
+                // SAFETY: the file passed `cache`'s checks: in a directory
+                // only our uid can write to, a regular file (not a link)
+                // owned by our uid and writable by nobody else, whose
+                // header names this module's key (its bytes, this engine's
+                // compatibility hash, this crate's version) and the SHA-256
+                // of this code. wasmtime checks its own header too.
+                match unsafe { Module::deserialize(engine, &code) } {
+                    Ok(module) => {
+                        tracing::debug!("compiled code from the cache: {}", file.display());
+                        return Ok((module, Some(code), CodeOrigin::Cache));
+                    }
+                    Err(e) => tracing::warn!(
+                        "compile cache file {} refused by wasmtime ({e:#}); compiling and replacing it",
+                        file.display()
+                    ),
+                }
+            }
+            Lookup::Absent => tracing::debug!("no compile cache file {} yet; compiling", file.display()),
+            Lookup::Rejected(why) => {
+                tracing::warn!(
+                    "compile cache file {} not used: {why}; compiling and replacing it",
+                    file.display()
+                )
+            }
+        }
+    }
+    let module = Module::new(engine, wasm).map_err(|e| Error::Invalid(format!("{e:#}")))?;
+    let serialized = if engines.pooled.is_some() || cache.is_some() {
+        match module.serialize() {
+            Ok(code) => Some(code),
+            Err(e) => {
+                tracing::debug!("module not serialized, so neither pooled nor cached: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let (Some(cache), Some(key), Some(code)) = (&cache, &key, &serialized) {
+        match cache.write(key, code) {
+            Ok(()) => tracing::debug!("compiled code cached in {}", cache.file(key).display()),
+            Err(e) => tracing::warn!("cannot write compile cache file {}: {e}", cache.file(key).display()),
+        }
+    }
+    Ok((module, serialized, CodeOrigin::Compiled))
 }
 
 fn conv(t: water_abi::ValType) -> ValType {
