@@ -65,6 +65,7 @@ pub struct Config {
     pub(crate) handshake_timeout: Option<Duration>,
     pub(crate) handshake_jitter: Duration,
     pub(crate) compile_cache: Option<PathBuf>,
+    pub(crate) metrics: Arc<crate::metrics::Transport>,
 }
 
 impl Default for Config {
@@ -90,6 +91,7 @@ impl Default for Config {
             handshake_timeout: Some(DEFAULT_HANDSHAKE),
             handshake_jitter: DEFAULT_HANDSHAKE_JITTER,
             compile_cache: None,
+            metrics: crate::metrics::unnamed(),
         }
     }
 }
@@ -117,6 +119,7 @@ impl fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("handshake_jitter", &self.handshake_jitter)
             .field("compile_cache", &self.compile_cache)
+            .field("metrics_label", &self.metrics.label())
             .finish()
     }
 }
@@ -343,6 +346,16 @@ impl Config {
     /// compiling; a miss compiles, serializes and writes it once.
     pub fn compile_cache(mut self, dir: Option<PathBuf>) -> Self {
         self.compile_cache = dir;
+        self
+    }
+
+    /// The transport label its connections are counted under in
+    /// [`crate::metrics`] (default [`crate::metrics::UNNAMED`]): modules
+    /// with the same label add up, and a reloaded module given its
+    /// predecessor's label goes on with its counters. Shown as it is: not
+    /// a secret, not a path the operator would not publish.
+    pub fn metrics_label(mut self, label: &str) -> Self {
+        self.metrics = crate::metrics::transport(label);
         self
     }
 
