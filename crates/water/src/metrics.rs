@@ -38,7 +38,8 @@ pub const ROLES: [&str; 3] = ["dialer", "listener", "relay"];
 
 /// Upper bounds, in seconds, of the setup-latency histogram's buckets
 /// (the last bucket, past them, is `+Inf`).
-pub const SETUP_BUCKETS: [f64; 12] = [0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+pub const SETUP_BUCKETS: [f64; 12] =
+    [0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// Every outcome a connection can end with: `ok`, the kinds of
 /// [`Error`] (its `kind_name`), `abandoned` (its setup was dropped: the
@@ -171,10 +172,11 @@ pub fn transport(label: &str) -> Arc<Transport> {
     t
 }
 
-/// The counters of [`UNNAMED`], looked up once.
-pub(crate) fn unnamed() -> Arc<Transport> {
+/// The counters of [`UNNAMED`], made when first used (so that a process
+/// whose modules all have labels shows none).
+pub(crate) fn unnamed() -> &'static Arc<Transport> {
     static UNNAMED_COUNTERS: OnceLock<Arc<Transport>> = OnceLock::new();
-    UNNAMED_COUNTERS.get_or_init(|| transport(UNNAMED)).clone()
+    UNNAMED_COUNTERS.get_or_init(|| transport(UNNAMED))
 }
 
 static POOL_SLOTS: AtomicU64 = AtomicU64::new(0);
@@ -225,7 +227,15 @@ impl Transport {
     /// the rest.
     pub(crate) fn start(self: &Arc<Self>, role: Role, activity: Arc<Activity>) -> Conn {
         self.roles[role as usize].started.fetch_add(1, Relaxed);
-        Conn { counters: self.clone(), role, activity, started: Instant::now(), set_up: false, pooled: None, ended: false }
+        Conn {
+            counters: self.clone(),
+            role,
+            activity,
+            started: Instant::now(),
+            set_up: false,
+            pooled: None,
+            ended: false,
+        }
     }
 }
 
@@ -423,7 +433,15 @@ mod tests {
         let r = role_of("test-lifecycle", Role::Listener);
         assert_eq!((r.started, r.open, r.setups()), (1, 1, 0));
         conn.set_up(Some(false));
-        assert_eq!(snapshot().transports.iter().find(|x| x.transport == "test-lifecycle").unwrap().on_demand_instances, 1);
+        assert_eq!(
+            snapshot()
+                .transports
+                .iter()
+                .find(|x| x.transport == "test-lifecycle")
+                .unwrap()
+                .on_demand_instances,
+            1
+        );
         activity.count_for_test(10, 20);
         conn.end(Err(&Error::Shed(3)));
         let r = role_of("test-lifecycle", Role::Listener);

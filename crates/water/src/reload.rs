@@ -85,12 +85,12 @@ impl Shared {
     pub(crate) fn admit(&self, watm: &Watm, kind: Kind) -> Result<Slot, Error> {
         let config = &watm.inner.config;
         Slot::take(&self.admission, config.max_connections, kind)
-            .inspect_err(|_| config.metrics.refused(crate::metrics::Role::of(self.roles[0])))
+            .inspect_err(|_| config.metrics().refused(crate::metrics::Role::of(self.roles[0])))
     }
 
     fn replace(&self, watm: &Watm) -> Result<(), Error> {
         let replaced = self.swap(watm);
-        watm.inner.config.metrics.reloaded(&replaced);
+        watm.inner.config.metrics().reloaded(&replaced);
         replaced
     }
 

@@ -338,14 +338,14 @@ fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
         Counters { waited: data.wasi.waited, polls: data.wasi.polls, moved: data.wasi.activity.moved() };
     let pause = match data.throttle.tick(now, resumed, counters) {
         Verdict::Stop => {
-            data.config.metrics.stopped();
+            data.config.metrics().stopped();
             return Err(wasmtime::Error::new(Spun));
         }
         Verdict::Run => Duration::ZERO,
         Verdict::Pause(ticks) => {
             if ticks == 1 {
                 // The pause doubles from one: a busy streak's first.
-                data.config.metrics.throttled();
+                data.config.metrics().throttled();
             }
             EPOCH_TICK * ticks
         }
@@ -613,7 +613,7 @@ impl Session {
             Setup::Associate { .. } => Role::Relay,
         });
         // Counted from here; dropped with this future, it is `abandoned`.
-        let mut metrics = watm.inner.config.metrics.start(role, slot.entry().activity().clone());
+        let mut metrics = watm.inner.config.metrics().start(role, slot.entry().activity().clone());
         let started = tokio::select! {
             r = Session::start_unshed(watm, slot, setup, cancel, label, pulled_config) => r,
             () = shed.cancelled() => Err(Error::Shed(max)),
