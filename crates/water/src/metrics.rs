@@ -19,8 +19,8 @@
 //! handful of relaxed additions at its start, at the end of its setup and
 //! at its end; nothing per byte. Byte counts are added **when a
 //! connection ends** (the preview1 layer counts them per connection
-//! anyway, [`crate::wasi::Activity`]): a long connection's bytes appear at
-//! its end. The library depends on no metrics crate; the registry of
+//! anyway, in its `Activity`): a long connection's bytes appear at its
+//! end. The library depends on no metrics crate; the registry of
 //! labels is a mutex taken when a `Config` names one and when reading.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
