@@ -20,6 +20,7 @@ const DONE: usize = 5;
 /// Connections held open while the metrics are read.
 const HELD: usize = 3;
 const BYTES: usize = 10_000;
+const SIGHUP: i32 = 1;
 
 /// One sample: name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
@@ -133,7 +134,7 @@ fn curl_reads_counters_that_match_the_connections_while_they_run() {
     let key = key.to_str().unwrap();
     let service = echo();
     let forward = service.addr.to_string();
-    let (_server, server_addr, server_url) = with_metrics(&[
+    let (server, server_addr, server_url) = with_metrics(&[
         "server",
         "-t",
         "xor",
@@ -252,6 +253,19 @@ fn curl_reads_counters_that_match_the_connections_while_they_run() {
         assert_eq!(value(&s, "water_instances_pooled", &role[..1]), 0.0, "{text}");
         assert_eq!(value(&s, "water_instances_on_demand", &role[..1]), 0.0, "{text}");
     }
+
+    // Reloads: one that succeeds, one whose config the transport rejects.
+    let reloads = |outcome| [("transport", "xor"), ("outcome", outcome)];
+    server.signal(SIGHUP);
+    server.wait_stderr(LIMIT, |l| l.contains("reloaded xor")).expect("the reload");
+    std::fs::write(dir.join("key"), "key=zz\n").unwrap();
+    server.signal(SIGHUP);
+    server.wait_stderr(LIMIT, |l| l.contains("reload of xor failed")).expect("the failed reload");
+    let text = curl(&server_url);
+    check_privacy(&text, &secrets);
+    let s = parse(&text);
+    assert_eq!(value(&s, "water_reloads_total", &reloads("ok")), 1.0, "{text}");
+    assert_eq!(value(&s, "water_reloads_total", &reloads("failed")), 1.0, "{text}");
 
     // Only /metrics is served.
     let other = client_url.replace("/metrics", "/other");
