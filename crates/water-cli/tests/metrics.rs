@@ -12,7 +12,7 @@ use std::net::{Shutdown, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{LIMIT, Proc, echo, exchange, free_port, pattern, temp_dir};
+use common::{LIMIT, Proc, WATER, echo, exchange, free_port, pattern, temp_dir, wait_file_line};
 
 const KEY: &str = "key=0a0b0c\n";
 /// Connections run to their end.
@@ -90,6 +90,10 @@ fn until(url: &str, what: &str, ok: impl Fn(&[Sample]) -> bool) -> String {
 /// What every body must be: no address, no config, only the labels
 /// transport, role, outcome (and a histogram's `le`).
 fn check_privacy(text: &str, secrets: &[&str]) {
+    check_privacy_of(text, secrets, "xor");
+}
+
+fn check_privacy_of(text: &str, secrets: &[&str], transport: &str) {
     for s in secrets {
         assert!(!text.contains(s), "{s:?} appears in the metrics:\n{text}");
     }
@@ -108,7 +112,7 @@ fn check_privacy(text: &str, secrets: &[&str]) {
             assert!(["transport", "role", "outcome", "le"].contains(&key.as_str()), "label {key} on {name}");
         }
         if let Some(t) = labels.get("transport") {
-            assert_eq!(t, "xor", "{name}");
+            assert_eq!(t, transport, "{name}");
         }
     }
 }
@@ -272,4 +276,55 @@ fn curl_reads_counters_that_match_the_connections_while_they_run() {
     let out =
         Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &other]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}
+
+#[test]
+#[cfg_attr(not(peer_curl), ignore = "needs curl and python3: apt-get install curl python3")]
+fn water_pt_serves_one_endpoint_labelled_by_the_transport_name() {
+    let dir = temp_dir("metrics-pt");
+    let state = dir.join("state");
+    let service = echo();
+    let mut pt = Proc::start(
+        WATER,
+        &["pt", "--metrics", "127.0.0.1:0"],
+        &[
+            ("TOR_PT_MANAGED_TRANSPORT_VER", "1"),
+            ("TOR_PT_STATE_LOCATION", state.to_str().unwrap()),
+            ("TOR_PT_CLIENT_TRANSPORTS", "plain"),
+            ("WATER_LOG", "info"),
+        ],
+    );
+    let lines = pt.lines_until(LIMIT, |l| l == "CMETHODS DONE");
+    let socks: std::net::SocketAddr = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("CMETHOD plain socks5 "))
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .parse()
+        .unwrap();
+    // Its log goes to the state directory, as every line of `water pt`.
+    let line = wait_file_line(&state.join("water-pt.log"), LIMIT, |l| l.contains("metrics on http://"))
+        .expect("the metrics log line");
+    let url = line.split("metrics on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+
+    // One SOCKS5 CONNECT through `plain`, held open while curl reads.
+    let mut s = TcpStream::connect(socks).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let std::net::SocketAddr::V4(target) = service.addr else { panic!("IPv4") };
+    let mut request = vec![5, 1, 0, 5, 1, 0, 1];
+    request.extend_from_slice(&target.ip().octets());
+    request.extend_from_slice(&target.port().to_be_bytes());
+    s.write_all(&request).unwrap();
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..4], [5, 0, 5, 0][..], "{reply:?}");
+    s.write_all(b"through the PT").unwrap();
+    let mut back = [0u8; 14];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"through the PT");
+
+    let dialer = [("transport", "plain"), ("role", "dialer")];
+    let text =
+        until(&url, "the PT's connection counted", |s| value(s, "water_connections_open", &dialer) == 1.0);
+    check_privacy_of(&text, &["127.0.0.1", dir.to_str().unwrap(), &socks.to_string()], "plain");
+    assert_eq!(value(&parse(&text), "water_connections_started_total", &dialer), 1.0, "{text}");
 }
