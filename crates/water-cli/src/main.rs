@@ -9,6 +9,7 @@
 //!   and the Extended ORPort client it forwards through.
 //! - `check`: validation plus a loopback self-test of every exported role.
 //! - `demo`: the whole chain on loopback, with a table of figures.
+//! - `metrics`: `--metrics ADDR`, the library's counters as Prometheus text.
 //!
 //! Long-running commands print exactly one line, `listening on <ip:port>`,
 //! to stdout; everything else goes to stderr. Errors are one line,
@@ -19,6 +20,7 @@ mod check;
 mod demo;
 mod extorport;
 mod loopback;
+mod metrics;
 mod pt;
 mod scale;
 mod soak;
@@ -76,7 +78,19 @@ struct TransportArgs {
     #[arg(long)]
     reuse_port: bool,
     #[command(flatten)]
+    metrics: MetricsArg,
+    #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// `--metrics`, for every command that serves.
+#[derive(Debug, Clone, clap::Args)]
+struct MetricsArg {
+    /// Serve Prometheus text on http://ADDR/metrics: connections, bytes,
+    /// setup times, throttled guests, pool slots, reloads. Bind it to
+    /// loopback or a management network, never the internet.
+    #[arg(long = "metrics", value_name = "ADDR")]
+    addr: Option<String>,
 }
 
 /// The limits of every command that serves (water pt's too).
@@ -142,7 +156,7 @@ impl TransportArgs {
             transport: self.transport.clone(),
             config: self.config.clone(),
             trust: trust::Trust { sha256: self.transport_sha256, keys },
-            library: tunnel::library_config(self.limits(), 1),
+            library: tunnel::library_config(self.limits(), 1).metrics_label(&metrics::label(&self.transport)),
         })
     }
 
@@ -250,6 +264,9 @@ enum Command {
         /// need none).
         #[arg(long = "trusted-key", value_name = "FILE")]
         trusted_keys: Vec<PathBuf>,
+        /// One endpoint for every transport of the process.
+        #[command(flatten)]
+        metrics: MetricsArg,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -311,9 +328,9 @@ fn main() -> ExitCode {
     transport::set_compile_cache(cli.compile_cache);
     // The PT logs to a file in its state directory, never to stderr.
     let command = match cli.command {
-        Command::Pt { transports, configs, sha256, trusted_keys, limits } => {
+        Command::Pt { transports, configs, sha256, trusted_keys, metrics, limits } => {
             let trust = pt::TrustArgs { sha256, keys: trusted_keys };
-            return pt::main(transports, configs, trust, limits.limits());
+            return pt::main(transports, configs, trust, limits.limits(), metrics.addr);
         }
         command => command,
     };
@@ -330,6 +347,11 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e.into()),
     };
     let result = runtime.block_on(async {
+        if let Command::Client { t, .. } | Command::Server { t, .. } | Command::Relay { t, .. } = &command
+            && let Some(addr) = &t.metrics.addr
+        {
+            metrics::serve(addr).await?;
+        }
         match command {
             Command::Client { t, listen, remote, socks5: false } => {
                 let remote = remote.expect("clap requires --remote without --socks5");

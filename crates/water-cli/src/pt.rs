@@ -221,12 +221,13 @@ impl Modules {
             return Some(transport::load_trusted(
                 &path.to_string_lossy(),
                 config,
-                self.config.clone(),
+                self.config.clone().metrics_label(name),
                 &trust,
             ));
         }
         let builtin = valid_name(name) && transport::builtins().contains(&name);
-        builtin.then(|| transport::load_trusted(name, config, self.config.clone(), &trust))
+        builtin
+            .then(|| transport::load_trusted(name, config, self.config.clone().metrics_label(name), &trust))
     }
 
     /// [`load`](Self::load) for a reload: compiled on a blocking thread,
@@ -255,8 +256,9 @@ pub fn main(
     configs: Vec<String>,
     trust: TrustArgs,
     limits: crate::tunnel::Limits,
+    metrics: Option<String>,
 ) -> ExitCode {
-    let result = run(transports, configs, trust, limits);
+    let result = run(transports, configs, trust, limits, metrics);
     water::logging::flush_warnings();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -269,6 +271,7 @@ fn run(
     configs: Vec<String>,
     trust: TrustArgs,
     limits: crate::tunnel::Limits,
+    metrics: Option<String>,
 ) -> Result<(), Reported> {
     let drain = limits.drain;
     // The version comes first: nothing else means anything without it.
@@ -321,6 +324,9 @@ fn run(
         .build()
         .map_err(|e| env_error(format_args!("cannot start the runtime: {e}")))?;
     let result = runtime.block_on(async {
+        if let Some(addr) = &metrics {
+            crate::metrics::serve(addr).await.map_err(|e| env_error(format_args!("{e:#}")))?;
+        }
         let pt = Pt::new();
         // Before the first method line: tor may signal as soon as it reads one.
         watch_signals(pt.accepting.clone(), pt.kill.clone(), drain, pt.tasks.clone());
@@ -381,7 +387,12 @@ impl Pt {
             while hup.recv().await.is_some() {
                 let list = reloaders.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 for (name, reloader) in list {
-                    match own.reload(&name).await.and_then(|w| Ok(reloader.replace(&w).map(|()| w)?)) {
+                    // A failed `replace` counts itself; a failed load only we see.
+                    let loaded = own
+                        .reload(&name)
+                        .await
+                        .inspect_err(|_| water::metrics::transport(&name).reload_failed());
+                    match loaded.and_then(|w| Ok(reloader.replace(&w).map(|()| w)?)) {
                         Ok(watm) => tracing::info!(
                             transport = %name,
                             "reloaded (WATM {}): new connections use it; reload {}",

@@ -79,6 +79,8 @@ pub async fn reload(source: &transport::Source, reloaders: &[water::Reloader]) {
     let watm = match source.load().await {
         Ok(watm) => watm,
         Err(e) => {
+            // A failed `replace` below counts itself in the metrics.
+            water::metrics::transport(&crate::metrics::label(name)).reload_failed();
             tracing::error!("reload of {name} failed; the previous module goes on serving: {e:#}");
             return;
         }

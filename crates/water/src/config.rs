@@ -65,6 +65,8 @@ pub struct Config {
     pub(crate) handshake_timeout: Option<Duration>,
     pub(crate) handshake_jitter: Duration,
     pub(crate) compile_cache: Option<PathBuf>,
+    /// `None`: counted under [`crate::metrics::UNNAMED`].
+    pub(crate) metrics: Option<Arc<crate::metrics::Transport>>,
 }
 
 impl Default for Config {
@@ -90,6 +92,7 @@ impl Default for Config {
             handshake_timeout: Some(DEFAULT_HANDSHAKE),
             handshake_jitter: DEFAULT_HANDSHAKE_JITTER,
             compile_cache: None,
+            metrics: None,
         }
     }
 }
@@ -117,6 +120,7 @@ impl fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("handshake_jitter", &self.handshake_jitter)
             .field("compile_cache", &self.compile_cache)
+            .field("metrics_label", &self.metrics().label())
             .finish()
     }
 }
@@ -344,6 +348,21 @@ impl Config {
     pub fn compile_cache(mut self, dir: Option<PathBuf>) -> Self {
         self.compile_cache = dir;
         self
+    }
+
+    /// The transport label its connections are counted under in
+    /// [`crate::metrics`] (default [`crate::metrics::UNNAMED`]): modules
+    /// with the same label add up, and a reloaded module given its
+    /// predecessor's label goes on with its counters. Shown as it is: not
+    /// a secret, not a path the operator would not publish.
+    pub fn metrics_label(mut self, label: &str) -> Self {
+        self.metrics = Some(crate::metrics::transport(label));
+        self
+    }
+
+    /// The counters its connections go to.
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Transport> {
+        self.metrics.as_ref().unwrap_or_else(|| crate::metrics::unnamed())
     }
 
     /// Testing other hosts' behaviour: `poll_oneoff` reports every fd

@@ -40,6 +40,8 @@
 //! - `accept`: [`accept_each`], the one TCP accept loop (the library's and
 //!   the `water` command's).
 //! - `config`, `error`: [`Config`], [`Error`].
+//! - [`metrics`]: process-wide counters of connections, bytes, setup
+//!   times, throttled guests, pool slots and reloads, per transport label.
 //! - [`logging`]: what a log may say of a connection (addresses scrubbed,
 //!   peer text escaped, per-connection warnings rate-limited).
 
@@ -51,6 +53,7 @@ mod conn;
 mod duplex;
 mod error;
 pub mod logging;
+pub mod metrics;
 mod policy;
 mod reload;
 mod roles;

@@ -80,12 +80,21 @@ impl Shared {
         Ok(())
     }
 
-    /// Takes a connection slot (see the module docs).
+    /// Takes a connection slot (see the module docs); a refusal is
+    /// counted in `watm`'s metrics.
     pub(crate) fn admit(&self, watm: &Watm, kind: Kind) -> Result<Slot, Error> {
-        Slot::take(&self.admission, watm.inner.config.max_connections, kind)
+        let config = &watm.inner.config;
+        Slot::take(&self.admission, config.max_connections, kind)
+            .inspect_err(|_| config.metrics().refused(crate::metrics::Role::of(self.roles[0])))
     }
 
     fn replace(&self, watm: &Watm) -> Result<(), Error> {
+        let replaced = self.swap(watm);
+        watm.inner.config.metrics().reloaded(&replaced);
+        replaced
+    }
+
+    fn swap(&self, watm: &Watm) -> Result<(), Error> {
         if !self.roles.iter().any(|&r| watm.supports(r)) {
             watm.require(self.roles[0])?;
         }

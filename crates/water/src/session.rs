@@ -281,6 +281,10 @@ pub(crate) struct Session {
     /// start (a server's connections only).
     handshake: Option<Duration>,
     slot: Slot,
+    /// Whether its instance is in a pool slot.
+    pooled: bool,
+    /// Its metrics, counted to its end (set by `Session::start`).
+    metrics: Option<crate::metrics::Conn>,
 }
 
 impl std::fmt::Debug for Session {
@@ -333,9 +337,18 @@ fn worker_tick(data: &mut Ctx) -> wasmtime::Result<UpdateDeadline> {
     let counters =
         Counters { waited: data.wasi.waited, polls: data.wasi.polls, moved: data.wasi.activity.moved() };
     let pause = match data.throttle.tick(now, resumed, counters) {
-        Verdict::Stop => return Err(wasmtime::Error::new(Spun)),
+        Verdict::Stop => {
+            data.config.metrics().stopped();
+            return Err(wasmtime::Error::new(Spun));
+        }
         Verdict::Run => Duration::ZERO,
-        Verdict::Pause(ticks) => EPOCH_TICK * ticks,
+        Verdict::Pause(ticks) => {
+            if ticks == 1 {
+                // The pause doubles from one: a busy streak's first.
+                data.config.metrics().throttled();
+            }
+            EPOCH_TICK * ticks
+        }
     };
     let resumed = data.resumed.clone();
     // The new deadline counts from the end of the pause: one tick of work.
@@ -594,9 +607,28 @@ impl Session {
     ) -> Result<Session, Error> {
         let shed = slot.entry().shed().clone();
         let max = watm.inner.config.max_connections.unwrap_or_default();
-        tokio::select! {
+        let role = crate::metrics::Role::of(match &setup {
+            Setup::Dial { .. } | Setup::DialByGuest { .. } => Role::Dialer,
+            Setup::Accept { .. } => Role::Listener,
+            Setup::Associate { .. } => Role::Relay,
+        });
+        // Counted from here; dropped with this future, it is `abandoned`.
+        let mut metrics = watm.inner.config.metrics().start(role, slot.entry().activity().clone());
+        let started = tokio::select! {
             r = Session::start_unshed(watm, slot, setup, cancel, label, pulled_config) => r,
             () = shed.cancelled() => Err(Error::Shed(max)),
+        };
+        match started {
+            Ok(mut session) => {
+                metrics.set_up(Some(session.pooled));
+                session.metrics = Some(metrics);
+                Ok(session)
+            }
+            Err(e) => {
+                metrics.set_up(None);
+                metrics.end(Err(&e));
+                Err(e)
+            }
         }
     }
 
@@ -712,7 +744,8 @@ impl Session {
             }
             _ => None,
         };
-        Ok(Session { store: this.store, worker, names, cancel, handshake, slot })
+        let pooled = watm.inner.pooled.as_ref().is_some_and(|p| std::ptr::eq(p, this.linked));
+        Ok(Session { store: this.store, worker, names, cancel, handshake, slot, pooled, metrics: None })
     }
 
     /// The fds bytes reach the guest through: the application's end and
@@ -962,8 +995,12 @@ pub(crate) fn spawn_worker(
         if result.is_err() {
             session.reset_plain_side();
         }
+        let metrics = session.metrics.take();
         // Frees the instance and closes every fd it held, now.
         drop(session);
+        if let Some(metrics) = metrics {
+            metrics.end(result.as_ref().copied());
+        }
         report.send(result);
     });
     rx

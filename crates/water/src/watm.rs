@@ -143,6 +143,7 @@ pub(crate) fn engines() -> &'static Engines {
         }
         let slots = if capped.is_none() { pool_slots() } else { 0 };
         let pooled = pooled_engine(slots);
+        crate::metrics::set_pool_slots(if pooled.is_some() { slots.into() } else { 0 });
         // A pool that could not be reserved means address space is scarce
         // here (a small virtual address size, say): then 4 GiB per instance
         // would not fit either.

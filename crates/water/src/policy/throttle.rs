@@ -18,6 +18,8 @@ pub(crate) const THROTTLE_AFTER: u32 = 5;
 
 /// Longest pause, in ticks, of a throttled worker between two ticks of
 /// running: a worker that never waits gets about a twentieth of a thread.
+/// The pauses double from one tick, so a `Pause(1)` starts a busy streak
+/// (what the metrics count as a throttled worker).
 pub(crate) const MAX_PAUSE: u32 = 19;
 
 /// Bytes a worker must move in a tick it spends busy for that tick not to
@@ -138,6 +140,13 @@ mod tests {
         assert_eq!(v[..THROTTLE_AFTER as usize], [Verdict::Run; THROTTLE_AFTER as usize]);
         assert_eq!(v[THROTTLE_AFTER as usize], Verdict::Pause(1));
         assert_eq!(v[19], Verdict::Pause(MAX_PAUSE));
+    }
+
+    #[test]
+    fn a_busy_streak_starts_with_one_pause_of_one_tick() {
+        // `session::worker_tick` counts a throttled worker at `Pause(1)`.
+        let v = run(60, Duration::ZERO, 0, true);
+        assert_eq!(v.iter().filter(|v| **v == Verdict::Pause(1)).count(), 1);
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub async fn watched<F: std::future::Future>(f: F) -> (F::Output, std::time::Dur
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Watch {
     /// Bytes read or written here set [`Activity::taken_in`]; bytes
-    /// written here are not counted in [`Activity::sent`].
+    /// written or read here are not counted in [`Activity::sent`] or
+    /// [`Activity::received`].
     pub plain: Option<u32>,
     /// Ending writes here (a shutdown, a close) sets
     /// [`Activity::delivered`].
@@ -117,6 +118,8 @@ impl Watch {
 pub struct Activity {
     /// Bytes the guest wrote to streams other than [`Watch::plain`].
     sent: AtomicU64,
+    /// Bytes the guest read from streams other than [`Watch::plain`].
+    received: AtomicU64,
     /// Bytes the guest read or wrote on any stream.
     moved: AtomicU64,
     /// The guest half-closed (or closed) [`Watch::outlet`]: everything it
@@ -137,6 +140,18 @@ pub struct Activity {
 impl Activity {
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Adds to [`sent`](Self::sent) and [`received`](Self::received), as
+    /// a guest's writes and reads would.
+    #[cfg(test)]
+    pub fn count_for_test(&self, sent: u64, received: u64) {
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.received.fetch_add(received, Ordering::Relaxed);
     }
 
     pub fn moved(&self) -> u64 {
@@ -212,7 +227,9 @@ impl WasiCtx {
     /// Counts `n` bytes the guest read from stream `fd`.
     pub fn note_read(&self, fd: u32, n: usize) {
         self.activity.moved.fetch_add(n as u64, Ordering::Relaxed);
-        if n > 0 && Some(fd) == self.watch.plain {
+        if Some(fd) != self.watch.plain {
+            self.activity.received.fetch_add(n as u64, Ordering::Relaxed);
+        } else if n > 0 {
             self.activity.taken_in.store(true, Ordering::Relaxed);
         }
     }
