@@ -259,6 +259,15 @@ macro_rules! __abi_exports {
         pub extern "C" fn _water_unique_prefix() -> i32 {
             $rt.unique_prefix()
         }
+
+        // Tells our host that this worker handles short and refused
+        // writes (it keeps what did not go out and waits with
+        // `poll_oneoff`), so the host need not make v1 writes whole as it
+        // does for water-go's TinyGo library (`water.short_writes`; other
+        // hosts ignore custom sections).
+        #[unsafe(link_section = "water.short_writes")]
+        #[used]
+        static SHORT_WRITES: [u8; 1] = [1];
     };
 }
 

@@ -69,7 +69,7 @@ pub use policy::admission::fd_budget;
 pub use reload::Reloader;
 pub use roles::{Dialer, Drained, Forwarder, Listener, Relay, Tunnel};
 pub use water_abi::Errno;
-pub use watm::{CodeOrigin, DEFAULT_POOL_SLOTS, PUBLIC_ARGS_SECTION, Role, Watm};
+pub use watm::{CodeOrigin, DEFAULT_POOL_SLOTS, PUBLIC_ARGS_SECTION, Role, SHORT_WRITES_SECTION, Watm};
 
 /// Internals exposed for the benchmarks in `benches/` only; not API.
 #[doc(hidden)]

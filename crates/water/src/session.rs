@@ -497,8 +497,11 @@ impl<'a> Initialized<'a> {
         };
         let (store, instance, linked) = step(limit, "instantiate", instantiate(inner, ctx, limit)).await?;
         let mut this = Initialized { store, instance, linked, limit };
-        // v1 guests' library drops bytes on a short or refused write.
-        this.store.data_mut().wasi.whole_writes = inner.exports.abi == Abi::V1;
+        // water-go's v1 library drops bytes on a short or refused write;
+        // a guest that declares it handles them (our SDK's v1 builds) is
+        // left non-blocking, as a v0 guest (a whole write can deadlock a
+        // single-threaded worker whose peer waits for it to read).
+        this.store.data_mut().wasi.whole_writes = inner.exports.abi == Abi::V1 && !inner.short_writes;
         // v1 reads its config from a file: a read-only directory holding
         // it, preopened (the first fd after stdio) before the guest's
         // runtime starts and looks for preopens.

@@ -255,6 +255,9 @@ pub(crate) struct Inner {
     pub admission: Arc<crate::policy::admission::Admission>,
     /// The argument keys the module declares public ([`PUBLIC_ARGS_SECTION`]).
     pub public_args: Vec<String>,
+    /// The module declares that it handles short and refused writes
+    /// ([`SHORT_WRITES_SECTION`]).
+    pub short_writes: bool,
 }
 
 /// A compiled, validated WATM v0 module, ready to be instantiated once per
@@ -352,6 +355,7 @@ impl Watm {
             _ => None,
         };
         let public_args = public_args(bytes);
+        let short_writes = has_section(bytes, SHORT_WRITES_SECTION);
         Ok(Watm {
             inner: Arc::new(Inner {
                 origin,
@@ -361,6 +365,7 @@ impl Watm {
                 config,
                 admission: Arc::default(),
                 public_args,
+                short_writes,
             }),
         })
     }
@@ -660,10 +665,6 @@ fn validate(module: &Module) -> Result<Exports, Error> {
     Ok(exports)
 }
 
-/// Refuses, before compiling, a module over the compile budget: more bytes
-/// than `Config::max_module_size` or more defined functions than
-/// `Config::max_functions`. Counting reads only section headers; a module
-/// too malformed to count is left to the compiler's own error.
 /// The custom section in which a transport declares which of its
 /// arguments are public (what a client needs: a Tor bridge publishes them
 /// in its `SMETHOD ... ARGS:` line): key names separated by commas or
@@ -694,6 +695,27 @@ fn public_args(bytes: &[u8]) -> Vec<String> {
     keys
 }
 
+/// The custom section (any content) by which a v1 module declares that it
+/// handles short and refused (`again`) writes on non-blocking fds, as our
+/// SDK's v1 builds do. Without it a v1 guest's writes are made whole
+/// (water-go's TinyGo library drops the rest of a short write), which can
+/// stall a single-threaded guest whose peer waits for it to read while it
+/// waits to write; with it, v1 writes behave as v0's. Other hosts ignore
+/// custom sections.
+pub const SHORT_WRITES_SECTION: &str = "water.short_writes";
+
+/// Whether the module has a custom section `name`.
+fn has_section(bytes: &[u8], name: &str) -> bool {
+    wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .map_while(Result::ok)
+        .any(|p| matches!(p, wasmparser::Payload::CustomSection(s) if s.name() == name))
+}
+
+/// Refuses, before compiling, a module over the compile budget: more bytes
+/// than `Config::max_module_size` or more defined functions than
+/// `Config::max_functions`. Counting reads only section headers; a module
+/// too malformed to count is left to the compiler's own error.
 fn check_compile_budget(bytes: &[u8], config: &Config) -> Result<(), Error> {
     let over = |what, requested: usize, limit: usize| Error::OverLimit {
         what,

@@ -374,6 +374,13 @@ async fn our_v1_builds_talk_to_their_v0_builds_both_ways() {
         let (v0_server, v0_client) = (built(v0, &server), built(v0, &client));
         let (v1_server, v1_client) = (built(v1, &server), built(v1, &client));
         assert_eq!((v0_server.abi(), v1_server.abi()), ("v0", "v1"), "{name}");
+        // The SDK's v1 builds declare that they handle short writes, so
+        // their writes stay non-blocking (made whole, a single-threaded
+        // worker can deadlock with a peer that waits for it to read).
+        let declares = wasmparser::Parser::new(0).parse_all(v1.wasm).map_while(Result::ok).any(
+            |p| matches!(p, wasmparser::Payload::CustomSection(s) if s.name() == water::SHORT_WRITES_SECTION),
+        );
+        assert!(declares, "{name}: the v1 build lacks {}", water::SHORT_WRITES_SECTION);
         for (dialing, listening, how) in [
             (&v1_client, &v0_server, "v1 dialer -> v0 listener"),
             (&v0_client, &v1_server, "v0 dialer -> v1 listener"),
