@@ -261,53 +261,12 @@ fn wrong_hashes_and_missing_or_foreign_signatures_are_refused_at_start() {
     ours.sign(&module);
     let hash = sha256_hex(&module);
     let args = ["--trusted-key", key.as_str(), "--transport-sha256", hash.as_str()];
-    let m = module.to_str().unwrap();
     let echo = echo();
-    let (mut server, addr) = Proc::listening(&[
-        "server",
-        "-t",
-        m,
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        &echo.addr.to_string(),
-        args[0],
-        args[1],
-        args[2],
-        args[3],
-    ]);
-    let (_client, entry) = Proc::listening(&[
-        "client",
-        "-t",
-        m,
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--remote",
-        &addr.to_string(),
-    ]);
-    assert_eq!(common::exchange(entry, b"signed and pinned"), b"signed and pinned");
+    let p = pair(&module, &cfg, &cfg, echo.addr, &args);
+    assert_eq!(common::exchange(p.entry, b"signed and pinned"), b"signed and pinned");
     // During a rotation, either key will do.
     let both = ["--trusted-key", theirs.public.to_str().unwrap(), "--trusted-key", key.as_str()];
-    let (_s2, _) = Proc::listening(&[
-        "server",
-        "-t",
-        m,
-        "--config",
-        cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        "127.0.0.1:9",
-        both[0],
-        both[1],
-        both[2],
-        both[3],
-    ]);
-    drop(server.stderr_text());
+    let _rotating = pair(&module, &cfg, &cfg, echo.addr, &both);
 }
 
 #[test]
