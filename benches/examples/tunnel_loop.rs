@@ -9,7 +9,8 @@
 //!
 //! Environment: `SOLO=1` runs the WATER path alone (for a profile of it);
 //! `CONC=N` measures instead N connections at once through the dialer
-//! (64 KiB each way each), against direct TCP, as `water bench` does;
+//! (64 KiB each way each), against direct TCP and a native forwarder in
+//! the guest's place, as `water bench` does;
 //! `THREADS=N` sets tokio's worker threads (`1`: a current-thread runtime,
 //! where the ratio is one of CPU cost alone); `WATER_PROFILE=perfmap` lets
 //! `perf report` name wasm functions.
@@ -51,13 +52,14 @@ async fn run() -> std::io::Result<()> {
     let echo = echo_server().await?;
     if let Some(n) = std::env::var("CONC").ok().and_then(|c| c.parse::<usize>().ok()) {
         let dialer = water::Dialer::new(&reference_guest(&what)).expect("dialer");
-        let paths = [Path::Direct, Path::Water(dialer)];
+        // Direct TCP, a native forwarder in the guest's place, WATER.
+        let paths = [Path::Direct, Path::Native, Path::Water(dialer)];
         let solo = std::env::var_os("SOLO").is_some();
-        let mut samples = vec![Vec::new(), Vec::new()];
+        let mut samples = vec![Vec::new(); paths.len()];
         let start = Instant::now();
         while start.elapsed().as_secs_f64() < secs {
             for (i, p) in paths.iter().enumerate() {
-                if solo && i == 0 {
+                if solo && i + 1 < paths.len() {
                     continue;
                 }
                 samples[i].push(water_bench::concurrent(p, echo, n, 64 << 10).await?);
@@ -68,7 +70,7 @@ async fn run() -> std::io::Result<()> {
                 continue;
             }
             let rate = (2 * n * (64 << 10)) as f64 / 1048576.0 / median(s).as_secs_f64();
-            println!("conc {n} path {i}: {rate:.0} MiB/s");
+            println!("conc {n} {}: {rate:.0} MiB/s", ["direct", "native", "water"][i]);
         }
         return Ok(());
     }

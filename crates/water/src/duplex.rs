@@ -9,6 +9,7 @@
 //! two syscalls per chunk).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -28,10 +29,15 @@ pub const ATOMIC_WRITE: usize = CAPACITY / 4;
 
 /// A byte ring holding at most `max` bytes ([`CAPACITY`] unless the pair
 /// was made larger). Its storage starts small and doubles as a burst needs
-/// it, so the many connections that never carry much cost little memory.
+/// it, and goes back to [`storage`]'s shelves whenever the ring is drained,
+/// so an idle connection holds none and the next burst, on this connection
+/// or another, takes warm storage instead of fresh pages.
+///
+/// Invariant: the `len` bytes from `head` on (modulo the storage's length)
+/// are initialized; the rest of the storage may not be.
 #[derive(Debug)]
 struct Ring {
-    data: Vec<u8>,
+    data: Box<[MaybeUninit<u8>]>,
     head: usize,
     len: usize,
     max: usize,
@@ -39,7 +45,13 @@ struct Ring {
 
 impl Default for Ring {
     fn default() -> Ring {
-        Ring { data: Vec::new(), head: 0, len: 0, max: CAPACITY }
+        Ring { data: Box::default(), head: 0, len: 0, max: CAPACITY }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        storage::put(std::mem::take(&mut self.data));
     }
 }
 
@@ -55,8 +67,11 @@ impl Ring {
         self.len == 0
     }
 
+    /// Drops the bytes and gives the storage back.
     fn clear(&mut self) {
-        *self = Ring { max: self.max, ..Ring::default() };
+        storage::put(std::mem::take(&mut self.data));
+        self.head = 0;
+        self.len = 0;
     }
 
     /// Grows the storage (keeping the bytes, unwrapped) to hold `want`.
@@ -65,16 +80,35 @@ impl Ring {
         if want <= cap || cap == self.max {
             return;
         }
-        let new_cap = want.next_power_of_two().clamp(FIRST_ALLOCATION, self.max);
-        let mut data = vec![0; new_cap];
+        let mut data = storage::take(want.next_power_of_two().clamp(FIRST_ALLOCATION, self.max));
         let n = self.len;
-        self.pop(&mut data[..n]);
-        self.data = data;
+        let (a, b) = self.filled(n);
+        copy_in(&mut data[..a.len()], a);
+        copy_in(&mut data[a.len()..n], b);
+        storage::put(std::mem::replace(&mut self.data, data));
         self.head = 0;
-        self.len = n;
     }
 
-    /// Appends as much of `src` as fits in [`CAPACITY`]; returns how much.
+    /// The oldest `n` (at most `len`) bytes, in the one or two pieces the
+    /// wrap leaves them in.
+    fn filled(&self, n: usize) -> (&[u8], &[u8]) {
+        let n = n.min(self.len);
+        if n == 0 {
+            return (&[], &[]);
+        }
+        let cap = self.data.len();
+        let first = n.min(cap - self.head);
+        // SAFETY: by the invariant, the `len` bytes from `head` (wrapping)
+        // are initialized, and `n <= len`; both ranges are within `data`.
+        unsafe {
+            (
+                std::slice::from_raw_parts(self.data[self.head..].as_ptr().cast::<u8>(), first),
+                std::slice::from_raw_parts(self.data.as_ptr().cast::<u8>(), n - first),
+            )
+        }
+    }
+
+    /// Appends as much of `src` as fits in `max`; returns how much.
     fn push(&mut self, src: &[u8]) -> usize {
         // Nothing to store; a ring that never held data has no storage yet,
         // and the arithmetic below is modulo its size.
@@ -86,26 +120,22 @@ impl Ring {
         let n = src.len().min(cap - self.len);
         let tail = (self.head + self.len) % cap;
         let first = n.min(cap - tail);
-        self.data[tail..tail + first].copy_from_slice(&src[..first]);
-        self.data[..n - first].copy_from_slice(&src[first..n]);
+        copy_in(&mut self.data[tail..tail + first], &src[..first]);
+        copy_in(&mut self.data[..n - first], &src[first..n]);
         self.len += n;
         n
     }
 
-    /// Moves up to `dst.len()` bytes out; returns how many.
-    /// Copies the oldest bytes into `dst` without taking them.
+    /// Copies the oldest bytes into `dst` without taking them; returns how
+    /// many.
     fn peek(&self, dst: &mut [u8]) -> usize {
-        let n = dst.len().min(self.len);
-        if n == 0 {
-            return 0;
-        }
-        let cap = self.data.len();
-        let first = n.min(cap - self.head);
-        dst[..first].copy_from_slice(&self.data[self.head..self.head + first]);
-        dst[first..n].copy_from_slice(&self.data[..n - first]);
-        n
+        let (a, b) = self.filled(dst.len());
+        dst[..a.len()].copy_from_slice(a);
+        dst[a.len()..a.len() + b.len()].copy_from_slice(b);
+        a.len() + b.len()
     }
 
+    /// Moves up to `dst.len()` bytes out; returns how many.
     fn pop(&mut self, dst: &mut [u8]) -> usize {
         let n = self.peek(dst);
         if n == 0 {
@@ -114,9 +144,79 @@ impl Ring {
         self.head = (self.head + n) % self.data.len();
         self.len -= n;
         if self.len == 0 {
-            self.head = 0;
+            // Drained: the storage goes back to the shelf.
+            self.clear();
         }
         n
+    }
+}
+
+/// Copies `src` into the front of `dst` (of the same length), which makes
+/// those bytes initialized.
+fn copy_in(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: `u8` and `MaybeUninit<u8>` have the same layout, the lengths
+    // are equal, and a `&mut` and a `&` never overlap.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<u8>(), src.len()) }
+}
+
+/// Ring storage, recycled process-wide.
+///
+/// A connection's rings are drained and refilled all the time, and every
+/// connection starts with none: allocating each anew cost a fresh mapping
+/// (past glibc's mmap threshold, or after it trimmed its heap) whose pages
+/// fault in on first touch, plus zeroing. Measured (issue 21, `perf` over
+/// `examples/tunnel_loop` with `CONC=100`): growing and freeing rings was
+/// about a sixth of the process's CPU time, half of it page faults. So
+/// storage is never zeroed (the ring's invariant says what is initialized),
+/// and drained storage waits on a shelf per size class, up to
+/// [`storage::SHELF_BYTES`] a class, for the next burst of any connection.
+/// Written here because it is a few lines over a `Mutex<Vec<_>>` per size
+/// class; a general pool crate would add a dependency for no more.
+mod storage {
+    use std::mem::MaybeUninit;
+    use std::sync::Mutex;
+
+    /// Size classes: powers of two from 16 KiB to [`super::CAPACITY`].
+    const SMALLEST: usize = super::FIRST_ALLOCATION;
+    const CLASSES: usize = (super::CAPACITY / SMALLEST).trailing_zeros() as usize + 1;
+
+    /// Bytes kept on the shelf of each class (so at most five times this
+    /// in all, held by the process while no connection needs them).
+    pub(super) const SHELF_BYTES: usize = 2 << 20;
+
+    type Storage = Box<[MaybeUninit<u8>]>;
+
+    static SHELVES: [Mutex<Vec<Storage>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
+
+    fn class(len: usize) -> Option<usize> {
+        (len.is_power_of_two() && (SMALLEST..=super::CAPACITY).contains(&len))
+            .then(|| (len / SMALLEST).trailing_zeros() as usize)
+    }
+
+    /// Storage of `len` bytes (a power of two), uninitialized.
+    pub(super) fn take(len: usize) -> Storage {
+        if let Some(c) = class(len)
+            && let Some(storage) = SHELVES[c].lock().unwrap_or_else(|e| e.into_inner()).pop()
+        {
+            return storage;
+        }
+        Box::new_uninit_slice(len)
+    }
+
+    /// Gives storage back (none: nothing happens); freed if its shelf is
+    /// full or it has no class.
+    pub(super) fn put(storage: Storage) {
+        let Some(c) = class(storage.len()) else { return };
+        let mut shelf = SHELVES[c].lock().unwrap_or_else(|e| e.into_inner());
+        if (shelf.len() + 1) * storage.len() <= SHELF_BYTES {
+            shelf.push(storage);
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn shelved(len: usize) -> usize {
+        class(len).map_or(0, |c| SHELVES[c].lock().unwrap_or_else(|e| e.into_inner()).len())
     }
 }
 
@@ -476,6 +576,29 @@ mod tests {
             }
         }
         assert_eq!(expect, next);
+    }
+
+    #[test]
+    fn a_drained_ring_holds_no_storage_and_the_next_burst_reuses_a_shelved_one() {
+        let (a, b) = pair();
+        let burst = vec![7u8; 100_000];
+        assert_eq!(a.try_write(&burst).unwrap(), burst.len());
+        assert_eq!(a.tx().buf.data.len(), 128 * 1024);
+        // Peeking leaves everything in place.
+        let mut buf = vec![0u8; 200_000];
+        assert_eq!(b.try_peek(&mut buf).unwrap(), burst.len());
+        assert_eq!(a.tx().buf.data.len(), 128 * 1024);
+        let shelved = storage::shelved(128 * 1024);
+        assert_eq!(b.try_read(&mut buf).unwrap(), burst.len());
+        assert!(buf[..burst.len()].iter().all(|&x| x == 7));
+        // Drained: an idle ring costs no storage; it is on the shelf.
+        assert_eq!(a.tx().buf.data.len(), 0);
+        assert!(storage::shelved(128 * 1024) >= shelved.min(1));
+        // Bytes written into recycled storage read back as written.
+        let next: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(a.try_write(&next).unwrap(), next.len());
+        assert_eq!(b.try_read(&mut buf).unwrap(), next.len());
+        assert!(buf[..next.len()] == next[..]);
     }
 
     #[test]
