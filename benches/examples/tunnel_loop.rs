@@ -11,6 +11,9 @@
 //! `CONC=N` measures instead N connections at once through the dialer
 //! (64 KiB each way each), against direct TCP and a native forwarder in
 //! the guest's place, as `water bench` does;
+//! `SETUP=1` measures connection setup instead (connect, one byte echoed,
+//! close), one at a time, direct TCP and WATER in turn: median time and
+//! the process's CPU time per setup;
 //! `THREADS=N` sets tokio's worker threads (`1`: a current-thread runtime,
 //! where the ratio is one of CPU cost alone); `WATER_PROFILE=perfmap` lets
 //! `perf report` name wasm functions.
@@ -50,6 +53,9 @@ async fn run() -> std::io::Result<()> {
     let what = args.next().unwrap_or_else(|| "plain".into());
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let echo = echo_server().await?;
+    if std::env::var_os("SETUP").is_some() {
+        return setups(&what, secs, echo).await;
+    }
     if let Some(n) = std::env::var("CONC").ok().and_then(|c| c.parse::<usize>().ok()) {
         let dialer = water::Dialer::new(&reference_guest(&what)).expect("dialer");
         // Direct TCP, a native forwarder in the guest's place, WATER.
@@ -111,6 +117,61 @@ async fn run() -> std::io::Result<()> {
     }
     if let [native, water] = rates[..] {
         println!("{what} ratio: {:.3}", water / native);
+    }
+    Ok(())
+}
+
+/// Sequential setups (connect, one byte there and back, close), direct TCP
+/// and WATER in turn (WATER alone with `SOLO`): the median time and the
+/// process's CPU time per setup on each path.
+async fn setups(what: &str, secs: f64, echo: std::net::SocketAddr) -> std::io::Result<()> {
+    let dialer = water::Dialer::new(&reference_guest(what)).expect("dialer");
+    let mut paths = vec![("direct", Path::Direct), ("water", Path::Water(dialer))];
+    if std::env::var_os("SOLO").is_some() {
+        paths.remove(0);
+    }
+    let mut samples = vec![Vec::new(); paths.len()];
+    let mut cpus = vec![Duration::ZERO; paths.len()];
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        for (i, (_, path)) in paths.iter().enumerate() {
+            let c = cpu();
+            for _ in 0..100 {
+                samples[i].push(water_bench::setup(path, echo).await?);
+            }
+            cpus[i] += cpu() - c;
+        }
+    }
+    if std::env::var_os("SPLIT").is_some() {
+        // Where a setup's time goes: the connect (for WATER, the dial:
+        // instantiation, setup calls, the guest's TCP connect) and the
+        // first byte's round trip after it.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (name, path) in &paths {
+            let (mut c, mut f) = (Vec::new(), Vec::new());
+            for _ in 0..2000 {
+                let t = Instant::now();
+                let mut s = path.connect(echo).await?;
+                c.push(t.elapsed());
+                let t = Instant::now();
+                s.write_all(b"x").await?;
+                s.read_exact(&mut [0u8; 1]).await?;
+                f.push(t.elapsed());
+            }
+            println!(
+                "setup {what} {name}: connect median {:.1} us, first byte median {:.1} us",
+                median(c).as_secs_f64() * 1e6,
+                median(f).as_secs_f64() * 1e6
+            );
+        }
+    }
+    for ((name, _), (s, c)) in paths.iter().zip(samples.into_iter().zip(cpus)) {
+        let n = s.len();
+        println!(
+            "setup {what} {name}: median {:.1} us, {:.1} us CPU per setup ({n} setups)",
+            median(s).as_secs_f64() * 1e6,
+            c.as_secs_f64() * 1e6 / n as f64
+        );
     }
     Ok(())
 }
