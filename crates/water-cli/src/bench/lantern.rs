@@ -60,6 +60,15 @@ pub struct Options<'a> {
     pub libev: bool,
 }
 
+/// An outside process: its name, pid, and which routes cross it.
+type Pid = (&'static str, u32, [bool; 3]);
+
+/// A value per route for an outside process: NaN (shown as "—") for a
+/// route that does not cross it.
+fn only_on(on: [bool; 3], values: [f64; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|i| if on[i] { values[i] } else { f64::NAN })
+}
+
 /// One way to the echo service.
 struct Route {
     name: &'static str,
@@ -95,6 +104,8 @@ fn ratio(a: f64, b: f64) -> f64 {
 struct Outside {
     name: &'static str,
     child: tokio::process::Child,
+    /// Which routes (raw, native, water) cross it.
+    on: [bool; 3],
 }
 
 impl Outside {
@@ -126,7 +137,10 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
         let password = get("password")
             .context("--libev needs password= in --config (libev derives its key from the password)")?;
         let watm = load_ss(o.transport, &text, echo)?;
-        let (server, tunnel, server_addr, tunnel_addr) = start_libev(&method, &password, echo).await?;
+        let (mut server, mut tunnel, server_addr, tunnel_addr) =
+            start_libev(&method, &password, echo).await?;
+        tunnel.on = [false, true, false];
+        server.on = [false, true, true];
         outside.push(tunnel);
         outside.push(server);
         [
@@ -177,8 +191,7 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
             },
         ]
     };
-    let pids: Vec<(&'static str, u32)> =
-        outside.iter().filter_map(|p| p.pid().map(|pid| (p.name, pid))).collect();
+    let pids: Vec<Pid> = outside.iter().filter_map(|p| p.pid().map(|pid| (p.name, pid, p.on))).collect();
 
     progress("lantern: warming up each path");
     for r in &routes {
@@ -363,11 +376,7 @@ fn rss_kib(pid: Option<u32>) -> u64 {
 /// sequential setups, this process's CPU time (and each outside
 /// process's) across the block, with a pause after it so that the last
 /// connection's teardown is counted in its own block.
-async fn setup_cpu(
-    routes: &[Route],
-    pids: &[(&'static str, u32)],
-    budget: Duration,
-) -> anyhow::Result<Vec<Row>> {
+async fn setup_cpu(routes: &[Route], pids: &[Pid], budget: Duration) -> anyhow::Result<Vec<Row>> {
     let pause = Duration::from_millis(20);
     // What this process burns doing nothing (timers, the engine's epoch
     // ticker), per pause: taken off each block.
@@ -381,13 +390,13 @@ async fn setup_cpu(
     while count[0] < 5 * CPU_BLOCK || start.elapsed() < budget {
         for (i, r) in routes.iter().enumerate() {
             let before: Vec<Duration> =
-                std::iter::once(own_cpu()).chain(pids.iter().map(|&(_, p)| cpu_of(p))).collect();
+                std::iter::once(own_cpu()).chain(pids.iter().map(|&(_, p, _)| cpu_of(p))).collect();
             for _ in 0..CPU_BLOCK {
                 setup(&r.via, r.addr).await.with_context(|| format!("setup via {}", r.name))?;
             }
             tokio::time::sleep(pause).await;
             let after: Vec<Duration> =
-                std::iter::once(own_cpu()).chain(pids.iter().map(|&(_, p)| cpu_of(p))).collect();
+                std::iter::once(own_cpu()).chain(pids.iter().map(|&(_, p, _)| cpu_of(p))).collect();
             for (k, (a, b)) in after.iter().zip(&before).enumerate() {
                 let spent = a.saturating_sub(*b);
                 cpu[i][k] += if k == 0 { spent.saturating_sub(idle) } else { spent };
@@ -408,18 +417,21 @@ async fn setup_cpu(
         samples: [count[0], count[1], count[2]],
         lantern: None,
     }];
-    for (k, (name, _)) in pids.iter().enumerate() {
+    for (k, &(name, _, on)) in pids.iter().enumerate() {
         rows.push(Row {
             name: format!("setup CPU per connection, {name}"),
             unit: "µs",
             higher_is_better: false,
-            values: [per(0, k + 1), per(1, k + 1), per(2, k + 1)],
+            values: only_on(on, [per(0, k + 1), per(1, k + 1), per(2, k + 1)]),
             samples: [count[0], count[1], count[2]],
             lantern: None,
         });
     }
     if !pids.is_empty() {
-        let all = |i: usize| (0..=pids.len()).map(|k| per(i, k)).sum::<f64>();
+        // Each process's time counted only on the routes that cross it.
+        let all = |i: usize| {
+            per(i, 0) + (0..pids.len()).filter(|&k| pids[k].2[i]).map(|k| per(i, k + 1)).sum::<f64>()
+        };
         rows.push(Row {
             name: "setup CPU per connection, all processes".into(),
             unit: "µs",
@@ -438,10 +450,10 @@ async fn setup_cpu(
 /// have each echoed one byte, the difference divided by `hold`. Every
 /// route's connections stay open until all are measured, so no route
 /// reuses memory another freed (which made later routes look free).
-async fn memory(routes: &[Route], pids: &[(&'static str, u32)], hold: usize) -> anyhow::Result<Vec<Row>> {
+async fn memory(routes: &[Route], pids: &[Pid], hold: usize) -> anyhow::Result<Vec<Row>> {
     let mut kib = vec![vec![0.0f64; 1 + pids.len()]; routes.len()];
     let rss = || -> Vec<u64> {
-        std::iter::once(rss_kib(None)).chain(pids.iter().map(|&(_, p)| rss_kib(Some(p)))).collect()
+        std::iter::once(rss_kib(None)).chain(pids.iter().map(|&(_, p, _)| rss_kib(Some(p)))).collect()
     };
     let mut held = Vec::with_capacity(routes.len() * hold);
     for (i, r) in routes.iter().enumerate() {
@@ -473,18 +485,20 @@ async fn memory(routes: &[Route], pids: &[(&'static str, u32)], hold: usize) -> 
         // (-benchmem), 1.7 MB.
         lantern: None,
     }];
-    for (k, (name, _)) in pids.iter().enumerate() {
+    for (k, &(name, _, on)) in pids.iter().enumerate() {
         rows.push(Row {
             name: format!("memory per held connection, {name} (RSS)"),
             unit: "KiB",
             higher_is_better: false,
-            values: [kib[0][k + 1], kib[1][k + 1], kib[2][k + 1]],
+            values: only_on(on, [kib[0][k + 1], kib[1][k + 1], kib[2][k + 1]]),
             samples: [hold; 3],
             lantern: None,
         });
     }
     if !pids.is_empty() {
-        let all = |i: usize| kib[i].iter().sum::<f64>();
+        let all = |i: usize| {
+            kib[i][0] + (0..pids.len()).filter(|&k| pids[k].2[i]).map(|k| kib[i][k + 1]).sum::<f64>()
+        };
         rows.push(Row {
             name: "memory per held connection, all processes".into(),
             unit: "KiB",
@@ -645,7 +659,7 @@ fn spawn(program: &'static str, args: &[&str]) -> anyhow::Result<Outside> {
         });
     }
     let child = cmd.spawn().with_context(|| format!("cannot start {program}"))?;
-    Ok(Outside { name: program, child })
+    Ok(Outside { name: program, child, on: [false; 3] })
 }
 
 /// Waits (at most [`START_LIMIT`]) until `p` accepts connections on `addr`.
@@ -708,7 +722,7 @@ impl Report<'_> {
                 times(ratio(c, a)),
                 times(ratio(c, b)),
                 times(ratio(b, a)),
-                format!("{:+.2}", c - a),
+                if (c - a).is_finite() { format!("{:+.2}", c - a) } else { "—".into() },
                 row.unit,
                 if row.higher_is_better { "higher is better" } else { "lower is better" },
                 row.samples.map(|n| n.to_string()).join("/"),
@@ -730,7 +744,8 @@ impl Report<'_> {
             "setup CPU is this process's user+system time (getrusage) over sequential setups, so it \
              includes the benchmark's own client and echo service: the raw TCP column is that part; \
              memory is VmRSS before and after opening {} more connections of a path (raw TCP's, then \
-             the native path's, then WATER's, all held until the last is measured), divided by their count",
+             the native path's, then WATER's, all held until the last is measured), divided by their count; \
+             each outside process's CPU (schedstat) and RSS are counted only on the paths that cross it (— elsewhere)",
             self.o.hold
         );
     }
