@@ -320,6 +320,7 @@ fn raise_nofile(want: u64) -> anyhow::Result<()> {
 
 /// This process's CPU time so far (user + system, every thread).
 fn own_cpu() -> Duration {
+    // SAFETY: rusage is plain integers, for which all zeros is valid.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct we own.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
