@@ -5,7 +5,8 @@
 //! guest's place, the WATER dialer), plus the tunnel: `water client`'s code
 //! (`Dialer::dial_socket`) against a native one-hop TCP forwarder. With
 //! `--scale N`, also N connections held at once through a `water server`
-//! child process (peak RSS, fds released).
+//! child process (peak RSS, fds released). With `--lantern`, instead, the
+//! shape of Lantern's published benchmark (`lantern.rs`).
 
 use std::io::Write;
 use std::path::Path;
@@ -18,6 +19,8 @@ use water::Dialer;
 use water_bench::{Path as Via, concurrent, echo_bulk, echo_server, median, ping_pong, setup, tcp_forwarder};
 
 use crate::{transport, tunnel};
+
+pub mod lantern;
 
 const BULK: usize = 8 << 20;
 
@@ -108,8 +111,8 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     let dialer = Dialer::new(&watm)?;
     let echo = echo_server().await?;
     let water = Via::Water(dialer.clone());
-    // Nine measurements share the time.
-    let slice = Duration::from_secs_f64((o.seconds / 9.0).max(0.2));
+    // Ten measurements share the time.
+    let slice = Duration::from_secs_f64((o.seconds / 10.0).max(0.2));
     let mut figures = Vec::new();
 
     // Throughput through the library, three ways.
@@ -210,22 +213,37 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
         better: Better::Lower,
     });
 
-    // Concurrency.
-    progress(&format!("{} connections at once via direct TCP and water, in turn", o.connections));
+    // Concurrency, against direct TCP and against the same N connections
+    // through native forwarders in the guests' place (the fair baseline:
+    // the same duplex and task per connection, no wasm).
+    progress(&format!(
+        "{} connections at once via direct TCP, native forwarders and water, in turn",
+        o.connections
+    ));
     let each = 64 << 10;
-    let conc = alternate(2 * slice, 2, vias.len(), |i| {
+    let vias = [Via::Direct, water.clone(), Via::Native];
+    let conc = alternate(3 * slice, 2, vias.len(), |i| {
         let via = vias[i].clone();
         async move { Ok(vec![concurrent(&via, echo, o.connections, each).await?]) }
     })
     .await
     .context("concurrency")?;
     let conc: Vec<f64> = conc.into_iter().map(|s| mib_s(2 * each * o.connections, median(s))).collect();
+    let name = if o.connections == 1 { "1 connection, aggregate" } else { "N connections, aggregate" };
     figures.push(Figure {
-        name: if o.connections == 1 { "1 connection, aggregate" } else { "N connections, aggregate" },
+        name,
         unit: "MiB/s",
         water: conc[1],
         baseline_name: "direct TCP",
         baseline: conc[0],
+        better: Better::Higher,
+    });
+    figures.push(Figure {
+        name,
+        unit: "MiB/s",
+        water: conc[1],
+        baseline_name: "native forwarder",
+        baseline: conc[2],
         better: Better::Higher,
     });
     stop.cancel();

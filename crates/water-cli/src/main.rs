@@ -319,6 +319,22 @@ enum Command {
         /// seconds, printing RSS and open fds once a second.
         #[arg(long, value_name = "SECONDS")]
         soak: Option<f64>,
+        /// Instead of the benchmarks: the shape of Lantern's published
+        /// benchmark (1 KiB echo per iteration, 4-byte ping-pong, setup
+        /// time, CPU and memory per connection) through the transport's
+        /// client and server roles, beside raw TCP and native forwarders.
+        #[arg(long, conflicts_with_all = ["scale", "fairness", "soak"])]
+        lantern: bool,
+        /// With --lantern (implied): against shadowsocks-libev, Lantern's own
+        /// paths: raw TCP, ss-tunnel → ss-server, and water::Dialer →
+        /// ss-server (-t ss; --config gives method= and password=, else
+        /// chacha20-ietf-poly1305 with a random password).
+        #[arg(long, conflicts_with_all = ["scale", "fairness", "soak"])]
+        libev: bool,
+        /// With --lantern: connections held open at once for the memory
+        /// per connection.
+        #[arg(long, default_value_t = 1000)]
+        hold: usize,
     },
 }
 
@@ -374,7 +390,30 @@ fn main() -> ExitCode {
             Command::Bench { transport, config, connections, soak: Some(soak), .. } => {
                 soak::run(&transport, config.as_deref(), soak, connections).await
             }
-            Command::Bench { transport, config, connections, seconds, json, scale, fairness, soak: None } => {
+            Command::Bench { transport, config, seconds, json, hold, lantern, libev, soak: None, .. }
+                if lantern || libev =>
+            {
+                bench::lantern::run(bench::lantern::Options {
+                    transport: &transport,
+                    config: config.as_deref(),
+                    seconds,
+                    json,
+                    hold,
+                    libev,
+                })
+                .await
+            }
+            Command::Bench {
+                transport,
+                config,
+                connections,
+                seconds,
+                json,
+                scale,
+                fairness,
+                soak: None,
+                ..
+            } => {
                 bench::run(bench::Options {
                     transport: &transport,
                     config: config.as_deref(),
