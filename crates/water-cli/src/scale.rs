@@ -28,6 +28,13 @@ const OPENING: usize = 256;
 pub struct Report {
     pub connections: usize,
     pub verified: usize,
+    /// Resident memory of the server before the connections opened (one
+    /// connection made and closed first, so that what it sets up once is
+    /// in it).
+    pub rss_before_kib: u64,
+    /// Resident memory of the server with every connection held, once it
+    /// stopped falling (quiet guests give their buffers back).
+    pub rss_quiet_kib: u64,
     pub peak_rss_kib: u64,
     /// Resident memory of the server once every connection closed (what it
     /// keeps for reuse: the instance pool's slots, allocator caches).
@@ -42,11 +49,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// Resident memory per held connection once they are all quiet: the
+    /// settled RSS while held, less the RSS before they opened, over their
+    /// number (KiB).
+    pub fn quiet_kib_per_connection(&self) -> f64 {
+        self.rss_quiet_kib.saturating_sub(self.rss_before_kib) as f64 / self.connections.max(1) as f64
+    }
+
     pub fn json(&self) -> String {
         format!(
-            r#"{{"connections":{},"verified":{},"server_peak_rss_kib":{},"server_rss_after_close_kib":{},"server_fds_before":{},"server_fds_held":{},"server_fds_after":{},"server_maps_held":{},"open_all_seconds":{:.3}}}"#,
+            r#"{{"connections":{},"verified":{},"server_rss_before_kib":{},"server_rss_held_quiet_kib":{},"server_quiet_kib_per_connection":{:.1},"server_peak_rss_kib":{},"server_rss_after_close_kib":{},"server_fds_before":{},"server_fds_held":{},"server_fds_after":{},"server_maps_held":{},"open_all_seconds":{:.3}}}"#,
             self.connections,
             self.verified,
+            self.rss_before_kib,
+            self.rss_quiet_kib,
+            self.quiet_kib_per_connection(),
             self.peak_rss_kib,
             self.rss_after_kib,
             self.fds_before,
@@ -63,10 +80,14 @@ impl fmt::Display for Report {
         write!(
             f,
             "scale: {} of {} connections held at once through `water server`, 16 KiB each verified; \
+             server RSS {:.1} MiB before, {:.1} MiB held once quiet ({:.1} KiB per connection); \
              server peak RSS {:.1} MiB ({:.1} MiB after close); server fds {} before, {} held, {} after close; \
              {} memory maps held; all open in {:.1} s",
             self.verified,
             self.connections,
+            self.rss_before_kib as f64 / 1024.0,
+            self.rss_quiet_kib as f64 / 1024.0,
+            self.quiet_kib_per_connection(),
             self.peak_rss_kib as f64 / 1024.0,
             self.rss_after_kib as f64 / 1024.0,
             self.fds_before,
@@ -194,6 +215,7 @@ pub async fn run(transport: &str, config: Option<&Path>, n: usize) -> anyhow::Re
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let fds_before = fd_count(pid);
+    let rss_before_kib = proc_status(pid, "VmRSS:").unwrap_or(0);
     eprintln!("bench: scale: opening {n} connections through water server (pid {pid})");
 
     let opening = Arc::new(Semaphore::new(OPENING));
@@ -232,6 +254,20 @@ pub async fn run(transport: &str, config: Option<&Path>, n: usize) -> anyhow::Re
     let fds_held = fd_count(pid);
     let maps_held =
         std::fs::read_to_string(format!("/proc/{pid}/maps")).map(|m| m.lines().count()).unwrap_or(0);
+    // Held and quiet: the server's RSS once it stops falling (a guest that
+    // has waited a second gives its buffers' pages back), read every half
+    // second, for at most 20 s, starting past that second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut rss_quiet_kib = proc_status(pid, "VmRSS:").unwrap_or(0);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = proc_status(pid, "VmRSS:").unwrap_or(0);
+        let settled = now + now / 200 >= rss_quiet_kib;
+        rss_quiet_kib = rss_quiet_kib.min(now);
+        if settled {
+            break;
+        }
+    }
     release.wait().await;
     while tasks.join_next().await.is_some() {}
     // Give the server time to see every close and free the instances.
@@ -250,6 +286,8 @@ pub async fn run(transport: &str, config: Option<&Path>, n: usize) -> anyhow::Re
     Ok(Report {
         connections: n,
         verified: verified.load(Ordering::Relaxed),
+        rss_before_kib,
+        rss_quiet_kib,
         peak_rss_kib,
         rss_after_kib,
         fds_before,
