@@ -73,8 +73,22 @@ pub const WORKER: FuncSig = export("_water_worker", NONE, I32);
 /// Called after `_water_init`; 0 or a negative result: none.
 pub const UNIQUE_PREFIX: FuncSig = export("_water_unique_prefix", NONE, I32);
 
+/// `_water_scratch() -> address` (our extension; other hosts ignore it): the
+/// address in linear memory of the guest's scratch table,
+/// [`SCRATCH_RANGES`] pairs of little-endian `u32` (address, length). While
+/// the worker is blocked in `poll_oneoff`, the bytes of each listed range
+/// hold nothing the guest will read again: a host may discard them (they
+/// may then read as anything, zeros in practice) to give a quiet
+/// connection's pages back. The guest writes the table before each
+/// `poll_oneoff`; a range of length 0 is none. Called after `_water_init`;
+/// 0 or a negative result: no table.
+pub const SCRATCH: FuncSig = export("_water_scratch", NONE, I32);
+
+/// Entries of the table [`SCRATCH`] points to.
+pub const SCRATCH_RANGES: usize = 8;
+
 /// Exports of our extensions: optional, checked when present.
-pub const EXTENSION_EXPORTS: &[FuncSig] = &[UNIQUE_PREFIX];
+pub const EXTENSION_EXPORTS: &[FuncSig] = &[UNIQUE_PREFIX, SCRATCH];
 
 /// Exports every v0 module must have (besides [`VERSION_EXPORT`]).
 pub const REQUIRED_EXPORTS: &[FuncSig] = &[INIT, CANCEL_WITH, WORKER];

@@ -211,6 +211,11 @@ macro_rules! __abi_exports {
         pub extern "C" fn _water_unique_prefix() -> i32 {
             $rt.unique_prefix()
         }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_scratch() -> i32 {
+            $rt.scratch()
+        }
     };
 }
 
@@ -254,10 +259,16 @@ macro_rules! __abi_exports {
             $rt.worker()
         }
 
-        // Our host's replay-filter extension; other v1 hosts ignore it.
+        // Our host's replay-filter and scratch extensions; other v1 hosts
+        // ignore them.
         #[unsafe(no_mangle)]
         pub extern "C" fn _water_unique_prefix() -> i32 {
             $rt.unique_prefix()
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn _water_scratch() -> i32 {
+            $rt.scratch()
         }
 
         // Tells our host that this worker handles short and refused

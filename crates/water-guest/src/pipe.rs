@@ -342,11 +342,53 @@ impl<'a, C: Codec> Pipe<'a, C> {
     pub fn is_done(&self) -> bool {
         self.shut_down
     }
+
+    /// The parts of this pipe's two buffers that hold no byte it will read
+    /// again (outside each filled window), as (address, length): what a
+    /// host may discard while the worker waits (`_water_scratch`).
+    pub fn scratch(&self) -> [(usize, usize); 4] {
+        let free = |w: &Window<'_>| {
+            let base = w.data.as_ptr() as usize;
+            [(base, w.start), (base + w.end, w.data.len() - w.end)]
+        };
+        let [a, b] = free(&self.input);
+        let [c, d] = free(&self.output);
+        [a, b, c, d]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_is_exactly_what_lies_outside_the_filled_windows() {
+        struct Copy;
+        impl Codec for Copy {
+            fn transform(&mut self, input: &[u8], output: &mut [u8]) -> Result<Progress, Errno> {
+                let n = input.len().min(output.len());
+                output[..n].copy_from_slice(&input[..n]);
+                Ok(Progress { consumed: n, produced: n })
+            }
+        }
+        let (mut input, mut output) = ([0u8; 64], [0u8; 64]);
+        let (i0, o0) = (input.as_ptr() as usize, output.as_ptr() as usize);
+        let mut p = Pipe::new(Copy, &mut input, &mut output);
+        // Empty: both buffers are scratch, whole.
+        assert_eq!(p.scratch(), [(i0, 0), (i0, 64), (o0, 0), (o0, 64)]);
+        p.read_buf()[..10].copy_from_slice(&[1; 10]);
+        p.received(10);
+        // Ten bytes wait in the input: everything after them is scratch.
+        assert_eq!(p.scratch()[..2], [(i0, 0), (i0 + 10, 54)]);
+        p.transform().unwrap();
+        // Moved to the output: the input is scratch again (its window is
+        // empty at 10), the output's ten bytes are not.
+        let s = p.scratch();
+        assert_eq!(s[0].1 + s[1].1, 64);
+        assert_eq!(s[2..], [(o0, 0), (o0 + 10, 54)]);
+        p.sent(4);
+        assert_eq!(p.scratch()[2..], [(o0, 4), (o0 + 10, 54)]);
+    }
 
     /// Adds one to every byte, holding back nothing.
     struct Inc;

@@ -16,11 +16,18 @@ use crate::{BUFFER_SIZE, MAX_CONFIG, OUTPUT_SLACK};
 /// in `.bss` and cost no bytes of the module, whatever the small state next
 /// to them holds (a `None` whose niche is not zero would move a whole
 /// combined struct into the data segment). Not for direct use.
+///
+/// Page-aligned, so that a host that discards their scratch parts (see
+/// `scratch`) can give whole pages back.
+#[repr(C, align(4096))]
 pub struct Buffers {
     /// Input buffers, one per direction.
     inputs: UnsafeCell<[[u8; BUFFER_SIZE]; 2]>,
     /// Output buffers, one per direction.
     outputs: UnsafeCell<[[u8; BUFFER_SIZE + OUTPUT_SLACK]; 2]>,
+    /// `_water_scratch`'s table: (address, length) pairs, written before
+    /// each wait of the worker's pipes (all zeros, none, until then).
+    scratch: UnsafeCell<[u32; 2 * water_abi::v0::SCRATCH_RANGES]>,
 }
 
 // SAFETY: as for `Runtime` below: single-threaded, never re-entered.
@@ -38,6 +45,7 @@ impl Buffers {
         Buffers {
             inputs: UnsafeCell::new([[0; BUFFER_SIZE]; 2]),
             outputs: UnsafeCell::new([[0; BUFFER_SIZE + OUTPUT_SLACK]; 2]),
+            scratch: UnsafeCell::new([0; 2 * water_abi::v0::SCRATCH_RANGES]),
         }
     }
 }
@@ -94,6 +102,12 @@ impl<T: Transport> Runtime<T> {
                 status::encode_err(e.errno)
             }
         }
+    }
+
+    /// `_water_scratch`: the address of the scratch table (see
+    /// `water_abi::v0::SCRATCH`).
+    pub fn scratch(&self) -> i32 {
+        self.buffers.scratch.get() as usize as i32
     }
 
     /// `_water_unique_prefix`: see [`Transport::unique_prefix`]; 0 before
@@ -219,7 +233,9 @@ impl<T: Transport> Runtime<T> {
             let (keys, leftover) = handshake(hs, wire, self.cancel_fd.get(), down_in, up_out)?;
             let up = Pipe::new(transport.encoder(role, &keys), up_in, up_out);
             let down = Pipe::with_input(transport.decoder(role, &keys), down_in, leftover, down_out);
-            run(up, down, plain, wire, self.cancel_fd.get())
+            // SAFETY: as above: only the worker writes the table.
+            let scratch = unsafe { &mut *self.buffers.scratch.get() };
+            run(up, down, plain, wire, self.cancel_fd.get(), scratch)
         });
         match result {
             Ok(()) => 0,
@@ -365,6 +381,7 @@ fn run<E: crate::Codec, D: crate::Codec>(
     plain: Fd,
     wire: Fd,
     cancel: Option<Fd>,
+    scratch: &mut [u32; 2 * water_abi::v0::SCRATCH_RANGES],
 ) -> Result<(), Errno> {
     sys::set_nonblocking(plain)?;
     sys::set_nonblocking(wire)?;
@@ -408,6 +425,13 @@ fn run<E: crate::Codec, D: crate::Codec>(
         }
         if hot {
             add(Interest::Now);
+        }
+        // Tell the host which bytes it may discard while this waits (a
+        // quiet connection's buffers). wasm32 addresses fit in a u32.
+        let free = up.scratch().into_iter().chain(down.scratch());
+        for (slot, (at, len)) in scratch.chunks_exact_mut(2).zip(free) {
+            slot[0] = at as u32;
+            slot[1] = len as u32;
         }
         let ready = sys::poll(&interests[..n], &mut events)?;
         if let Some(fd) = cancel

@@ -545,6 +545,20 @@ impl<'a> Initialized<'a> {
         if let Err(errno) = status::decode(r) {
             return Err(this.guest_err(init, errno));
         }
+        // Where the guest lists the bytes a quiet worker may give back:
+        // asked on the module's first connection only (a static's address,
+        // the same in every instance; a guest that lies about it can only
+        // lose its own bytes), so it costs the others no setup call.
+        if inner.exports.scratch {
+            let table = match inner.scratch_table.get() {
+                Some(table) => *table,
+                None => {
+                    let r = this.call(abi::SCRATCH.name, None).await?;
+                    *inner.scratch_table.get_or_init(|| u32::try_from(r).ok().filter(|&t| t > 0))
+                }
+            };
+            this.store.data_mut().wasi.scratch = table;
+        }
         Ok(this)
     }
 

@@ -184,6 +184,9 @@ pub(crate) struct Exports {
     pub dial_by_guest: bool,
     /// `_water_unique_prefix` (our extension, for the replay filter).
     pub unique_prefix: bool,
+    /// `_water_scratch` (our extension: what a quiet guest's memory may
+    /// give back).
+    pub scratch: bool,
 }
 
 /// The functions the host calls, resolved once per module so that setting
@@ -258,6 +261,9 @@ pub(crate) struct Inner {
     /// The module declares that it handles short and refused writes
     /// ([`SHORT_WRITES_SECTION`]).
     pub short_writes: bool,
+    /// What `_water_scratch` returned on the module's first connection
+    /// (the address of a static, the same in every instance: asked once).
+    pub scratch_table: std::sync::OnceLock<Option<u32>>,
 }
 
 /// A compiled, validated WATM v0 module, ready to be instantiated once per
@@ -366,6 +372,7 @@ impl Watm {
                 admission: Arc::default(),
                 public_args,
                 short_writes,
+                scratch_table: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -592,6 +599,7 @@ fn validate(module: &Module) -> Result<Exports, Error> {
                 associate: check(&abi::ASSOCIATE, false)?,
                 dial_by_guest: false,
                 unique_prefix: check(&abi::UNIQUE_PREFIX, false)?,
+                scratch: check(&abi::SCRATCH, false)?,
             }
         }
         Abi::V1 => {
@@ -608,6 +616,7 @@ fn validate(module: &Module) -> Result<Exports, Error> {
                 associate: check(&v1::ASSOCIATE, false)?,
                 dial_by_guest: check(&v1::DIAL_FIXED, false)?,
                 unique_prefix: check(&abi::UNIQUE_PREFIX, false)?,
+                scratch: check(&abi::SCRATCH, false)?,
             }
         }
     };

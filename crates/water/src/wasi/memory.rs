@@ -7,6 +7,13 @@ use water_abi::Errno;
 /// Most iovecs one call may pass (POSIX's usual `IOV_MAX`).
 pub const MAX_IOVECS: u32 = 1024;
 
+/// The host's page size (the unit [`GuestMem::discard`] works in).
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf only reads a constant of the system.
+    *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1))
+}
+
 /// A view of guest memory for the duration of one host call.
 pub struct GuestMem<'a>(pub &'a mut [u8]);
 
@@ -29,16 +36,33 @@ impl<'a> GuestMem<'a> {
         Ok(&mut self.0[r])
     }
 
-    #[cfg(test)]
-    fn array<const N: usize>(&self, ptr: u32) -> Result<[u8; N], Errno> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.slice(ptr, N as u32)?);
-        Ok(out)
+    pub fn read_u32(&self, ptr: u32) -> Result<u32, Errno> {
+        let mut out = [0u8; 4];
+        out.copy_from_slice(self.slice(ptr, 4)?);
+        Ok(u32::from_le_bytes(out))
     }
 
-    #[cfg(test)]
-    pub fn read_u32(&self, ptr: u32) -> Result<u32, Errno> {
-        Ok(u32::from_le_bytes(self.array(ptr)?))
+    /// Gives back to the kernel the whole host pages inside `len` bytes at
+    /// `ptr`, whose contents the guest said it will not read again (its
+    /// scratch): they read as zeros (or the module's initial image) after,
+    /// and cost no memory until touched. Returns the bytes given back; 0
+    /// for a range out of bounds or holding no whole page.
+    pub fn discard(&mut self, ptr: u32, len: u32) -> usize {
+        let Ok(r) = range(self.0.len(), ptr, len) else { return 0 };
+        let page = page_size();
+        let base = self.0.as_mut_ptr() as usize;
+        let start = (base + r.start).next_multiple_of(page);
+        let end = (base + r.end) / page * page;
+        if end <= start {
+            return 0;
+        }
+        // SAFETY: `[start, end)` lies inside the guest memory this view
+        // borrows exclusively (`&mut`), so no other reference sees the
+        // bytes change; MADV_DONTNEED on private memory (anonymous, or a
+        // private mapping of the module's image) only replaces the pages'
+        // contents, which is a write of valid `u8`s through that borrow.
+        let ok = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) } == 0;
+        if ok { end - start } else { 0 }
     }
 
     pub fn write(&mut self, ptr: u32, bytes: &[u8]) -> Result<(), Errno> {

@@ -64,6 +64,32 @@ pub struct WasiCtx {
     /// `poll_oneoff` calls: a worker that polls, even one that finds
     /// something ready every time (tokio guests do), is not spinning blind.
     pub polls: u64,
+    /// The guest's scratch table (`_water_scratch`), if it has one: what
+    /// `poll_oneoff` may discard once a wait has lasted [`SCRATCH_IDLE`].
+    pub scratch: Option<u32>,
+}
+
+/// How long a `poll_oneoff` waits before it gives the guest's scratch
+/// pages back (`water_abi::v0::SCRATCH`): long enough that a busy
+/// connection never pays the page faults of touching them again, short
+/// enough that a quiet one (a keep-alive, a held tunnel) soon costs only
+/// the pages that hold its state.
+pub const SCRATCH_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Gives back the pages of every range in the guest's scratch table at
+/// `table` (see `water_abi::v0::SCRATCH`); a table or range out of bounds
+/// is skipped (a lying guest only keeps its own pages). Returns the bytes
+/// given back.
+pub fn discard_scratch(mem: &mut memory::GuestMem<'_>, table: u32) -> usize {
+    let mut given = 0;
+    for i in 0..water_abi::v0::SCRATCH_RANGES as u32 {
+        let at = table.wrapping_add(8 * i);
+        let (Ok(ptr), Ok(len)) = (mem.read_u32(at), mem.read_u32(at.wrapping_add(4))) else { return given };
+        if len > 0 {
+            given += mem.discard(ptr, len);
+        }
+    }
+    given
 }
 
 /// Awaits `f`; also says how long it waited: from the first time it was
@@ -216,6 +242,7 @@ impl WasiCtx {
             activity: Arc::default(),
             waited: std::time::Duration::ZERO,
             polls: 0,
+            scratch: None,
         }
     }
 

@@ -148,8 +148,11 @@ pub async fn poll_oneoff<T: WasiView>(
     let due_at_start = earliest.is_some_and(|d| d <= Instant::now());
     let mut sleep = earliest.filter(|_| !due_at_start).map(|d| Box::pin(tokio::time::sleep_until(d.into())));
     let mut subs = subs;
-    let coarse = split(caller)?.1.coarse_poll;
-    let (events, waited) = super::watched(std::future::poll_fn(|cx| {
+    let (coarse, scratch) = {
+        let wasi = split(caller)?.1;
+        (wasi.coarse_poll, wasi.scratch)
+    };
+    let wait = super::watched(std::future::poll_fn(|cx| {
         let mut events = Vec::new();
         let now = Instant::now();
         for sub in subs.iter_mut() {
@@ -237,8 +240,25 @@ pub async fn poll_oneoff<T: WasiView>(
             cx.waker().wake_by_ref();
         }
         Poll::Pending
-    }))
-    .await;
+    }));
+    let (events, waited) = match scratch {
+        // A wait that lasts gives the guest's scratch pages back (once),
+        // then goes on. The timer is made only if the wait is pending.
+        Some(table) => {
+            let mut wait = std::pin::pin!(wait);
+            tokio::select! {
+                biased;
+                r = &mut wait => r,
+                () = tokio::time::sleep(super::SCRATCH_IDLE) => {
+                    let (mut mem, _) = split(caller)?;
+                    let given = super::discard_scratch(&mut mem, table);
+                    tracing::trace!(given, "a quiet guest's scratch pages given back");
+                    wait.await
+                }
+            }
+        }
+        None => wait.await,
+    };
 
     let (mut mem, wasi) = split(caller)?;
     let now = Instant::now();
