@@ -23,12 +23,22 @@ use crate::{BUFFER_SIZE, MAX_CONFIG, OUTPUT_SLACK};
 pub struct Buffers {
     /// Input buffers, one per direction.
     inputs: UnsafeCell<[[u8; BUFFER_SIZE]; 2]>,
-    /// Output buffers, one per direction.
-    outputs: UnsafeCell<[[u8; BUFFER_SIZE + OUTPUT_SLACK]; 2]>,
+    /// Output buffers, one per direction, each starting on a page of its
+    /// own (their size is not a multiple of one).
+    outputs: UnsafeCell<[PageAligned<{ BUFFER_SIZE + OUTPUT_SLACK }>; 2]>,
     /// `_water_scratch`'s table: (address, length) pairs, written before
     /// each wait of the worker's pipes (all zeros, none, until then).
     scratch: UnsafeCell<[u32; 2 * water_abi::v0::SCRATCH_RANGES]>,
 }
+
+// `init_with_config` reads the config into an input buffer.
+const _: () = assert!(MAX_CONFIG <= BUFFER_SIZE);
+
+/// A buffer that starts on a page boundary, so that a host discarding
+/// scratch pages loses no page to a neighbour's bytes.
+#[repr(C, align(4096))]
+#[derive(Clone, Copy)]
+struct PageAligned<const N: usize>([u8; N]);
 
 // SAFETY: as for `Runtime` below: single-threaded, never re-entered.
 unsafe impl Sync for Buffers {}
@@ -44,7 +54,7 @@ impl Buffers {
     pub const fn new() -> Self {
         Buffers {
             inputs: UnsafeCell::new([[0; BUFFER_SIZE]; 2]),
-            outputs: UnsafeCell::new([[0; BUFFER_SIZE + OUTPUT_SLACK]; 2]),
+            outputs: UnsafeCell::new([PageAligned([0; BUFFER_SIZE + OUTPUT_SLACK]); 2]),
             scratch: UnsafeCell::new([0; 2 * water_abi::v0::SCRATCH_RANGES]),
         }
     }
@@ -128,7 +138,14 @@ impl<T: Transport> Runtime<T> {
             // in v0; a v1 host mounts no file).
             Err(_) => return T::new(None),
         };
-        let mut buf = [0u8; MAX_CONFIG];
+        // The config is read into the wire → plain input buffer, which the
+        // worker has not started to use: a 16 KiB array on the stack would
+        // leave its pages resident for the connection's life, where the
+        // buffer's are scratch once the worker waits (`_water_scratch`).
+        // SAFETY: single-threaded, and the buffers are borrowed only by
+        // `worker`, which runs after `_water_init` has returned.
+        let [_, down_in] = unsafe { &mut *self.buffers.inputs.get() };
+        let buf = &mut down_in[..MAX_CONFIG];
         let mut len = 0;
         let result = loop {
             if len == buf.len() {
@@ -226,7 +243,7 @@ impl<T: Transport> Runtime<T> {
         // `worker` is called once per instance.
         let [up_in, down_in] = unsafe { &mut *self.buffers.inputs.get() };
         // SAFETY: as above.
-        let [up_out, down_out] = unsafe { &mut *self.buffers.outputs.get() };
+        let [PageAligned(up_out), PageAligned(down_out)] = unsafe { &mut *self.buffers.outputs.get() };
         let result = transport.handshake(role).and_then(|hs| {
             // The handshake reads into the wire → plain input buffer, so that
             // what it read past its end is already where the decoder looks.
