@@ -67,6 +67,22 @@ pub trait Codec {
         Pace { release: pending, then_wait: 0 }
     }
 
+    /// Whether this codec turns every byte into one byte, in order, with
+    /// nothing to add at the end ([`Codec::finish`] is not called), so
+    /// that the worker transforms the input where it lies
+    /// ([`Codec::transform_in_place`]) and writes it out from there: one
+    /// copy less per byte, and the output buffer is never touched. Not for
+    /// a [`Codec::PACED`] codec (the worker then uses `transform`).
+    const IN_PLACE: bool = false;
+
+    /// For an [`Codec::IN_PLACE`] codec: transforms `data`, which follows
+    /// what it was handed before, where it lies. The default refuses
+    /// ([`Errno::NOTSUP`]).
+    fn transform_in_place(&mut self, data: &mut [u8]) -> Result<(), Errno> {
+        let _ = data;
+        Err(Errno::NOTSUP)
+    }
+
     /// Transforms a prefix of `input` into a prefix of `output`.
     ///
     /// Contract: when `input` is non-empty and `output.len() >= MIN_OUTPUT`,

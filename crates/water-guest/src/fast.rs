@@ -11,58 +11,75 @@
 /// last few.
 #[inline]
 pub fn xor_into(out: &mut [u8], input: &[u8], key: &[u8]) {
-    debug_assert!(input.len() == out.len() && key.len() == out.len());
+    assert!(input.len() == out.len() && key.len() == out.len());
+    // SAFETY: the three slices are `out.len()` long; `out` is writable and
+    // borrowed exclusively, so it overlaps neither of the others.
+    unsafe { xor_raw(out.as_mut_ptr(), input.as_ptr(), key.as_ptr(), out.len()) }
+}
+
+/// `data[i] ^= key[i]`, as [`xor_into`] does it (for codecs that work in
+/// place).
+#[inline]
+pub fn xor_in_place(data: &mut [u8], key: &[u8]) {
+    assert_eq!(key.len(), data.len());
+    let p = data.as_mut_ptr();
+    // SAFETY: both slices are `data.len()` long; input and output are the
+    // same bytes, which `xor_raw` allows.
+    unsafe { xor_raw(p, p, key.as_ptr(), data.len()) }
+}
+
+/// `o[i] = a[i] ^ k[i]` for `i < len`.
+///
+/// # Safety
+/// `a` and `k` readable and `o` writable for `len` bytes; `o` may be `a`
+/// (each step reads its bytes before it writes them), no other overlap.
+#[inline(always)]
+unsafe fn xor_raw(o: *mut u8, a: *const u8, k: *const u8, len: usize) {
+    let mut i = 0;
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    let (out, input, key) = {
+    {
         use core::arch::wasm32::{v128, v128_load, v128_store, v128_xor};
         /// # Safety
-        /// `a..a + 16` and `k..k + 16` must be readable, `o..o + 16`
-        /// writable (wasm's v128 accesses take unaligned addresses).
+        /// As `xor_raw`'s, for 16 bytes.
         #[inline(always)]
         unsafe fn xor16(o: *mut u8, a: *const u8, k: *const u8) {
-            // SAFETY: the caller's promise.
+            // SAFETY: the caller's promise (wasm's v128 accesses take
+            // unaligned addresses).
             unsafe {
                 let x = v128_xor(v128_load(a as *const v128), v128_load(k as *const v128));
                 v128_store(o as *mut v128, x);
             }
         }
-        let mut o = out.chunks_exact_mut(64);
-        let mut i = input.chunks_exact(64);
-        let mut k = key.chunks_exact(64);
-        for ((oc, ic), kc) in (&mut o).zip(&mut i).zip(&mut k) {
-            let (op, ip, kp) = (oc.as_mut_ptr(), ic.as_ptr(), kc.as_ptr());
-            // SAFETY: the three chunks are exactly 64 bytes long; each access
-            // is 16 bytes at offset 0, 16, 32 or 48.
+        while i + 64 <= len {
+            // SAFETY: `i + 64 <= len`; each access is 16 bytes at offset
+            // i, i + 16, i + 32 or i + 48.
             unsafe {
-                xor16(op, ip, kp);
-                xor16(op.add(16), ip.add(16), kp.add(16));
-                xor16(op.add(32), ip.add(32), kp.add(32));
-                xor16(op.add(48), ip.add(48), kp.add(48));
+                xor16(o.add(i), a.add(i), k.add(i));
+                xor16(o.add(i + 16), a.add(i + 16), k.add(i + 16));
+                xor16(o.add(i + 32), a.add(i + 32), k.add(i + 32));
+                xor16(o.add(i + 48), a.add(i + 48), k.add(i + 48));
             }
+            i += 64;
         }
-        let (out, input, key) = (o.into_remainder(), i.remainder(), k.remainder());
-        let mut o = out.chunks_exact_mut(16);
-        let mut i = input.chunks_exact(16);
-        let mut k = key.chunks_exact(16);
-        for ((oc, ic), kc) in (&mut o).zip(&mut i).zip(&mut k) {
-            // SAFETY: the three chunks are exactly 16 bytes long.
-            unsafe { xor16(oc.as_mut_ptr(), ic.as_ptr(), kc.as_ptr()) };
+        while i + 16 <= len {
+            // SAFETY: `i + 16 <= len`.
+            unsafe { xor16(o.add(i), a.add(i), k.add(i)) };
+            i += 16;
         }
-        (o.into_remainder(), i.remainder(), k.remainder())
-    };
+    }
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    let (out, input, key) = {
-        let mut o = out.chunks_exact_mut(8);
-        let mut i = input.chunks_exact(8);
-        let mut k = key.chunks_exact(8);
-        for ((oc, ic), kc) in (&mut o).zip(&mut i).zip(&mut k) {
-            let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().expect("8 bytes"));
-            oc.copy_from_slice(&(word(ic) ^ word(kc)).to_ne_bytes());
+    while i + 8 <= len {
+        // SAFETY: `i + 8 <= len`; unaligned reads and writes of 8 bytes.
+        unsafe {
+            let x = (a.add(i) as *const u64).read_unaligned() ^ (k.add(i) as *const u64).read_unaligned();
+            (o.add(i) as *mut u64).write_unaligned(x);
         }
-        (o.into_remainder(), i.remainder(), k.remainder())
-    };
-    for ((o, i), k) in out.iter_mut().zip(input).zip(key) {
-        *o = i ^ k;
+        i += 8;
+    }
+    while i < len {
+        // SAFETY: `i < len`.
+        unsafe { *o.add(i) = *a.add(i) ^ *k.add(i) };
+        i += 1;
     }
 }
 
@@ -126,6 +143,9 @@ mod tests {
             let mut out = std::vec![0u8; len];
             xor_into(&mut out, &a, &k);
             assert!(out.iter().zip(&a).zip(&k).all(|((o, a), k)| *o == a ^ k));
+            let mut in_place = a.clone();
+            xor_in_place(&mut in_place, &k);
+            assert_eq!(in_place, out);
             reverse_into(&mut out, &a);
             assert!(out.iter().eq(a.iter().rev()));
         }

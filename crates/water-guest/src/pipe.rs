@@ -92,6 +92,9 @@ pub struct Pipe<'a, C> {
     gate: Gate,
     /// Paced codecs: `pace` released nothing and the codec must produce.
     wants_more: bool,
+    /// In-place codecs: bytes at the front of the input window already
+    /// transformed, which the sink takes from there.
+    done: usize,
 }
 
 impl<'a, C: Codec> Pipe<'a, C> {
@@ -110,8 +113,13 @@ impl<'a, C: Codec> Pipe<'a, C> {
             then_wait: 0,
             gate: Gate::Open,
             wants_more: false,
+            done: 0,
         }
     }
+
+    /// The codec transforms where the bytes lie ([`Codec::IN_PLACE`]): the
+    /// output buffer is not used.
+    const IN_PLACE: bool = C::IN_PLACE && !C::PACED;
 
     /// A pipe whose input buffer already holds `filled` bytes at its front
     /// (what a handshake read past its own end).
@@ -144,18 +152,33 @@ impl<'a, C: Codec> Pipe<'a, C> {
 
     /// Whether [`Pipe::pending`] has bytes for the sink.
     pub fn wants_write(&self) -> bool {
-        if C::PACED { self.released > 0 } else { !self.output.is_empty() }
+        if Self::IN_PLACE {
+            self.done > 0
+        } else if C::PACED {
+            self.released > 0
+        } else {
+            !self.output.is_empty()
+        }
     }
 
     /// Transformed bytes the sink may take now (for a paced codec, what it
     /// released); follow with [`Pipe::sent`].
     pub fn pending(&self) -> &[u8] {
+        if Self::IN_PLACE {
+            return &self.input.filled()[..self.done];
+        }
         let filled = self.output.filled();
         if C::PACED { &filled[..self.released] } else { filled }
     }
 
     /// `n` bytes of [`Pipe::pending`] were written.
     pub fn sent(&mut self, n: usize) {
+        if Self::IN_PLACE {
+            debug_assert!(n <= self.done);
+            self.input.consume(n);
+            self.done -= n;
+            return;
+        }
         self.output.consume(n);
         if C::PACED {
             debug_assert!(n <= self.released);
@@ -258,6 +281,9 @@ impl<'a, C: Codec> Pipe<'a, C> {
     /// Errors: the codec's own, and [`Errno::IO`] when the codec breaks its
     /// progress or pacing contract (instead of hanging the connection).
     pub fn transform(&mut self) -> Result<bool, Errno> {
+        if Self::IN_PLACE {
+            return self.transform_in_place();
+        }
         let mut moved = false;
         loop {
             moved |= self.release()?;
@@ -326,11 +352,31 @@ impl<'a, C: Codec> Pipe<'a, C> {
         Ok(moved)
     }
 
+    /// [`Pipe::transform`] for an in-place codec: the bytes received since
+    /// the last call are transformed where they lie and join those waiting
+    /// for the sink; at the source's end, with nothing left to transform,
+    /// the codec is finished (it has no trailer).
+    fn transform_in_place(&mut self) -> Result<bool, Errno> {
+        let mut moved = false;
+        let (start, end) = (self.input.start, self.input.end);
+        if start + self.done < end {
+            self.codec.transform_in_place(&mut self.input.data[start + self.done..end])?;
+            self.done = end - start;
+            moved = true;
+        }
+        if self.source_ended && !self.codec_finished {
+            self.codec_finished = true;
+            moved = true;
+        }
+        Ok(moved)
+    }
+
     /// Whether the sink should now be shut down for writing: the source
     /// ended, every byte went out (and, paced, the wait after the last
     /// piece is over), and it was not done yet.
     pub fn wants_shutdown(&self) -> bool {
-        self.codec_finished && self.output.is_empty() && !self.shut_down && (!C::PACED || self.no_wait())
+        let out = if Self::IN_PLACE { self.input.is_empty() } else { self.output.is_empty() };
+        self.codec_finished && out && !self.shut_down && (!C::PACED || self.no_wait())
     }
 
     /// The sink was shut down (or could not be, because it is gone).
@@ -399,6 +445,61 @@ mod tests {
                 *o = i.wrapping_add(1);
             }
             Ok(Progress { consumed: n, produced: n })
+        }
+    }
+
+    /// `Inc`, in place.
+    struct IncInPlace;
+    impl Codec for IncInPlace {
+        const IN_PLACE: bool = true;
+        fn transform_in_place(&mut self, data: &mut [u8]) -> Result<(), Errno> {
+            data.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+            Ok(())
+        }
+        fn transform(&mut self, _: &[u8], _: &mut [u8]) -> Result<Progress, Errno> {
+            unreachable!("an in-place codec is never asked to transform into the output")
+        }
+    }
+
+    #[test]
+    fn an_in_place_codec_leaves_the_output_buffer_alone_and_half_closes_last() {
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        let o0 = b.as_ptr() as usize;
+        let mut p = Pipe::new(IncInPlace, &mut a, &mut b);
+        p.read_buf()[..3].copy_from_slice(b"abc");
+        p.received(3);
+        p.transform().unwrap();
+        assert_eq!(p.pending(), b"bcd");
+        p.sent(1);
+        p.read_buf()[..2].copy_from_slice(b"xy");
+        p.received(2);
+        p.received(0);
+        assert!(p.transform().unwrap());
+        assert_eq!(p.pending(), b"cdyz");
+        assert!(!p.wants_shutdown(), "shutdown before the bytes left");
+        p.sent(4);
+        assert!(p.wants_shutdown());
+        // The output buffer was never used: all of it is scratch.
+        assert_eq!(p.scratch()[2..], [(o0, 0), (o0, 32)]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Under any read and write cut and buffer size, an in-place pipe
+        /// delivers every byte in order, transformed once.
+        #[test]
+        fn in_place_pipes_keep_order(
+            len in 0usize..3000,
+            reads in proptest::collection::vec(1usize..500, 1..5),
+            writes in proptest::collection::vec(1usize..300, 1..5),
+            buffer in 16usize..700,
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let seg = Segmentation { reads, writes, buffer };
+            let got = crate::testing::pump(IncInPlace, &data, &seg).unwrap();
+            let want: Vec<u8> = data.iter().map(|b| b + 1).collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 

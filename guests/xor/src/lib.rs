@@ -8,7 +8,7 @@
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 use water_guest::config::hex_to;
-use water_guest::fast::xor_into;
+use water_guest::fast::{xor_in_place, xor_into};
 use water_guest::{Codec, Config, Errno, InitError, Progress, Role, Transport};
 
 /// Longest key, in bytes.
@@ -102,19 +102,27 @@ impl XorStream {
         }
     }
 
-    /// XORs `data` in place, advancing the stream (for callers outside the
-    /// worker, which has separate input and output buffers).
-    pub fn apply_in_place(&mut self, data: &mut [u8]) {
-        let mut copy = [0u8; 256];
-        for chunk in data.chunks_mut(copy.len()) {
-            let copy = &mut copy[..chunk.len()];
-            copy.copy_from_slice(chunk);
-            self.apply(chunk, copy);
+    /// XORs `data` in place, advancing the stream (what the worker does:
+    /// the codec is [`Codec::IN_PLACE`]).
+    pub fn apply_in_place(&mut self, mut data: &mut [u8]) {
+        while !data.is_empty() {
+            let n = data.len().min(self.block_len - self.pos);
+            let (head, rest) = data.split_at_mut(n);
+            xor_in_place(head, &self.block[self.pos..self.pos + n]);
+            self.pos = (self.pos + n) % self.block_len;
+            data = rest;
         }
     }
 }
 
 impl Codec for XorStream {
+    const IN_PLACE: bool = true;
+
+    fn transform_in_place(&mut self, data: &mut [u8]) -> Result<(), Errno> {
+        self.apply_in_place(data);
+        Ok(())
+    }
+
     fn transform(&mut self, input: &[u8], output: &mut [u8]) -> Result<Progress, Errno> {
         let n = input.len().min(output.len());
         self.apply(&mut output[..n], &input[..n]);
