@@ -11,6 +11,8 @@
 //! `CONC=N` measures instead N connections at once through the dialer
 //! (64 KiB each way each), against direct TCP and a native forwarder in
 //! the guest's place, as `water bench` does;
+//! `DIALER=1` measures the library's dialer (bulk, one connection)
+//! against the native forwarder in the guest's place;
 //! `SETUP=1` measures connection setup instead (connect, one byte echoed,
 //! close), one at a time, direct TCP and WATER in turn: median time and
 //! the process's CPU time per setup;
@@ -53,6 +55,28 @@ async fn run() -> std::io::Result<()> {
     let what = args.next().unwrap_or_else(|| "plain".into());
     let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let echo = echo_server().await?;
+    if std::env::var_os("DIALER").is_some() {
+        // The library's dialer (the application's side an in-process
+        // duplex) against the native forwarder in the guest's place.
+        let dialer = water::Dialer::new(&reference_guest(&what)).expect("dialer");
+        let paths = [("native", Path::Native), ("water", Path::Water(dialer))];
+        let mut samples = vec![Vec::new(); paths.len()];
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < secs {
+            for (i, (_, p)) in paths.iter().enumerate() {
+                samples[i].push(echo_bulk(p.connect(echo).await?, BULK).await?);
+            }
+        }
+        let rates: Vec<f64> =
+            samples.into_iter().map(|s| (2 * BULK) as f64 / 1048576.0 / median(s).as_secs_f64()).collect();
+        println!(
+            "dialer {what}: native {:.0} MiB/s, water {:.0} MiB/s, ratio {:.3}",
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
+        return Ok(());
+    }
     if std::env::var_os("SETUP").is_some() {
         return setups(&what, secs, echo).await;
     }

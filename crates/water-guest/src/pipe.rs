@@ -138,7 +138,11 @@ impl<'a, C: Codec> Pipe<'a, C> {
 
     /// The free space to read the source into; follow with [`Pipe::received`].
     pub fn read_buf(&mut self) -> &mut [u8] {
-        self.input.free_tail(usize::MAX)
+        // In place, the input also holds bytes waiting for the sink: they
+        // move to the front only when the tail has less than a quarter of
+        // the buffer left, not before every read.
+        let want = if Self::IN_PLACE { self.input.data.len() / 4 } else { usize::MAX };
+        self.input.free_tail(want)
     }
 
     /// `n` bytes were read into [`Pipe::read_buf`]; `0` means the source ended.
