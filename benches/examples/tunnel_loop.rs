@@ -11,6 +11,8 @@
 //! `CONC=N` measures instead N connections at once through the dialer
 //! (64 KiB each way each), against direct TCP and a native forwarder in
 //! the guest's place, as `water bench` does;
+//! `TUNNELS=N` measures N tunnels at once (4 MiB each way each) through
+//! each forwarder;
 //! `DIALER=1` measures the library's dialer (bulk, one connection)
 //! against the native forwarder in the guest's place;
 //! `SETUP=1` measures connection setup instead (connect, one byte echoed,
@@ -114,6 +116,40 @@ async fn run() -> std::io::Result<()> {
             // For a profile of the WATER path alone.
             fronts.remove(0);
         }
+    }
+    if let Some(n) = std::env::var("TUNNELS").ok().and_then(|c| c.parse::<usize>().ok()) {
+        // N connections at once through each one-hop forwarder, 4 MiB
+        // each way each: the aggregate.
+        const EACH: usize = 4 << 20;
+        let mut samples = vec![Vec::new(); fronts.len()];
+        let start = Instant::now();
+        while start.elapsed().as_secs_f64() < secs {
+            for (i, (_, front)) in fronts.iter().enumerate() {
+                let mut streams = Vec::with_capacity(n);
+                for _ in 0..n {
+                    streams.push(Path::Direct.connect(*front).await?);
+                }
+                let t = Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                for s in streams {
+                    tasks.spawn(echo_bulk(s, EACH));
+                }
+                while let Some(r) = tasks.join_next().await {
+                    r.map_err(std::io::Error::other)??;
+                }
+                samples[i].push(t.elapsed());
+            }
+        }
+        let mut rates = Vec::new();
+        for ((name, _), s) in fronts.iter().zip(samples) {
+            let rate = (2 * EACH * n) as f64 / 1048576.0 / median(s).as_secs_f64();
+            println!("{what} {n} tunnels {name}: {rate:.0} MiB/s");
+            rates.push(rate);
+        }
+        if let [native, water] = rates[..] {
+            println!("{what} {n} tunnels ratio: {:.3}", water / native);
+        }
+        return Ok(());
     }
     // Paths in turn, so that load changes on the machine hit both alike.
     let mut samples = vec![Vec::new(); fronts.len()];
