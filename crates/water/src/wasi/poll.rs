@@ -246,15 +246,18 @@ pub async fn poll_oneoff<T: WasiView>(
         // then goes on. The timer is made only if the wait is pending.
         Some(table) => {
             let mut wait = std::pin::pin!(wait);
-            tokio::select! {
-                biased;
-                r = &mut wait => r,
-                () = tokio::time::sleep(super::SCRATCH_IDLE) => {
-                    let (mut mem, _) = split(caller)?;
-                    let given = super::discard_scratch(&mut mem, table);
-                    tracing::trace!(given, "a quiet guest's scratch pages given back");
-                    wait.await
-                }
+            match std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
+                Poll::Ready(r) => r,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    r = &mut wait => r,
+                    () = tokio::time::sleep(super::SCRATCH_IDLE) => {
+                        let (mut mem, _) = split(caller)?;
+                        let given = super::discard_scratch(&mut mem, table);
+                        tracing::trace!(given, "a quiet guest's scratch pages given back");
+                        wait.await
+                    }
+                },
             }
         }
         None => wait.await,
