@@ -119,9 +119,14 @@ fn twenty_reloads_under_load_drop_no_connection_and_new_ones_use_the_new_module(
     const STREAMS: usize = 100;
     let stop = Arc::new(AtomicBool::new(false));
     let moved = Arc::new(AtomicUsize::new(0));
+    // Streams that have made their first round: every one is set up at
+    // both ends on key A before the first reload (one that connected
+    // between the server's reload and the client's would meet key B at
+    // one end only, which no reload order can avoid).
+    let started = Arc::new(AtomicUsize::new(0));
     let streams: Vec<_> = (0..STREAMS)
         .map(|i| {
-            let (stop, moved, entry) = (stop.clone(), moved.clone(), p.entry);
+            let (stop, moved, started, entry) = (stop.clone(), moved.clone(), started.clone(), p.entry);
             std::thread::spawn(move || -> Result<usize, String> {
                 let mut s = TcpStream::connect(entry).map_err(|e| format!("connect: {e}"))?;
                 s.set_read_timeout(Some(LIMIT)).unwrap();
@@ -132,12 +137,24 @@ fn twenty_reloads_under_load_drop_no_connection_and_new_ones_use_the_new_module(
                     round(&mut s, &piece, &mut back)
                         .map_err(|e| format!("stream {i}, round {rounds}: {e}"))?;
                     moved.fetch_add(piece.len(), Ordering::SeqCst);
+                    if rounds == 0 {
+                        started.fetch_add(1, Ordering::SeqCst);
+                    }
                     rounds += 1;
                 }
                 Ok(rounds)
             })
         })
         .collect();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while started.load(Ordering::SeqCst) < STREAMS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {STREAMS} streams made a first round",
+            started.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 
     for n in 1..=20u64 {
         let key = if n % 2 == 1 { KEY_B } else { KEY_A };
