@@ -328,15 +328,17 @@ fn run(
             crate::metrics::serve(addr).await.map_err(|e| env_error(format_args!("{e:#}")))?;
         }
         let pt = Pt::new();
-        // Before the first method line: tor may signal as soon as it reads one.
+        // Before the first method line: tor may signal as soon as it reads
+        // one (SIGHUP too: it reloads whatever has started by then).
         watch_signals(pt.accepting.clone(), pt.kill.clone(), drain, pt.tasks.clone());
+        let own = Arc::new(own);
+        pt.reload_on_hangup(own.clone());
         if let Some(names) = client {
             pt.start_clients(&names, &own).await;
         }
         if let Some(names) = server {
             pt.start_servers(&names, &own, &state).await?;
         }
-        pt.reload_on_hangup(Arc::new(own));
         pt.run().await;
         Ok(())
     });

@@ -228,9 +228,12 @@ pub async fn client(
     remote: String,
 ) -> anyhow::Result<()> {
     let dialer = Dialer::new(&load_checked(&source).await?)?;
-    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
+    // Signals are watched before the `listening on` line: a SIGHUP (or
+    // SIGTERM) sent as soon as the port is announced must find its
+    // handler, not the default action (or an inherited SIG_IGN).
     let signals = Signals::watch()?;
     reload_on_hangup(source, vec![dialer.reloader()])?;
+    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
     run_client(dialer, listener, remote, signals, limits.drain).await
 }
 
@@ -267,9 +270,12 @@ pub async fn socks_client(
     mode: socks::Mode,
 ) -> anyhow::Result<()> {
     let dialer = Dialer::new(&load_checked(&source).await?)?;
-    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
+    // Signals are watched before the `listening on` line: a SIGHUP (or
+    // SIGTERM) sent as soon as the port is announced must find its
+    // handler, not the default action (or an inherited SIG_IGN).
     let signals = Signals::watch()?;
     reload_on_hangup(source, vec![dialer.reloader()])?;
+    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
     socks::serve(dialer, listener, mode, signals, limits.drain).await
 }
 
@@ -283,9 +289,12 @@ pub async fn server(
     // through the host (see `water::Forwarder`). A module without
     // `_water_accept` is refused here (`Error::RoleNotSupported`).
     let forwarder = Forwarder::new(&load_checked(&source).await?, forward)?;
-    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
+    // Signals are watched before the `listening on` line: a SIGHUP (or
+    // SIGTERM) sent as soon as the port is announced must find its
+    // handler, not the default action (or an inherited SIG_IGN).
     let signals = Signals::watch()?;
     reload_on_hangup(source, vec![forwarder.reloader()])?;
+    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
     until_second_signal(
         &signals,
         limits.drain,
@@ -320,9 +329,12 @@ pub async fn relay(
     remote: String,
 ) -> anyhow::Result<()> {
     let relay = Relay::new(&load_checked(&source).await?, remote)?;
-    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
+    // Signals are watched before the `listening on` line: a SIGHUP (or
+    // SIGTERM) sent as soon as the port is announced must find its
+    // handler, not the default action (or an inherited SIG_IGN).
     let signals = Signals::watch()?;
     reload_on_hangup(source, vec![relay.reloader()])?;
+    let listener = bind_shared(&listen.addr, listen.reuse_port).await?;
     until_second_signal(&signals, limits.drain, relay.serve(listener, signals.stop.clone().cancelled_owned()))
         .await
         .context("relay")
@@ -401,8 +413,9 @@ pub(crate) fn error_kind(e: &anyhow::Error) -> &'static str {
 
 /// `water echo` (hidden): echoes every connection until a signal.
 pub async fn echo(listen: &str) -> anyhow::Result<()> {
+    let signals = Signals::watch()?;
     let listener = bind(listen).await?;
-    serve(listener, Signals::watch()?, Duration::ZERO, |mut stream, _stop| async move {
+    serve(listener, signals, Duration::ZERO, |mut stream, _stop| async move {
         let (mut r, mut w) = stream.split();
         tokio::io::copy(&mut r, &mut w).await?;
         tokio::io::AsyncWriteExt::shutdown(&mut w).await?;

@@ -396,3 +396,42 @@ fn two_servers_with_reuse_port_share_one_port_and_both_serve() {
     assert_eq!(one + two, 64);
     assert!(one > 0 && two > 0, "one process served every connection: {one} and {two}");
 }
+
+// A SIGHUP sent as soon as a command announces its port: the handlers
+// used to be installed after the `listening on` line, so such a signal met
+// the default action (the process died) or, under an inherited SIG_IGN
+// (nohup), was lost; the twenty-reloads test lost its client's first
+// reload that way under load. Each command here starts with SIGHUP's
+// default action, gets a SIGHUP the moment its line is read, and must
+// reload and go on serving.
+#[test]
+fn a_sighup_right_after_the_listening_line_reloads_and_never_kills() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("early-hup");
+    let module = module_file(&dir, "xor");
+    let cfg = dir.join("xor.conf");
+    write(&cfg, KEY_A);
+    let (m, c) = (module.to_str().unwrap(), cfg.to_str().unwrap());
+    let echo = echo().addr.to_string();
+    for round in 0..5 {
+        for role in [["server", "--forward"], ["client", "--remote"], ["relay", "--remote"]] {
+            let mut cmd = std::process::Command::new(common::WATER);
+            cmd.args([role[0], "-t", m, "--config", c, "--listen", "127.0.0.1:0", role[1], &echo]);
+            cmd.env("WATER_LOG", "info");
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                    Ok(())
+                });
+            }
+            let mut p = Proc::spawn(cmd);
+            let line = p.line(LIMIT).unwrap_or_else(|| panic!("{} {round}: no line", role[0]));
+            assert!(line.starts_with("listening on "), "{line}");
+            p.signal(SIGHUP);
+            reloaded(&p, 1)
+                .unwrap_or_else(|log| panic!("{} {round}: no reload after an early SIGHUP:\n{log}", role[0]));
+            assert!(p.child.try_wait().unwrap().is_none(), "{} {round}: the SIGHUP ended it", role[0]);
+        }
+    }
+}
