@@ -121,6 +121,41 @@ impl<'a> GuestMem<'a> {
 mod tests {
     use super::*;
 
+    /// A guest's scratch table may lie: ranges out of bounds, overflowing,
+    /// or over bytes it still needs. Only whole pages inside its own
+    /// memory are ever given back, and they read as zeros after.
+    #[test]
+    fn a_scratch_table_that_lies_discards_only_whole_pages_of_its_own_memory() {
+        let page = page_size();
+        let mut backing = vec![7u8; 8 * page];
+        // A view starting mid-page, as guest memory need not be aligned.
+        let mut m = GuestMem(&mut backing[100..]);
+        let len = m.0.len() as u32;
+        let table = 16;
+        let ranges: [(u32, u32); 4] = [(len - 10, 100), (u32::MAX - 1, 5), (0, 50), (0, len)];
+        for (i, (at, n)) in ranges.iter().enumerate() {
+            m.write_u32(table + 8 * i as u32, *at).unwrap();
+            m.write_u32(table + 8 * i as u32 + 4, *n).unwrap();
+        }
+        // Out of bounds, overflowing, less than a page: nothing; the whole
+        // memory: its whole pages, the partial ones at each end kept.
+        let base = m.0.as_ptr() as usize;
+        let first = base.next_multiple_of(page) - base;
+        let end = (base + m.0.len()) / page * page - base;
+        let given = crate::wasi::discard_scratch(&mut m, table);
+        assert_eq!(given, end - first, "the whole pages inside, and no more");
+        // (Bytes 16..48 hold the table.)
+        assert!(m.0[48.min(first)..first].iter().all(|&b| b == 7), "bytes before the first whole page kept");
+        assert!(m.0[first..end].iter().all(|&b| b == 0), "the whole pages read as zeros");
+        assert!(m.0[end..].iter().all(|&b| b == 7), "bytes after the last whole page kept");
+        // A table out of bounds is no table.
+        assert_eq!(crate::wasi::discard_scratch(&mut m, len - 4), 0);
+        assert_eq!(crate::wasi::discard_scratch(&mut m, u32::MAX), 0);
+        // The memory is still memory.
+        m.write(first as u32, b"still here").unwrap();
+        assert_eq!(m.slice(first as u32, 10).unwrap(), b"still here");
+    }
+
     #[test]
     fn out_of_bounds_is_fault_not_panic() {
         let mut mem = [0u8; 64];
