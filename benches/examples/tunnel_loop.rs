@@ -8,6 +8,7 @@
 //! `cargo run --release -p water-bench --example tunnel_loop -- xor 8`
 //!
 //! Environment: `SOLO=1` runs the WATER path alone (for a profile of it);
+//! `NATIVE_ONLY=1` the native forwarder alone;
 //! `CONC=N` measures instead N connections at once through the dialer
 //! (64 KiB each way each), against direct TCP and a native forwarder in
 //! the guest's place, as `water bench` does;
@@ -49,13 +50,19 @@ fn main() -> std::io::Result<()> {
         }
         b.enable_all().build()?
     };
+    if std::env::var_os("IN_TASK").is_some() {
+        // The measuring loop as a task on the runtime's workers, as an
+        // application's connection handlers run, rather than on the thread
+        // in `block_on` (from which every wake-up crosses threads).
+        return rt.block_on(async { tokio::spawn(run()).await.map_err(std::io::Error::other)? });
+    }
     rt.block_on(run())
 }
 
 async fn run() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let what = args.next().unwrap_or_else(|| "plain".into());
-    let secs: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = args.first().cloned().unwrap_or_else(|| "plain".into());
+    let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let echo = echo_server().await?;
     if std::env::var_os("DIALER").is_some() {
         // The library's dialer (the application's side an in-process
@@ -115,6 +122,9 @@ async fn run() -> std::io::Result<()> {
         if std::env::var_os("SOLO").is_some() {
             // For a profile of the WATER path alone.
             fronts.remove(0);
+        } else if std::env::var_os("NATIVE_ONLY").is_some() {
+            // The baseline alone, for syscall counts beside SOLO's.
+            fronts.pop();
         }
     }
     if let Some(n) = std::env::var("TUNNELS").ok().and_then(|c| c.parse::<usize>().ok()) {
@@ -202,6 +212,9 @@ async fn setups(what: &str, secs: f64, echo: std::net::SocketAddr) -> std::io::R
             cpus[i] += cpu() - c;
         }
     }
+    // `GAP_US=N`: a pause between setups (outside the timed part), so
+    // that the last connection's teardown is over before the next starts.
+    let gap = std::env::var("GAP_US").ok().and_then(|g| g.parse().ok()).map(Duration::from_micros);
     if std::env::var_os("SPLIT").is_some() {
         // Where a setup's time goes: the connect (for WATER, the dial:
         // instantiation, setup calls, the guest's TCP connect) and the
@@ -210,6 +223,9 @@ async fn setups(what: &str, secs: f64, echo: std::net::SocketAddr) -> std::io::R
         for (name, path) in &paths {
             let (mut c, mut f) = (Vec::new(), Vec::new());
             for _ in 0..2000 {
+                if let Some(gap) = gap {
+                    tokio::time::sleep(gap).await;
+                }
                 let t = Instant::now();
                 let mut s = path.connect(echo).await?;
                 c.push(t.elapsed());
