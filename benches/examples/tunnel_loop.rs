@@ -221,7 +221,7 @@ async fn setups(what: &str, secs: f64, echo: std::net::SocketAddr) -> std::io::R
         // first byte's round trip after it.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         for (name, path) in &paths {
-            let (mut c, mut f) = (Vec::new(), Vec::new());
+            let (mut c, mut f, mut second) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..2000 {
                 if let Some(gap) = gap {
                     tokio::time::sleep(gap).await;
@@ -233,11 +233,16 @@ async fn setups(what: &str, secs: f64, echo: std::net::SocketAddr) -> std::io::R
                 s.write_all(b"x").await?;
                 s.read_exact(&mut [0u8; 1]).await?;
                 f.push(t.elapsed());
+                let t = Instant::now();
+                s.write_all(b"x").await?;
+                s.read_exact(&mut [0u8; 1]).await?;
+                second.push(t.elapsed());
             }
             println!(
-                "setup {what} {name}: connect median {:.1} us, first byte median {:.1} us",
+                "setup {what} {name}: connect median {:.1} us, first byte median {:.1} us, second byte median {:.1} us",
                 median(c).as_secs_f64() * 1e6,
-                median(f).as_secs_f64() * 1e6
+                median(f).as_secs_f64() * 1e6,
+                median(second).as_secs_f64() * 1e6
             );
         }
     }

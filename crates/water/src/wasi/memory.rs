@@ -82,18 +82,26 @@ impl<'a> GuestMem<'a> {
     /// Reads an iovec array (`{ buf: u32, len: u32 }` each), checking that
     /// every buffer lies inside memory.
     pub fn iovecs(&self, ptr: u32, count: u32) -> Result<Vec<(u32, u32)>, Errno> {
+        self.checked_iovecs(ptr, count)?.collect()
+    }
+
+    /// The iovecs at `ptr`, each checked as it is yielded; the array
+    /// itself is checked here.
+    fn checked_iovecs(
+        &self,
+        ptr: u32,
+        count: u32,
+    ) -> Result<impl Iterator<Item = Result<(u32, u32), Errno>> + '_, Errno> {
         if count > MAX_IOVECS {
             return Err(Errno::INVAL);
         }
         let raw = self.slice(ptr, count.checked_mul(8).ok_or(Errno::OVERFLOW)?)?;
-        let mut out = Vec::with_capacity(count as usize);
-        for chunk in raw.chunks_exact(8) {
+        Ok(raw.chunks_exact(8).map(|chunk| {
             let buf = u32::from_le_bytes(chunk[..4].try_into().expect("4 bytes"));
             let len = u32::from_le_bytes(chunk[4..].try_into().expect("4 bytes"));
             range(self.0.len(), buf, len)?;
-            out.push((buf, len));
-        }
-        Ok(out)
+            Ok((buf, len))
+        }))
     }
 
     /// The bytes of an iovec array, in order, at most `max` of them (the
@@ -112,8 +120,17 @@ impl<'a> GuestMem<'a> {
 
     /// The first non-empty iovec, or an empty one: reads and writes move one
     /// buffer per call, which preview1 allows (short reads and writes).
+    /// Every iovec is checked, as [`GuestMem::iovecs`] does, without a
+    /// list: this runs on every read and write a guest makes.
     pub fn first_iovec(&self, ptr: u32, count: u32) -> Result<(u32, u32), Errno> {
-        Ok(self.iovecs(ptr, count)?.into_iter().find(|&(_, len)| len > 0).unwrap_or((0, 0)))
+        let mut first = (0, 0);
+        for iovec in self.checked_iovecs(ptr, count)? {
+            let (buf, len) = iovec?;
+            if first.1 == 0 && len > 0 {
+                first = (buf, len);
+            }
+        }
+        Ok(first)
     }
 }
 
@@ -174,5 +191,17 @@ mod tests {
         assert_eq!(m.iovecs(0, 1), Ok(vec![(16, 8)]));
         assert_eq!(m.iovecs(0, 2), Err(Errno::FAULT));
         assert_eq!(m.iovecs(0, MAX_IOVECS + 1), Err(Errno::INVAL));
+        // The first non-empty iovec, with every one of them checked: a bad
+        // one after it still spoils the call.
+        assert_eq!(m.first_iovec(0, 1), Ok((16, 8)));
+        assert_eq!(m.first_iovec(0, 2), Err(Errno::FAULT));
+        assert_eq!(m.first_iovec(0, MAX_IOVECS + 1), Err(Errno::INVAL));
+        assert_eq!(m.first_iovec(60, 1), Err(Errno::FAULT));
+        m.write_u32(4, 0).unwrap();
+        m.write_u32(8, 20).unwrap();
+        m.write_u32(12, 4).unwrap();
+        assert_eq!(m.first_iovec(0, 2), Ok((20, 4)), "the empty one skipped");
+        assert_eq!(m.first_iovec(0, 1), Ok((0, 0)), "none: an empty buffer");
+        assert_eq!(m.first_iovec(0, 0), Ok((0, 0)));
     }
 }

@@ -8,7 +8,7 @@ use wasmtime::{Caller, Extern, FuncType, Linker, Module, Val};
 use water_abi::Errno;
 
 use super::memory::GuestMem;
-use super::table::{Desc, Stream};
+use super::table::Desc;
 use super::{Clock, MODULE, WasiCtx, WasiView, errno};
 
 /// Why an instance stopped inside a host call (a trap, not an errno).
@@ -258,13 +258,12 @@ async fn fd_read<T: WasiView>(
     n: u32,
     nread: u32,
 ) -> Result<(), Errno> {
-    let (ptr, len) = {
-        let (mem, _) = split(caller)?;
-        mem.slice(nread, 4)?;
-        mem.first_iovec(iovs, n)?
-    };
     loop {
+        // One borrow of memory and table per attempt; the stream is cloned
+        // only when the call has to wait (this runs on every read).
         let (mut mem, wasi) = split(caller)?;
+        mem.slice(nread, 4)?;
+        let (ptr, len) = mem.first_iovec(iovs, n)?;
         let (stream, nonblocking) = match wasi.table.get_mut(fd)? {
             Desc::Stdin => return mem.write_u32(nread, 0),
             Desc::Output(_) => return Err(Errno::BADF),
@@ -289,7 +288,7 @@ async fn fd_read<T: WasiView>(
                 caller.data_mut().wasi().note_wait(waited);
                 continue;
             }
-            Desc::Stream { stream, nonblocking } => (stream.clone(), *nonblocking),
+            Desc::Stream { stream, nonblocking } => (&*stream, *nonblocking),
         };
         match stream.try_read(mem.slice_mut(ptr, len)?) {
             Ok(k) => {
@@ -300,6 +299,7 @@ async fn fd_read<T: WasiView>(
                 if nonblocking {
                     return Err(Errno::AGAIN);
                 }
+                let stream = stream.clone();
                 let (ready, waited) = super::watched(stream.readable()).await;
                 caller.data_mut().wasi().note_wait(waited);
                 ready.map_err(|e| errno::from_io(&e))?;
@@ -319,17 +319,15 @@ pub(super) async fn fd_write<T: WasiView>(
     n: u32,
     nwritten: u32,
 ) -> Result<(), Errno> {
-    {
-        let (mem, _) = split(caller)?;
-        mem.slice(nwritten, 4)?;
-    }
     // Bytes of the first iovec already written (only with `whole_writes`).
     let mut done = 0u32;
     loop {
+        // As in `fd_read`: one borrow per attempt, a clone only to wait.
         let (mut mem, wasi) = split(caller)?;
+        mem.slice(nwritten, 4)?;
         // Any write attempt makes the fd's write readiness news again.
         wasi.table.wrote(fd);
-        let (stream, nonblocking): (Stream, bool) = match wasi.table.get(fd)? {
+        let (stream, nonblocking) = match wasi.table.get(fd)? {
             Desc::Output(which) => {
                 let which = *which;
                 let mut total = 0u32;
@@ -339,7 +337,7 @@ pub(super) async fn fd_write<T: WasiView>(
                 }
                 return mem.write_u32(nwritten, total);
             }
-            Desc::Stream { stream, nonblocking } => (stream.clone(), *nonblocking),
+            Desc::Stream { stream, nonblocking } => (stream, *nonblocking),
             Desc::Stdin | Desc::Config { .. } | Desc::Cancel { .. } | Desc::Dir { .. } => {
                 return Err(Errno::BADF);
             }
@@ -360,6 +358,7 @@ pub(super) async fn fd_write<T: WasiView>(
                 if nonblocking {
                     return Err(Errno::AGAIN);
                 }
+                let stream = stream.clone();
                 let (ready, waited) = super::watched(stream.writable()).await;
                 caller.data_mut().wasi().note_wait(waited);
                 ready.map_err(|e| errno::from_io(&e))?;
