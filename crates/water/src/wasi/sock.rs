@@ -14,7 +14,7 @@ use wasmtime::{Caller, Linker};
 use water_abi::Errno;
 
 use super::p1::{ret, split};
-use super::table::{Desc, Stream};
+use super::table::Desc;
 use super::{MODULE, WasiView, errno};
 
 const RECV_PEEK: u32 = 1;
@@ -77,8 +77,9 @@ async fn sock_recv<T: WasiView>(
     let mut filled = 0u32;
     loop {
         let (mut mem, wasi) = split(caller)?;
-        let (stream, nonblocking): (Stream, bool) = match wasi.table.get(fd)? {
-            Desc::Stream { stream, nonblocking } => (stream.clone(), *nonblocking),
+        // Cloned only to wait, as in `fd_read`.
+        let (stream, nonblocking) = match wasi.table.get(fd)? {
+            Desc::Stream { stream, nonblocking } => (stream, *nonblocking),
             _ => return Err(Errno::NOTSOCK),
         };
         let buf = mem.slice_mut(ptr + filled, len - filled)?;
@@ -98,6 +99,7 @@ async fn sock_recv<T: WasiView>(
                 if nonblocking {
                     return if filled > 0 { Ok(filled) } else { Err(Errno::AGAIN) };
                 }
+                let stream = stream.clone();
                 let (ready, waited) = super::watched(stream.readable()).await;
                 caller.data_mut().wasi().note_wait(waited);
                 ready.map_err(|e| errno::from_io(&e))?;
