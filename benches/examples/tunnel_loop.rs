@@ -19,6 +19,11 @@
 //! `SETUP=1` measures connection setup instead (connect, one byte echoed,
 //! close), one at a time, direct TCP and WATER in turn: median time and
 //! the process's CPU time per setup;
+//! setups go to 64 echo services in turn (`ONE_ECHO=1`: all to one, where
+//! the TIME_WAIT sockets earlier setups left slow every connect);
+//! `GAP_US=N` pauses N µs between setups (the threads go idle: cold
+//! setups), `IN_TASK=1` runs the measuring loop as a runtime task instead
+//! of on the thread in `block_on`;
 //! `THREADS=N` sets tokio's worker threads (`1`: a current-thread runtime,
 //! where the ratio is one of CPU cost alone); `WATER_PROFILE=perfmap` lets
 //! `perf report` name wasm functions.
@@ -202,12 +207,22 @@ async fn setups(what: &str, secs: f64, echo: std::net::SocketAddr) -> std::io::R
     }
     let mut samples = vec![Vec::new(); paths.len()];
     let mut cpus = vec![Duration::ZERO; paths.len()];
+    // Setups spread over several echo services (`ONE_ECHO=1`: all to one,
+    // where the TIME_WAIT sockets they leave slow every connect).
+    let echoes = if std::env::var_os("ONE_ECHO").is_some() {
+        vec![echo]
+    } else {
+        water_bench::echo_servers(water_bench::SETUP_ECHOES).await?
+    };
     let start = Instant::now();
+    let mut round = 0;
     while start.elapsed().as_secs_f64() < secs {
+        let to = echoes[round % echoes.len()];
+        round += 1;
         for (i, (_, path)) in paths.iter().enumerate() {
             let c = cpu();
             for _ in 0..100 {
-                samples[i].push(water_bench::setup(path, echo).await?);
+                samples[i].push(water_bench::setup(path, to).await?);
             }
             cpus[i] += cpu() - c;
         }
@@ -222,10 +237,11 @@ async fn setups(what: &str, secs: f64, echo: std::net::SocketAddr) -> std::io::R
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         for (name, path) in &paths {
             let (mut c, mut f, mut second) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..2000 {
+            for k in 0..2000 {
                 if let Some(gap) = gap {
                     tokio::time::sleep(gap).await;
                 }
+                let echo = echoes[k / 100 % echoes.len()];
                 let t = Instant::now();
                 let mut s = path.connect(echo).await?;
                 c.push(t.elapsed());

@@ -16,7 +16,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use water::Dialer;
-use water_bench::{Path as Via, concurrent, echo_bulk, echo_server, median, ping_pong, setup, tcp_forwarder};
+use water_bench::{
+    Path as Via, SETUP_ECHOES, concurrent, echo_bulk, echo_server, echo_servers, median, ping_pong, setup, tcp_forwarder,
+};
 
 use crate::{transport, tunnel};
 
@@ -197,9 +199,15 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
     // Setup.
     progress("connection setup via direct TCP and water, in turn");
     let vias = [Via::Direct, water.clone()];
+    // Each round's two setups go to the same echo service, each round to
+    // the next one (see `echo_servers`).
+    let echoes = echo_servers(SETUP_ECHOES).await?;
+    let mut calls = 0usize;
     let set = alternate(2 * slice, 50, vias.len(), |i| {
         let via = vias[i].clone();
-        async move { Ok(vec![setup(&via, echo).await?]) }
+        let to = echoes[calls / vias.len() % echoes.len()];
+        calls += 1;
+        async move { Ok(vec![setup(&via, to).await?]) }
     })
     .await
     .context("setup")?;
