@@ -15,8 +15,9 @@ mod common;
 use common::{LIMIT, Proc};
 
 /// Figures every Lantern run reports (generic and libev alike).
-const FIGURES: [&str; 6] = [
+const FIGURES: [&str; 7] = [
     "memory per held connection, this process (RSS)",
+    "memory per held connection once quiet (2 s), this process (RSS)",
     "1 KiB echo, per op (median)",
     "1 KiB echo, throughput",
     "4 B ping-pong (median)",

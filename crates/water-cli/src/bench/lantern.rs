@@ -11,7 +11,8 @@
 //!   raw TCP row to subtract; and each outside process's own, from
 //!   `/proc/PID/task/*/schedstat`); and the resident memory per connection
 //!   held open (RSS delta while `--hold N` connections are open, divided by
-//!   N).
+//!   N), at once and again after 2 s of quiet (a guest gives its scratch
+//!   pages back after a 1 s wait).
 //!
 //! Three paths each time, sampled in turn (one of each, then again):
 //! - generic (`-t T --lantern`): raw TCP to the echo service; native:
@@ -445,6 +446,10 @@ async fn setup_cpu(routes: &[Route], pids: &[Pid], budget: Duration) -> anyhow::
     Ok(rows)
 }
 
+/// How long held connections stay quiet before the second memory reading:
+/// past the 1 s after which a waiting guest gives its scratch pages back.
+const QUIET: Duration = Duration::from_secs(2);
+
 /// Resident memory per connection held open: for each route in turn (raw
 /// TCP, the native path, WATER), the RSS of this process (and of each
 /// outside process) before and after opening `hold` more connections that
@@ -453,6 +458,10 @@ async fn setup_cpu(routes: &[Route], pids: &[Pid], budget: Duration) -> anyhow::
 /// reuses memory another freed (which made later routes look free).
 async fn memory(routes: &[Route], pids: &[Pid], hold: usize) -> anyhow::Result<Vec<Row>> {
     let mut kib = vec![vec![0.0f64; 1 + pids.len()]; routes.len()];
+    // This process's, once the connections have been quiet past the
+    // guests' scratch wait (`SCRATCH_IDLE`, 1 s): what a held connection
+    // costs for as long as it stays quiet.
+    let mut quiet = vec![0.0f64; routes.len()];
     let rss = || -> Vec<u64> {
         std::iter::once(rss_kib(None)).chain(pids.iter().map(|&(_, p, _)| rss_kib(Some(p)))).collect()
     };
@@ -472,6 +481,8 @@ async fn memory(routes: &[Route], pids: &[Pid], hold: usize) -> anyhow::Result<V
         for (k, (a, b)) in after.iter().zip(&before).enumerate() {
             kib[i][k] = (*a as f64 - *b as f64) / hold as f64;
         }
+        tokio::time::sleep(QUIET).await;
+        quiet[i] = (rss_kib(None) as f64 - before[0] as f64) / hold as f64;
     }
     drop(held);
     // Give the connections a moment to go before the next figures.
@@ -486,6 +497,14 @@ async fn memory(routes: &[Route], pids: &[Pid], hold: usize) -> anyhow::Result<V
         // (-benchmem), 1.7 MB.
         lantern: None,
     }];
+    rows.push(Row {
+        name: format!("memory per held connection once quiet ({} s), this process (RSS)", QUIET.as_secs()),
+        unit: "KiB",
+        higher_is_better: false,
+        values: [quiet[0], quiet[1], quiet[2]],
+        samples: [hold; 3],
+        lantern: None,
+    });
     for (k, &(name, _, on)) in pids.iter().enumerate() {
         rows.push(Row {
             name: format!("memory per held connection, {name} (RSS)"),
