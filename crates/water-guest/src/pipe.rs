@@ -407,9 +407,57 @@ impl<'a, C: Codec> Pipe<'a, C> {
     }
 }
 
+/// Packs `ranges` (address, length) into `table`'s first `table.len() /
+/// 2 - 1` slots: empty ranges dropped, ranges that touch merged (a drained
+/// window leaves its buffer as two touching ranges), what does not fit
+/// left out (those bytes are only kept). Unused slots are zeroed. The last
+/// slot is left to the caller: the dead stack below the waiting frame.
+pub fn pack_scratch(ranges: impl IntoIterator<Item = (usize, usize)>, table: &mut [u32]) {
+    let slots = table.len() / 2 - 1;
+    let mut packed: [(usize, usize); 16] = [(0, 0); 16];
+    let mut n = 0;
+    for (at, len) in ranges {
+        if len == 0 {
+            continue;
+        }
+        if let Some(last) = packed[..n].iter_mut().find(|(a, l)| *a + *l == at || at + len == *a) {
+            let start = last.0.min(at);
+            *last = (start, last.1 + len);
+        } else if n < slots.min(packed.len()) {
+            packed[n] = (at, len);
+            n += 1;
+        }
+    }
+    for (i, slot) in table.chunks_exact_mut(2).take(slots).enumerate() {
+        // wasm32 addresses and lengths fit in a u32.
+        let (at, len) = if i < n { packed[i] } else { (0, 0) };
+        slot[0] = at as u32;
+        slot[1] = len as u32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_ranges_are_packed_merged_and_leave_the_last_slot() {
+        let mut t = [7u32; 16];
+        // Two drained buffers, each as two touching ranges, and empties.
+        pack_scratch([(100, 10), (110, 90), (0, 0), (500, 0), (1000, 50), (1050, 50)], &mut t);
+        assert_eq!(t[..4], [100, 100, 1000, 100]);
+        assert!(t[4..14].iter().all(|&v| v == 0), "unused slots zeroed: {t:?}");
+        assert_eq!(t[14..], [7, 7], "the last slot is the caller's");
+        // A range that touches from below merges too.
+        let mut t = [0u32; 16];
+        pack_scratch([(200, 10), (150, 50)], &mut t);
+        assert_eq!(t[..2], [150, 60]);
+        // More apart ranges than slots: the first seven kept.
+        let mut t = [0u32; 16];
+        pack_scratch((0..10).map(|i| (i * 100, 10)), &mut t);
+        assert_eq!(t[12..14], [600, 10]);
+        assert_eq!(t[14..], [0, 0]);
+    }
 
     #[test]
     fn scratch_is_exactly_what_lies_outside_the_filled_windows() {

@@ -248,17 +248,37 @@ impl<T: Transport> Runtime<T> {
             // The handshake reads into the wire → plain input buffer, so that
             // what it read past its end is already where the decoder looks.
             let (keys, leftover) = handshake(hs, wire, self.cancel_fd.get(), down_in, up_out)?;
-            let up = Pipe::new(transport.encoder(role, &keys), up_in, up_out);
-            let down = Pipe::with_input(transport.decoder(role, &keys), down_in, leftover, down_out);
+            let mut both = pipes(transport, role, &keys, [up_in, up_out], [down_in, down_out], leftover);
             // SAFETY: as above: only the worker writes the table.
             let scratch = unsafe { &mut *self.buffers.scratch.get() };
-            run(up, down, plain, wire, self.cancel_fd.get(), scratch)
+            run(&mut both.0, &mut both.1, plain, wire, self.cancel_fd.get(), scratch)
         });
         match result {
             Ok(()) => 0,
             Err(errno) => status::encode_err(errno),
         }
     }
+}
+
+/// Both directions' pipes, built in a frame of their own. A codec's state
+/// can be large (ss's decoder holds a 16 KiB chunk buffer), and each move
+/// that builds a pipe may leave a copy in the frame it happens in: here
+/// those copies are in a frame that is gone while the worker runs, so they
+/// lie in the dead stack that a waiting worker lists as scratch, instead
+/// of in the worker's own frame for the connection's life (ss's was 52 KiB
+/// with them inlined).
+#[inline(never)]
+fn pipes<'a, T: Transport>(
+    transport: &T,
+    role: Role,
+    keys: &crate::codec::Keys<T>,
+    [up_in, up_out]: [&'a mut [u8]; 2],
+    [down_in, down_out]: [&'a mut [u8]; 2],
+    leftover: usize,
+) -> (Pipe<'a, T::Encoder>, Pipe<'a, T::Decoder>) {
+    let up = Pipe::new(transport.encoder(role, keys), up_in, up_out);
+    let down = Pipe::with_input(transport.decoder(role, keys), down_in, leftover, down_out);
+    (up, down)
 }
 
 fn report(name: &str, message: &str) {
@@ -371,7 +391,7 @@ fn handshake<H: Handshake>(
             interests[n] = Interest::Write(wire);
             n += 1;
         }
-        let ready = sys::poll(&interests[..n], &mut events)?;
+        let ready = sys::poll(&interests[..n], &mut events, None)?;
         if let Some(fd) = cancel
             && events[..ready].iter().any(|e| e.userdata == 0)
             && cancelled(fd)?
@@ -393,8 +413,8 @@ const EMPTY_EVENT: wasi::Event = wasi::Event {
 const ROUNDS_PER_TURN: usize = 8;
 
 fn run<E: crate::Codec, D: crate::Codec>(
-    mut up: Pipe<'_, E>,
-    mut down: Pipe<'_, D>,
+    up: &mut Pipe<'_, E>,
+    down: &mut Pipe<'_, D>,
     plain: Fd,
     wire: Fd,
     cancel: Option<Fd>,
@@ -407,7 +427,7 @@ fn run<E: crate::Codec, D: crate::Codec>(
     }
     let mut events = [EMPTY_EVENT; 8];
     loop {
-        let hot = turn(&mut up, plain, wire)? | turn(&mut down, wire, plain)?;
+        let hot = turn(up, plain, wire)? | turn(down, wire, plain)?;
         if up.is_done() && down.is_done() {
             return Ok(());
         }
@@ -443,14 +463,12 @@ fn run<E: crate::Codec, D: crate::Codec>(
         if hot {
             add(Interest::Now);
         }
-        // Tell the host which bytes it may discard while this waits (a
-        // quiet connection's buffers). wasm32 addresses fit in a u32.
-        let free = up.scratch().into_iter().chain(down.scratch());
-        for (slot, (at, len)) in scratch.chunks_exact_mut(2).zip(free) {
-            slot[0] = at as u32;
-            slot[1] = len as u32;
-        }
-        let ready = sys::poll(&interests[..n], &mut events)?;
+        // Tell the host which bytes it may discard while this waits: a
+        // quiet connection's buffers, and the stack below this wait (the
+        // last slot, filled by `sys::poll` from inside its own frame).
+        crate::pipe::pack_scratch(up.scratch().into_iter().chain(down.scratch()), scratch);
+        let stack_slot = scratch.len() - 2;
+        let ready = sys::poll(&interests[..n], &mut events, Some(&mut scratch[stack_slot..]))?;
         if let Some(fd) = cancel
             && events[..ready].iter().any(|e| e.userdata == 0)
             && cancelled(fd)?

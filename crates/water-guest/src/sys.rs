@@ -176,7 +176,14 @@ pub fn monotonic_now() -> Result<u64, Errno> {
 
 /// Waits until at least one interest is ready; returns how many events were
 /// written to `events` (each event's userdata is the interest's index).
-pub fn poll(interests: &[Interest], events: &mut [wasi::Event]) -> Result<usize, Errno> {
+///
+/// `dead_stack`, when given, receives (address, length) of the shadow
+/// stack below this call (see `stack_below_here`), for the scratch table.
+pub fn poll(
+    interests: &[Interest],
+    events: &mut [wasi::Event],
+    dead_stack: Option<&mut [u32]>,
+) -> Result<usize, Errno> {
     const MAX: usize = 8;
     let n = interests.len().min(MAX).min(events.len());
     let mut subs = [wasi::Subscription {
@@ -221,7 +228,44 @@ pub fn poll(interests: &[Interest], events: &mut [wasi::Event]) -> Result<usize,
         };
         subs[i] = wasi::Subscription { userdata: i as u64, u: wasi::SubscriptionU { tag: tag.raw(), u } };
     }
+    if let Some(slot) = dead_stack {
+        let (at, len) = stack_below_here();
+        // wasm32 addresses fit in a u32.
+        slot[0] = at as u32;
+        slot[1] = len as u32;
+    }
     // SAFETY: `subs` holds `n` initialised subscriptions and `events` room
     // for at least `n` events; both outlive the call.
     unsafe { wasi::poll_oneoff(subs.as_ptr(), events.as_mut_ptr(), n) }.map_err(errno)
+}
+
+unsafe extern "C" {
+    /// The lowest address of the shadow stack (wasm-ld defines it; the
+    /// stack grows down toward it).
+    static __stack_low: u8;
+}
+
+/// Room left below the probe for the frames a host call adds under its
+/// caller (the `wasi` crate's wrapper keeps its out-parameter there, which
+/// the host writes after the wait): they are a few dozen bytes.
+const BELOW_CALLER: usize = 1024;
+
+/// An address inside a frame one call below the caller's: every byte of
+/// the shadow stack under it is dead while the caller waits in a host call.
+#[inline(never)]
+fn stack_probe() -> usize {
+    let here = 0u8;
+    core::hint::black_box(&here) as *const u8 as usize
+}
+
+/// The shadow stack's bytes below the calling frame, less
+/// [`BELOW_CALLER`]: dead while the caller waits in a host call (the
+/// stack grows down; nothing under the live frames is read before it is
+/// written again), so the host may give their pages back: what a burst's
+/// deeper calls (a transport's crypto) left dirty.
+fn stack_below_here() -> (usize, usize) {
+    // SAFETY: only the symbol's address is taken, never its contents.
+    let low = unsafe { core::ptr::addr_of!(__stack_low) } as usize;
+    let end = stack_probe().saturating_sub(BELOW_CALLER);
+    if end > low { (low, end - low) } else { (low, 0) }
 }
