@@ -23,6 +23,21 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Waits (bounded by `LIMIT`) for the RSS of `pid`, `busy` KiB with `n`
+/// connections gone quiet, to fall to `want` KiB or below.
+fn expect_rss_to_fall(what: &str, pid: u32, busy: u64, want: u64, n: usize) {
+    let start = Instant::now();
+    let mut now = busy;
+    while now > want && start.elapsed() < LIMIT {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        now = rss_kib(pid);
+    }
+    assert!(
+        now <= want,
+        "{what}: the server's RSS went from {busy} KiB to {now} KiB with {n} quiet connections, not below {want} KiB"
+    );
+}
+
 fn round_trip(s: &mut TcpStream, data: &[u8]) {
     s.write_all(data).unwrap();
     let mut back = vec![0u8; data.len()];
@@ -52,17 +67,7 @@ fn quiet_connections_give_their_guests_buffer_pages_back_and_still_carry_bytes()
         // Each guest touched about 64 KiB of its buffers per direction; at
         // least half of the total must come back.
         let want = busy - (CONNECTIONS * EACH / 1024 / 2) as u64;
-        let start = Instant::now();
-        let mut now = busy;
-        while now > want && start.elapsed() < LIMIT {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            now = rss_kib(pid);
-        }
-        assert!(
-            now <= want,
-            "{transport}: the server's RSS went from {busy} KiB to {now} KiB with {CONNECTIONS} quiet \
-             connections, not below {want} KiB"
-        );
+        expect_rss_to_fall(transport, pid, busy, want, CONNECTIONS);
         // The pages given back held nothing the guests needed: every
         // connection still carries a new pattern exactly.
         for (i, s) in conns.iter_mut().enumerate() {
@@ -125,17 +130,7 @@ fn quiet_ss_connections_give_back_their_dead_stack_and_still_carry_bytes() {
         conns.push(s);
     }
     let busy = rss_kib(pid);
-    let want = busy - (SS * 8 * 4) as u64;
-    let start = Instant::now();
-    let mut now = busy;
-    while now > want && start.elapsed() < LIMIT {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        now = rss_kib(pid);
-    }
-    assert!(
-        now <= want,
-        "ss: the server's RSS went from {busy} KiB to {now} KiB with {SS} quiet connections, not below {want} KiB"
-    );
+    expect_rss_to_fall("ss", pid, busy, busy - (SS * 8 * 4) as u64, SS);
     for (i, s) in conns.iter_mut().enumerate() {
         round_trip(s, &pattern(EACH, 1000 + i as u32));
     }
