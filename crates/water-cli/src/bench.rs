@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use water::Dialer;
 use water_bench::{
-    Path as Via, SETUP_ECHOES, concurrent, echo_bulk, echo_server, echo_servers, median, ping_pong, setup, tcp_forwarder,
+    Path as Via, SETUP_ECHOES, concurrent, echo_bulk, echo_server, echo_servers, median, ping_pong, setup,
+    tcp_forwarder,
 };
 
 use crate::{transport, tunnel};
