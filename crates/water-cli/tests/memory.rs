@@ -23,6 +23,25 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// `water client|server -t ss` with `config` (written under `dir`),
+/// listening on a free port, to `to` (`--remote` or `--forward`).
+fn water_ss(dir: &std::path::Path, kind: &str, config: &str, to: &str) -> (Proc, std::net::SocketAddr) {
+    let cfg = dir.join(kind);
+    std::fs::write(&cfg, config).unwrap();
+    let flag = if kind == "client" { "--remote" } else { "--forward" };
+    Proc::listening(&[
+        kind,
+        "-t",
+        "ss",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        flag,
+        to,
+    ])
+}
+
 /// Waits (bounded by `LIMIT`) for the RSS of `pid`, `busy` KiB with `n`
 /// connections gone quiet, to fall to `want` KiB or below.
 fn expect_rss_to_fall(what: &str, pid: u32, busy: u64, want: u64, n: usize) {
@@ -91,36 +110,10 @@ fn quiet_ss_connections_give_back_their_dead_stack_and_still_carry_bytes() {
     const SS: usize = 50;
     let dir = temp_dir("memory-ss");
     let echo = echo();
-    let server_cfg = dir.join("server");
-    std::fs::write(&server_cfg, "method=chacha20-ietf-poly1305\npassword=quiet pages\n").unwrap();
-    let client_cfg = dir.join("client");
-    std::fs::write(
-        &client_cfg,
-        format!("method=chacha20-ietf-poly1305\npassword=quiet pages\ntarget={}\n", echo.addr),
-    )
-    .unwrap();
-    let (server, server_addr) = Proc::listening(&[
-        "server",
-        "-t",
-        "ss",
-        "--config",
-        server_cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        &echo.addr.to_string(),
-    ]);
-    let (_client, addr) = Proc::listening(&[
-        "client",
-        "-t",
-        "ss",
-        "--config",
-        client_cfg.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--remote",
-        &server_addr.to_string(),
-    ]);
+    let ss = "method=chacha20-ietf-poly1305\npassword=quiet pages\n";
+    let (server, server_addr) = water_ss(&dir, "server", ss, &echo.addr.to_string());
+    let client_cfg = format!("{ss}target={}\n", echo.addr);
+    let (_client, addr) = water_ss(&dir, "client", &client_cfg, &server_addr.to_string());
     let pid = server.child.id();
     let mut conns = Vec::new();
     for i in 0..SS {
