@@ -88,6 +88,14 @@ impl Shared {
             .inspect_err(|_| config.metrics().refused(crate::metrics::Role::of(self.roles[0])))
     }
 
+    /// Waits until the slots have room for one more accepted connection
+    /// (see `Admission::room`: not while too many are still being shed),
+    /// under the current module's maximum. An accept loop's wait.
+    pub(crate) async fn room(&self) {
+        let max = self.current.read().unwrap_or_else(|e| e.into_inner()).watm.inner.config.max_connections;
+        self.admission.room(max).await;
+    }
+
     fn replace(&self, watm: &Watm) -> Result<(), Error> {
         let replaced = self.swap(watm);
         watm.inner.config.metrics().reloaded(&replaced);

@@ -440,6 +440,79 @@ async fn max_connections_refuses_beyond_the_cap() {
     .await;
 }
 
+// Shedding outpaced teardown: each arrival past `max_connections` shed the
+// oldest connection not taken in, but a shed connection keeps its sockets
+// until its worker ends (a close grace for one that ignores its cancel), so
+// a burst of silent connections held as many sockets as it had members,
+// and under a low fd limit `water server` ran out of fds. Now at most
+// `max / 16 + 8` are being shed at once; the rest wait in the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_waits_in_the_backlog_while_shed_connections_end() {
+    bounded(async {
+        let upstream = echo_server().await;
+        // `max / 16 + 8` shed at once at most.
+        let (max, bound, burst) = (4, 8, 40);
+        // Taken in by `host_accept`, never authenticated, deaf to its
+        // cancel: each shed connection lingers a whole close grace.
+        let config = Config::default()
+            .max_connections(max)
+            .close_grace(Duration::from_millis(500))
+            .handshake_timeout(Some(Duration::from_secs(2)), Duration::ZERO)
+            .metrics_label("test-shedding");
+        let watm =
+            Watm::new(&module(OK, "call $host_dial", "call $host_accept", &ignores_everything()), config)
+                .unwrap();
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let serving = tokio::spawn({
+            let (forwarder, stop) =
+                (water::Forwarder::new(&watm, upstream.to_string()).unwrap(), stop.clone());
+            async move { forwarder.serve(front, stop.cancelled_owned()).await }
+        });
+        let open = || -> (u64, u64, u64) {
+            let t =
+                water::metrics::snapshot().transports.into_iter().find(|t| t.transport == "test-shedding");
+            t.map_or((0, 0, 0), |t| {
+                t.roles
+                    .iter()
+                    .fold((0, 0, 0), |(o, s, r), role| (o + role.open, s + role.started, r + role.refused))
+            })
+        };
+        let mut clients = Vec::new();
+        for _ in 0..burst {
+            clients.push(connect(addr).await);
+        }
+        // Every member of the burst is taken in turn and closed (shed, or
+        // at the handshake deadline), while the connections open at once
+        // never pass the cap and the bound.
+        let mut most = 0;
+        let all_closed = async {
+            for c in &mut clients {
+                let mut buf = [0u8; 16];
+                assert!(matches!(c.read(&mut buf).await, Ok(0) | Err(_)), "the server sent bytes");
+            }
+        };
+        tokio::pin!(all_closed);
+        loop {
+            tokio::select! {
+                () = &mut all_closed => break,
+                () = tokio::time::sleep(Duration::from_millis(2)) => most = most.max(open().0),
+            }
+        }
+        let (_, started, refused) = open();
+        assert!(
+            most <= (max + bound) as u64,
+            "{most} connections open at once (cap {max}, shed at once {bound})"
+        );
+        assert!(most > max as u64, "nothing was being shed: {most} open at most");
+        assert_eq!((started, refused), (burst as u64, 0));
+        stop.cancel();
+        serving.await.unwrap().unwrap();
+    })
+    .await;
+}
+
 // Item 11: a failed `host_dial` could be retried without limit, a DNS
 // lookup and a connect each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,11 +12,21 @@
 //! attacker's connection to arrive, while authenticated connections are
 //! never shed. Only when every slot is authenticated is a new connection
 //! refused.
+//!
+//! A shed connection keeps its slot and its sockets until its worker has
+//! ended (at its next host call, or after the close grace for a guest that
+//! ignores its cancel). A burst of arrivals could shed faster than
+//! teardown runs, and the sockets of connections still being shed would
+//! then outgrow the fds kept clear by [`fd_budget`]. So at most
+//! [`shedding_bound`] connections are being shed at once: past it, the
+//! accept loops wait for [`Admission::room`] (new connections stay in the
+//! kernel's backlog) and [`Slot::take`] refuses.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -30,7 +40,48 @@ pub(crate) struct Admission {
     /// kept only when there is a maximum; dead and authenticated entries are
     /// dropped as they are met.
     waiting: Mutex<VecDeque<Weak<Entry>>>,
+    /// Connections shed whose slot is still held.
+    shedding: AtomicUsize,
+    /// Woken when a shed connection's slot is given back.
+    shed_ended: Notify,
 }
+
+/// How many connections may be being shed at once under `max`: a
+/// sixteenth of it and 8 more. Under [`fd_budget`]'s cap (`max` is 15/32
+/// of the fd limit, less 32) their sockets (two each at most) stay within
+/// the headroom it keeps (64 fds and a sixteenth of the limit), with some
+/// 50 fds to spare for listeners, logs and the runtime.
+pub(crate) fn shedding_bound(max: usize) -> usize {
+    max / 16 + 8
+}
+
+impl Admission {
+    /// Waits until fewer than [`shedding_bound`] connections are being
+    /// shed (at once when there is no maximum): an accept loop's room, so
+    /// that a burst waits in the kernel's backlog while teardown catches up
+    /// instead of holding more sockets than the process has fds for.
+    pub(crate) async fn room(&self, max: Option<usize>) {
+        let Some(max) = max else { return };
+        loop {
+            let ended = self.shed_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the check: a slot given back in between
+            // still wakes this wait.
+            ended.as_mut().enable();
+            if self.shedding.load(Ordering::Acquire) < shedding_bound(max) {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// [`Entry::state`]: neither shed nor ended.
+const LIVE: u8 = 0;
+/// [`Entry::state`]: shed, and counted in [`Admission::shedding`].
+const SHED: u8 = 1;
+/// [`Entry::state`]: its slot was given back.
+const ENDED: u8 = 2;
 
 /// What the admission knows of one connection, shared with the connection.
 #[derive(Debug, Default)]
@@ -40,6 +91,9 @@ pub(crate) struct Entry {
     activity: Arc<Activity>,
     /// Fired to shed the connection.
     shed: CancellationToken,
+    /// [`LIVE`], [`SHED`] or [`ENDED`]: which of the slot's end and its
+    /// shedding came first decides who counts it (see [`Slot::take`]).
+    state: AtomicU8,
 }
 
 impl Entry {
@@ -99,13 +153,23 @@ impl Slot {
             // Full: the oldest connection still waiting to be taken in
             // makes room. (It is counted until its worker has ended, a
             // close grace at most: the count may pass `max` by the ones
-            // being shed.)
+            // being shed, at most `shedding_bound` of them.)
+            if admission.shedding.load(Ordering::Acquire) >= shedding_bound(max) {
+                return Err(Error::TooManyConnections(max));
+            }
+            // Counted before it is marked, so that a slot given back right
+            // after the mark never takes the count below zero.
+            admission.shedding.fetch_add(1, Ordering::AcqRel);
             let victim = std::iter::from_fn(|| waiting.pop_front())
                 .filter_map(|weak| weak.upgrade())
-                .find(|e| !e.authenticated() && !e.shed.is_cancelled());
+                .filter(|e| !e.authenticated())
+                .find(|e| e.state.compare_exchange(LIVE, SHED, Ordering::AcqRel, Ordering::Acquire).is_ok());
             match victim {
                 Some(victim) => victim.shed.cancel(),
-                None => return Err(Error::TooManyConnections(max)),
+                None => {
+                    admission.shedding.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::TooManyConnections(max));
+                }
             }
         }
         if kind == Kind::Accepted {
@@ -126,6 +190,10 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if self.entry.state.swap(ENDED, Ordering::AcqRel) == SHED {
+            self.admission.shedding.fetch_sub(1, Ordering::AcqRel);
+            self.admission.shed_ended.notify_waiters();
+        }
         self.admission.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -198,6 +266,69 @@ mod tests {
             assert!(held.len() <= 4);
         }
         assert!(a.waiting.lock().unwrap().len() <= 16);
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_bound_are_shed_at_once_and_room_waits_for_one_to_end() {
+        let (a, max) = (Arc::new(Admission::default()), 4);
+        let bound = shedding_bound(max);
+        // Shed connections whose workers have not ended keep their slots.
+        let mut held: Vec<_> =
+            (0..max + bound).map(|_| Slot::take(&a, Some(max), Kind::Accepted).unwrap()).collect();
+        assert_eq!(held.iter().filter(|s| s.entry().shed().is_cancelled()).count(), bound);
+        assert_eq!(a.shedding.load(Ordering::Relaxed), bound);
+        // At the bound: refused although some are unauthenticated, and an
+        // accept loop waits.
+        assert!(matches!(Slot::take(&a, Some(max), Kind::Accepted), Err(Error::TooManyConnections(4))));
+        let mut room = Box::pin(a.room(Some(max)));
+        assert!(futures_poll_once(room.as_mut()).await.is_pending());
+        a.room(None).await;
+        // One shed connection ends: the wait is over and one more is taken.
+        let ended = held.iter().position(|s| s.entry().shed().is_cancelled()).unwrap();
+        drop(held.remove(ended));
+        tokio::time::timeout(std::time::Duration::from_secs(5), room)
+            .await
+            .expect("room after a shed slot ended");
+        held.push(Slot::take(&a, Some(max), Kind::Accepted).unwrap());
+        assert_eq!(a.shedding.load(Ordering::Relaxed), bound);
+        // Ending a live one frees nothing being shed.
+        let live = held.iter().position(|s| !s.entry().shed().is_cancelled()).unwrap();
+        drop(held.remove(live));
+        assert_eq!(a.shedding.load(Ordering::Relaxed), bound);
+        drop(held);
+        assert_eq!((a.shedding.load(Ordering::Relaxed), a.live.load(Ordering::Relaxed)), (0, 0));
+    }
+
+    #[test]
+    fn a_slot_that_ends_while_it_is_shed_is_counted_once() {
+        let a = Arc::new(Admission::default());
+        // From many threads at once: taking (and shedding) and giving back
+        // race, and the counts still come back to zero.
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    let mut held = VecDeque::new();
+                    for i in 0..5000 {
+                        if let Ok(slot) = Slot::take(&a, Some(8), Kind::Accepted) {
+                            held.push_back(slot);
+                        }
+                        if held.len() > 6 || i % 3 == 0 {
+                            held.pop_front();
+                        }
+                        assert!(a.shedding.load(Ordering::Relaxed) <= 4 * shedding_bound(8));
+                    }
+                });
+            }
+        });
+        assert_eq!((a.shedding.load(Ordering::Relaxed), a.live.load(Ordering::Relaxed)), (0, 0));
+    }
+
+    /// Polls `f` once: whether it is ready yet.
+    async fn futures_poll_once<F: std::future::Future>(
+        f: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        let mut f = Some(f);
+        std::future::poll_fn(|cx| std::task::Poll::Ready(f.take().unwrap().poll(cx))).await
     }
 
     #[test]
