@@ -88,12 +88,18 @@ impl Shared {
             .inspect_err(|_| config.metrics().refused(crate::metrics::Role::of(self.roles[0])))
     }
 
-    /// Waits until the slots have room for one more accepted connection
-    /// (see `Admission::room`: not while too many are still being shed),
-    /// under the current module's maximum. An accept loop's wait.
-    pub(crate) async fn room(&self) {
+    /// An accept loop's wait before it takes one more connection: a permit
+    /// of its `setups` limit, then room in the slots (see
+    /// `Admission::room`: not while too many are still being shed) under
+    /// the current module's maximum.
+    pub(crate) async fn accept_room(
+        &self,
+        setups: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        let permit = setups.clone().acquire_owned().await;
         let max = self.current.read().unwrap_or_else(|e| e.into_inner()).watm.inner.config.max_connections;
         self.admission.room(max).await;
+        permit
     }
 
     fn replace(&self, watm: &Watm) -> Result<(), Error> {

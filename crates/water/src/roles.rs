@@ -286,12 +286,7 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     let setups = Arc::new(tokio::sync::Semaphore::new(pending));
-    let (setups, admission) = (&setups, &*shared);
-    let room = move || async move {
-        let permit = setups.clone().acquire_owned().await;
-        admission.room().await;
-        permit
-    };
+    let room = || shared.accept_room(&setups);
     let accepted = accept_each(&listener, stop.cancelled(), room, |stream, peer, permit| {
         let permit = permit.expect("never closed");
         // Refused while `stream` is open: its peer sees the close after the line.
@@ -523,12 +518,7 @@ where
     let setups = Arc::new(Semaphore::new(config.max_pending_setups.max(1)));
     let (setup_stop, cut) = (CancellationToken::new(), CancellationToken::new());
     let mut tasks = JoinSet::new();
-    let setups = &setups;
-    let room = move || async move {
-        let permit = setups.clone().acquire_owned().await;
-        shared.room().await;
-        permit
-    };
+    let room = || shared.accept_room(&setups);
     let result = accept_each(&listener, shutdown, room, |stream, peer, permit| {
         // Ended connections leave the set as new ones come.
         while tasks.try_join_next().is_some() {}
