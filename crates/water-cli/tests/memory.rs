@@ -1,7 +1,8 @@
 //! What a quiet connection costs `water server`: once a guest of our SDK
 //! has waited a second with nothing to do, the host gives its buffers'
 //! pages back (the guest lists them in its `_water_scratch` table), and
-//! the connection still carries bytes exactly afterwards.
+//! the connection still carries bytes exactly afterwards, and gives them
+//! back again after its next busy spell.
 //!
 //! Waits for the server's resident memory to fall, never for a time: the
 //! bound is only the harness's `LIMIT`.
@@ -91,6 +92,14 @@ fn quiet_connections_give_their_guests_buffer_pages_back_and_still_carry_bytes()
         // connection still carries a new pattern exactly.
         for (i, s) in conns.iter_mut().enumerate() {
             round_trip_with(s, &pattern(EACH, 1000 + i as u32), &key);
+        }
+        // And a second quiet spell gives them back again (each instance's
+        // quiet timer, fired once, is armed anew by its next wait).
+        let busy = rss_kib(pid);
+        let want = busy - (CONNECTIONS * EACH / 1024 / 2) as u64;
+        expect_rss_to_fall(transport, pid, busy, want, CONNECTIONS);
+        for (i, s) in conns.iter_mut().enumerate() {
+            round_trip_with(s, &pattern(EACH, 2000 + i as u32), &key);
         }
         drop(server);
     }

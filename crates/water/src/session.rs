@@ -435,6 +435,9 @@ async fn step_extended<T>(
     tokio::pin!(work);
     loop {
         tokio::select! {
+            // The work first: a call that returns at once never arms the
+            // timer (arming one can wake another thread for nothing).
+            biased;
             r = &mut work => return r,
             () = tokio::time::sleep_until(deadline()) => {
                 if tokio::time::Instant::now() >= deadline() {

@@ -67,6 +67,9 @@ pub struct WasiCtx {
     /// The guest's scratch table (`_water_scratch`), if it has one: what
     /// `poll_oneoff` may discard once a wait has lasted [`SCRATCH_IDLE`].
     pub scratch: Option<u32>,
+    /// The timer of a wait that may give the scratch pages back: one per
+    /// instance, moved later at each wait (see `poll_oneoff`).
+    pub quiet: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// How long a `poll_oneoff` waits before it gives the guest's scratch
@@ -243,6 +246,7 @@ impl WasiCtx {
             waited: std::time::Duration::ZERO,
             polls: 0,
             scratch: None,
+            quiet: None,
         }
     }
 

@@ -248,16 +248,33 @@ pub async fn poll_oneoff<T: WasiView>(
             let mut wait = std::pin::pin!(wait);
             match std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
                 Poll::Ready(r) => r,
-                Poll::Pending => tokio::select! {
-                    biased;
-                    r = &mut wait => r,
-                    () = tokio::time::sleep(super::SCRATCH_IDLE) => {
-                        let (mut mem, _) = split(caller)?;
-                        let given = super::discard_scratch(&mut mem, table);
-                        tracing::trace!(given, "a quiet guest's scratch pages given back");
-                        wait.await
-                    }
-                },
+                Poll::Pending => {
+                    // One timer per instance, moved later at each wait: a
+                    // registered tokio timer moved later takes no lock and
+                    // wakes no thread (the wheel finds the new deadline
+                    // when the old one comes), where a new timer per wait
+                    // took the wheel's lock each time, and woke the
+                    // driver's thread whenever no earlier timer was set.
+                    let at = tokio::time::Instant::now() + super::SCRATCH_IDLE;
+                    let mut quiet = split(caller)?
+                        .1
+                        .quiet
+                        .take()
+                        .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(at)));
+                    quiet.as_mut().reset(at);
+                    let r = tokio::select! {
+                        biased;
+                        r = &mut wait => r,
+                        () = quiet.as_mut() => {
+                            let (mut mem, _) = split(caller)?;
+                            let given = super::discard_scratch(&mut mem, table);
+                            tracing::trace!(given, "a quiet guest's scratch pages given back");
+                            wait.await
+                        }
+                    };
+                    split(caller)?.1.quiet = Some(quiet);
+                    r
+                }
             }
         }
         None => wait.await,
