@@ -197,13 +197,17 @@ async fn run() -> std::io::Result<()> {
 }
 
 /// Sequential setups (connect, one byte there and back, close), direct TCP
-/// and WATER in turn (WATER alone with `SOLO`): the median time and the
+/// and WATER in turn (WATER alone with `SOLO`, direct alone with
+/// `NATIVE_ONLY`): the median time and the
 /// process's CPU time per setup on each path.
 async fn setups(what: &str, secs: f64, echo: std::net::SocketAddr) -> std::io::Result<()> {
     let dialer = water::Dialer::new(&reference_guest(what)).expect("dialer");
     let mut paths = vec![("direct", Path::Direct), ("water", Path::Water(dialer))];
     if std::env::var_os("SOLO").is_some() {
         paths.remove(0);
+    } else if std::env::var_os("NATIVE_ONLY").is_some() {
+        // Direct TCP alone, for syscall counts beside `SOLO`'s.
+        paths.truncate(1);
     }
     let mut samples = vec![Vec::new(); paths.len()];
     let mut cpus = vec![Duration::ZERO; paths.len()];
