@@ -367,19 +367,27 @@ where
     .await
     .context("accept failed")?;
     drop(listener);
+    // Connections that ended before the signal but were not yet taken
+    // from the set are not the drain's to count.
+    while tasks.try_join_next().is_some() {}
     let mut finished = 0;
     let deadline = tokio::time::sleep(drain);
     tokio::pin!(deadline);
-    let cut_count = loop {
+    loop {
         tokio::select! {
             next = tasks.join_next() => match next {
                 Some(_) => finished += 1,
-                None => break 0,
+                None => break,
             },
-            () = &mut deadline => break tasks.len(),
-            () = signals.now.cancelled() => break tasks.len(),
+            () = &mut deadline => break,
+            () = signals.now.cancelled() => break,
         }
-    };
+    }
+    // Those that ended as the drain did are finished, not cut.
+    while tasks.try_join_next().is_some() {
+        finished += 1;
+    }
+    let cut_count = tasks.len();
     cut.cancel();
     // A cut connection aborts its worker, which ends within the close
     // grace (or is dropped then); a second signal does not wait for that.

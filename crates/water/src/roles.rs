@@ -529,6 +529,9 @@ where
     // New connections are refused from here on; setups under way end.
     drop(listener);
     setup_stop.cancel();
+    // Connections that ended before the shutdown but were not yet taken
+    // from the set are not the drain's to count.
+    while tasks.try_join_next().is_some() {}
     let mut drained = Drained::default();
     let drain = tokio::time::sleep(config.drain_timeout);
     tokio::pin!(drain);
@@ -539,6 +542,10 @@ where
                 None => break,
             },
             () = &mut drain => {
+                // Those that ended as the drain did are finished, not cut.
+                while tasks.try_join_next().is_some() {
+                    drained.finished += 1;
+                }
                 drained.cut = tasks.len();
                 cut.cancel();
                 // Each ends within the close grace of its cancel (a worker
