@@ -26,6 +26,9 @@ pub const DEFAULT_POOL_SLOTS: u32 = 1024;
 /// Guest memory kept resident in a pool slot for its next instance.
 const KEEP_RESIDENT: usize = 256 << 10;
 
+/// Table memory kept resident in a pool slot (zeroed in place).
+const TABLE_KEEP_RESIDENT: usize = 16 << 10;
+
 /// The process-wide engines: compiled code and the epoch ticker are shared
 /// by every loaded module.
 ///
@@ -111,6 +114,11 @@ fn pooled_engine(slots: u32) -> Option<Engine> {
     // (`Config::memory_limit`) is what bounds a guest's memory.
     pool.max_memory_size(4 << 30);
     pool.linear_memory_keep_resident(KEEP_RESIDENT);
+    // The same for tables: a guest's funcref table is a page or a few, and
+    // giving it back at every instance's end cost a `madvise` per
+    // connection (one system call of the few a setup makes beyond a
+    // plain connect's).
+    pool.table_keep_resident(TABLE_KEEP_RESIDENT);
     // Reset only the pages a guest dirtied (Linux 6.7+), so that a slot
     // keeps resident what its last guest used, not all of KEEP_RESIDENT.
     pool.pagemap_scan(wasmtime::Enabled::Auto);
