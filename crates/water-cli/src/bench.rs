@@ -8,7 +8,9 @@
 //! child process (peak RSS, fds released). With `--lantern`, instead, the
 //! shape of Lantern's published benchmark (`lantern.rs`).
 
+use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -89,6 +91,45 @@ where
         }
     }
     Ok(out)
+}
+
+/// Runs `work` here, or as a task on the runtime's workers.
+async fn in_place_or_task<T: Send + 'static>(
+    in_task: bool,
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    if in_task { tokio::spawn(work).await.context("the measuring task")? } else { work.await }
+}
+
+/// 64-byte round trips on one connection each, direct TCP and `water`, 100
+/// in turn until `2 × slice` is spent: the medians in µs.
+async fn round_trips(water: Via, echo: SocketAddr, slice: Duration) -> anyhow::Result<Vec<f64>> {
+    let mut conns = [Via::Direct.connect(echo).await?, water.connect(echo).await?];
+    let mut rtt = vec![Vec::new(); conns.len()];
+    let start = Instant::now();
+    while rtt[0].len() < 200 || start.elapsed() < 2 * slice {
+        for (conn, samples) in conns.iter_mut().zip(&mut rtt) {
+            samples.extend(ping_pong(conn, 64, 100).await?);
+        }
+    }
+    Ok(rtt.into_iter().map(|s| median(s).as_secs_f64() * 1e6).collect())
+}
+
+/// Setups to first byte, direct TCP and `water` in turn: the medians in µs.
+/// Each round's two setups go to the same echo service, each round to the
+/// next one (see `echo_servers`).
+async fn setups(water: Via, echoes: Vec<SocketAddr>, slice: Duration) -> anyhow::Result<Vec<f64>> {
+    let vias = [Via::Direct, water];
+    let mut calls = 0usize;
+    let set = alternate(2 * slice, 50, vias.len(), |i| {
+        let via = vias[i].clone();
+        let to = echoes[calls / vias.len() % echoes.len()];
+        calls += 1;
+        async move { Ok(vec![setup(&via, to).await?]) }
+    })
+    .await
+    .context("setup")?;
+    Ok(set.into_iter().map(|s| median(s).as_secs_f64() * 1e6).collect())
 }
 
 fn mib_s(bytes: usize, d: Duration) -> f64 {
@@ -176,51 +217,39 @@ pub async fn run(o: Options<'_>) -> anyhow::Result<()> {
         better: Better::Higher,
     });
 
-    // Round trip, 64 bytes: one connection each, 100 round trips in turn.
-    progress("64-byte round trips via direct TCP and water, in turn");
-    let mut conns = vec![Via::Direct.connect(echo).await?, water.connect(echo).await?];
-    let mut rtt = vec![Vec::new(); conns.len()];
-    let start = Instant::now();
-    while rtt[0].len() < 200 || start.elapsed() < 2 * slice {
-        for (conn, samples) in conns.iter_mut().zip(&mut rtt) {
-            samples.extend(ping_pong(conn, 64, 100).await?);
-        }
-    }
-    drop(conns);
-    let rtt: Vec<f64> = rtt.into_iter().map(|s| median(s).as_secs_f64() * 1e6).collect();
-    figures.push(Figure {
-        name: "round trip, 64 B (median)",
-        unit: "µs",
-        water: rtt[1],
-        baseline_name: "direct TCP",
-        baseline: rtt[0],
-        better: Better::Lower,
-    });
-
-    // Setup.
-    progress("connection setup via direct TCP and water, in turn");
-    let vias = [Via::Direct, water.clone()];
-    // Each round's two setups go to the same echo service, each round to
-    // the next one (see `echo_servers`).
+    // Round trip and setup, each twice: from the thread that runs the
+    // command (`block_on`'s), and from a task on the runtime's workers, as
+    // an application's connection handlers run. On a multi-thread runtime
+    // the two differ in how many hand-overs between threads each path
+    // makes (see BENCHMARKS.md, "Where the measuring loop runs").
     let echoes = echo_servers(SETUP_ECHOES).await?;
-    let mut calls = 0usize;
-    let set = alternate(2 * slice, 50, vias.len(), |i| {
-        let via = vias[i].clone();
-        let to = echoes[calls / vias.len() % echoes.len()];
-        calls += 1;
-        async move { Ok(vec![setup(&via, to).await?]) }
-    })
-    .await
-    .context("setup")?;
-    let set: Vec<f64> = set.into_iter().map(|s| median(s).as_secs_f64() * 1e6).collect();
-    figures.push(Figure {
-        name: "setup to first byte (median)",
-        unit: "µs",
-        water: set[1],
-        baseline_name: "direct TCP",
-        baseline: set[0],
-        better: Better::Lower,
-    });
+    for in_task in [false, true] {
+        let (rtt_name, setup_name, from) = if in_task {
+            ("round trip, 64 B, task (median)", "setup, first byte, task (median)", "from a task")
+        } else {
+            ("round trip, 64 B (median)", "setup to first byte (median)", "from block_on")
+        };
+        progress(&format!("64-byte round trips via direct TCP and water, in turn, {from}"));
+        let rtt = in_place_or_task(in_task, round_trips(water.clone(), echo, slice)).await?;
+        figures.push(Figure {
+            name: rtt_name,
+            unit: "µs",
+            water: rtt[1],
+            baseline_name: "direct TCP",
+            baseline: rtt[0],
+            better: Better::Lower,
+        });
+        progress(&format!("connection setup via direct TCP and water, in turn, {from}"));
+        let set = in_place_or_task(in_task, setups(water.clone(), echoes.clone(), slice)).await?;
+        figures.push(Figure {
+            name: setup_name,
+            unit: "µs",
+            water: set[1],
+            baseline_name: "direct TCP",
+            baseline: set[0],
+            better: Better::Lower,
+        });
+    }
 
     // Concurrency, against direct TCP and against the same N connections
     // through native forwarders in the guests' place (the fair baseline:

@@ -351,6 +351,8 @@ fn bench_reports_each_figure_with_its_baseline_as_json() {
         "tunnel throughput",
         "round trip, 64 B (median)",
         "setup to first byte (median)",
+        "round trip, 64 B, task (median)",
+        "setup, first byte, task (median)",
         "throughput beside spinners",
         "round trip 64 B p99, spinners",
         "throughput beside busy movers",
