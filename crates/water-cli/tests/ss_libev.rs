@@ -34,15 +34,23 @@ const METHODS: [&str; 4] =
 const BIG: usize = 64 << 20;
 const PASSWORD: &str = "correct horse battery staple";
 
-/// A libev binary listening on `port`, once it accepts connections.
+/// A libev binary listening on `port`, once it accepts connections and
+/// is still running (one that failed to bind has exited: whatever
+/// listens there is not it).
 fn libev(program: &'static str, args: &[&str], port: u16) -> Proc {
-    let p = Proc::start(program, args, &[]);
+    let mut p = Proc::start(program, args, &[]);
     let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        let listening = TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if let Some(status) = p.child.try_wait().unwrap() {
+            panic!("{program} on port {port} exited ({status}): {}", p.stderr_so_far());
+        }
+        if listening {
+            return p;
+        }
         assert!(start.elapsed() < LIMIT, "{program} is not listening on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    p
 }
 
 /// Deterministic bytes: xorshift, so that 64 MiB need not be kept twice.
