@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -168,7 +168,7 @@ fn client_methods_socks_half_and_exit_on_stdin_close() {
     let mut reply = Vec::new();
     let _ = bad.read_to_end(&mut reply);
     assert_eq!(reply, [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_dead, dead) = common::refusing_addr();
     assert_eq!(socks_connect(plain, dead).unwrap_err(), 5);
 
     // State directory created, the log in it, nothing on stderr.
@@ -313,7 +313,7 @@ fn server_transport_options_reach_the_guest_as_its_arguments() {
 #[test]
 fn a_failed_connection_is_a_pt_log_line_for_tor_and_the_pt_serves_on() {
     let dir = temp_dir("pt-log");
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_dead, dead) = common::refusing_addr();
     let mut pt = Proc::start(
         WATER,
         &["pt"],

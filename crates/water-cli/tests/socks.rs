@@ -94,7 +94,7 @@ fn curl_through_socks5_bridge_mode_over_plain_and_xor() {
 
         // A target with nothing listening: curl is told the connection was
         // refused (reply 5), and the proxy serves on.
-        let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (_dead, dead) = common::refusing_addr();
         let err = curl_socks(&proxy.to_string(), &format!("http://{dead}/"), &[]).unwrap_err();
         assert!(err.contains("SOCKS5") && err.contains("(5)"), "{t}: reply 5 expected: {err}");
         assert!(curl_socks(&proxy.to_string(), &format!("http://{server}/file.bin"), &[]).is_ok());
@@ -140,7 +140,8 @@ fn bridge_mode_credentials_are_the_guests_arguments_and_never_logged() {
     assert!(!line.contains("hunter2"), "a secret argument reached the log: {line}");
 
     // ...and so is a dial that fails with secret arguments.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_closed, closed) = common::refusing_addr();
+    let closed = closed.port();
     let mut s = socks(proxy);
     let mut msg = b"\x05\x01\x02\x01\x0esecret=hunter2\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01".to_vec();
     msg.extend_from_slice(&closed.to_be_bytes());

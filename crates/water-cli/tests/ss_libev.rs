@@ -666,7 +666,7 @@ fn with_the_upstream_down_probes_see_the_same_from_both_servers() {
     // upstream is whatever a client names, which a prober never gets to.
     let dir = temp_dir("probe-down");
     let method = "chacha20-ietf-poly1305";
-    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_dead, dead) = common::refusing_addr();
     let (_libev, port) = ss_server(method, PASSWORD);
     let libev = SocketAddr::from(([127, 0, 0, 1], port));
     let cfg = config_file(&dir, method, &ss_config(method, PASSWORD, None));

@@ -224,7 +224,7 @@ fn netns_negative() {
     assert!(r.is_err(), "a mismatched transport still fetched the descriptor: {r:?}");
 
     // The bridge line points at a port where nothing listens.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_dead, dead) = common::refusing_addr();
     let r = attempt(&right, &format!("xor {dead} {fp}"), NEGATIVE_WAIT);
     assert!(r.is_err(), "a dead bridge port still fetched a descriptor: {r:?}");
 

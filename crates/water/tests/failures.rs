@@ -163,10 +163,7 @@ async fn run_time_failures_are_typed_and_isolated() {
         };
 
         // Refused: a port nobody listens on.
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        let (_closed, closed) = refusing_addr();
         match Dialer::new(&guest("plain")).unwrap().dial(closed.to_string()).await {
             Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
             other => panic!("refused dial: {other:?}"),

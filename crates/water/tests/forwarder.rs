@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use water::{Config, Dialer, Error, Forwarder, Watm};
 
-use support::{GUESTS, bounded, data, echo_server, exchange, guest};
+use support::{GUESTS, bounded, data, echo_server, exchange, guest, refusing_addr};
 
 /// A v0 module with the given `_water_accept` body, or none (`None`).
 fn module(accept: Option<&str>) -> Vec<u8> {
@@ -75,7 +75,7 @@ async fn a_dialer_through_a_forwarder_reaches_the_upstream_byte_for_byte() {
 async fn a_refused_upstream_closes_the_connection_and_serving_goes_on() {
     bounded(async {
         // A port nobody listens on.
-        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let (_dead, dead) = refusing_addr();
         let watm = guest("plain");
         let (addr, stop, serving) = serve(Forwarder::new(&watm, dead.to_string()).unwrap()).await;
         for _ in 0..3 {

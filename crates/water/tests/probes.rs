@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use water::{Config, Dialer, Forwarder, Watm};
 
-use support::{bounded, data, exchange};
+use support::{bounded, data, exchange, refusing_addr};
 
 fn hello(config: Config) -> Watm {
     Watm::new(watm_artifacts::HELLO.wasm, config).unwrap()
@@ -120,7 +120,7 @@ async fn probes_make_no_upstream_connection() {
 async fn with_the_upstream_down_a_probe_sees_what_it_sees_with_it_up() {
     bounded(async {
         // A port nobody listens on.
-        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let (_dead, dead) = refusing_addr();
         let watm = hello(Config::default());
         let (addr, stop) = serve(Forwarder::new(&watm, dead.to_string()).unwrap()).await;
         let silent = TcpStream::connect(addr).await.unwrap();

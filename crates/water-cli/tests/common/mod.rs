@@ -295,6 +295,17 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port in {first}-{end}");
 }
 
+/// An address on loopback that refuses connections for as long as the
+/// returned socket lives: bound, never listening. (A listener bound and
+/// dropped gives its port back, and the next `bind(:0)` of a test beside
+/// this one may take it: then it no longer refuses.)
+pub fn refusing_addr() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
+}
+
 /// The kernel's ephemeral port range, or Linux's default if it cannot be
 /// read.
 fn ephemeral_range() -> (u16, u16) {

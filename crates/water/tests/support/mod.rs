@@ -149,3 +149,14 @@ pub async fn echoing_listener(watm: &Watm) -> SocketAddr {
     });
     addr
 }
+
+/// An address on loopback that refuses connections for as long as the
+/// returned socket lives: bound, never listening. (A listener bound and
+/// dropped gives its port back, and a test beside this one binding `:0`
+/// may take it: then it no longer refuses.)
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = s.local_addr().unwrap();
+    (s, addr)
+}
