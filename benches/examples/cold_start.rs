@@ -25,7 +25,7 @@
 //! ```
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -63,10 +63,6 @@ fn water_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Spawns `water args`; a thread sends the time its first stdout line
 /// (`listening on ADDR`) arrived, with the address.
 fn spawn(water: &Path, args: &[String], said: mpsc::Sender<(Instant, SocketAddr)>) -> Kill {
@@ -100,7 +96,7 @@ struct Run {
 }
 
 fn one_run(water: &Path, dir: &Path, echo: SocketAddr, cache: Option<&Path>) -> Run {
-    let server_port = free_port();
+    let [server_port] = water_bench::free_ports().unwrap();
     let mut server_args: Vec<String> = vec![
         "server".into(),
         "-t".into(),

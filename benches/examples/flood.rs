@@ -56,7 +56,7 @@
 //! ```
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::net::{SocketAddr, TcpStream as StdStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -111,10 +111,6 @@ fn spawn(mut cmd: Command) -> Kill {
     let child = cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
     CHILDREN.lock().unwrap().push(child.id());
     Kill(child)
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Raises this process's open-file limit to its hard limit; the new soft
@@ -545,7 +541,7 @@ fn main() {
     let cap_said = cap_line.find("at most ").map_or(cap_line.as_str(), |i| &cap_line[i..]).to_string();
 
     // The real client.
-    let tunnel_port = free_port();
+    let [tunnel_port] = water_bench::free_ports().unwrap();
     let mut cmd = Command::new("ss-tunnel");
     cmd.args(["-s", "127.0.0.1", "-p", &server_addr.port().to_string(), "-b", "127.0.0.1"])
         .args(["-l", &tunnel_port.to_string(), "-k", PASSWORD, "-m", METHOD, "-L", &fwd, "-t", "300"])

@@ -19,7 +19,7 @@
 //! `cargo run --release -p water-bench --example obfs4_chain -- [MIB] [ROUNDS]`
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -77,10 +77,6 @@ fn obfs4proxy(
     // Go programs die of SIGPIPE writing to a closed stdout.
     std::thread::spawn(move || while matches!(out.read(&mut [0u8; 512]), Ok(1..)) {});
     (Pt(child, stdin), found)
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// obfs4proxy's `obfs4_state.json` as `key=value` lines.
@@ -170,7 +166,7 @@ fn main() -> std::io::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let echo = echo_server().await?;
-        let port = free_port();
+        let [port] = water_bench::free_ports().unwrap();
         let (_bridge, cert) = obfs4proxy(
             &dir,
             &[

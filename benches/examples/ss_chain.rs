@@ -24,7 +24,7 @@
 //!
 //! `cargo run --release -p water-bench --example ss_chain -- [METHOD] [MIB] [ROUNDS]`
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,10 +41,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn libev(program: &str, args: &[&str], port: u16) -> Kill {
@@ -167,7 +163,7 @@ fn main() -> std::io::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let echo = echo_server().await?;
-        let server_port = free_port();
+        let [server_port] = water_bench::free_ports().unwrap();
         let sp = server_port.to_string();
         let _server = libev(
             "ss-server",
@@ -175,7 +171,7 @@ fn main() -> std::io::Result<()> {
             server_port,
         );
         let tunnel = |to: u16| {
-            let port = free_port();
+            let [port] = water_bench::free_ports().unwrap();
             let (l, to, fwd) = (port.to_string(), to.to_string(), echo.to_string());
             let k = libev(
                 "ss-tunnel",

@@ -248,3 +248,46 @@ pub fn median(mut d: Vec<Duration>) -> Duration {
     d.sort();
     d[d.len() / 2]
 }
+
+/// `N` distinct ports free on 127.0.0.1 now, for child programs that take
+/// a port number and not 0, chosen from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`).
+///
+/// A port the kernel chose (`bind(:0)`) and we let go of is one it may
+/// hand to any program's next `bind(:0)` or outgoing connection before the
+/// child binds it: the child then fails to bind, and whoever took the port
+/// answers in its place (CI, 2026-12-03: a test's `ss-server`). Below the
+/// range only an explicit bind takes a port. Each is held while the others
+/// are found, then all are released; the search starts somewhere new each
+/// call, so a caller handing out many (the CLI's tests) still checks for
+/// repeats.
+pub fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let first = low.saturating_sub(10_000).max(1_024);
+    let span = u32::from(low.saturating_sub(first)).max(1);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let start = (seed.subsec_nanos() ^ std::process::id()) % span;
+    let mut held = Vec::with_capacity(N);
+    for i in 0..span {
+        if held.len() == N {
+            break;
+        }
+        let port = first + ((start + i) % span) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    // A machine whose range starts too low to leave room: the kernel's
+    // choice, as a last resort.
+    while held.len() < N {
+        held.push(std::net::TcpListener::bind("127.0.0.1:0")?);
+    }
+    let mut ports = [0u16; N];
+    for (port, l) in ports.iter_mut().zip(&held) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
+}

@@ -563,45 +563,6 @@ fn on_path(program: &str) -> bool {
     })
 }
 
-/// `N` distinct ports free on 127.0.0.1 for children to bind, from below
-/// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`). A port
-/// the kernel chose for us (`bind(:0)`) and we let go of is one it may
-/// hand to any program's next `bind(:0)` or outgoing connection before the
-/// child binds it: the child would fail to start and the bench measure
-/// whatever took the port. Below the range only an explicit bind takes a
-/// port. Each is held while the others are found, then all are released.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let first = low.saturating_sub(10_000).max(1_024);
-    let span = u32::from(low.saturating_sub(first)).max(1);
-    // Somewhere in the span, different for each run.
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let start = (seed.subsec_nanos() ^ std::process::id()) % span;
-    let mut held = Vec::with_capacity(N);
-    for i in 0..span {
-        let port = first + ((start + i) % span) as u16;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            held.push(l);
-            if held.len() == N {
-                break;
-            }
-        }
-    }
-    // A machine whose range starts too low to leave room: the kernel's
-    // choice, as a last resort.
-    while held.len() < N {
-        held.push(std::net::TcpListener::bind("127.0.0.1:0")?);
-    }
-    let mut ports = [0u16; N];
-    for (port, l) in ports.iter_mut().zip(&held) {
-        *port = l.local_addr()?.port();
-    }
-    Ok(ports)
-}
-
 /// A JSON string literal.
 fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
@@ -639,7 +600,7 @@ async fn start_libev(
     }
     let dir = private_dir()?;
     let _remove = RemoveOnDrop(dir.clone());
-    let [server_port, tunnel_port] = free_ports()?;
+    let [server_port, tunnel_port] = water_bench::free_ports()?;
     let common = format!(
         r#""server":"127.0.0.1","server_port":{server_port},"password":{},"method":{},"timeout":60"#,
         json_str(password),

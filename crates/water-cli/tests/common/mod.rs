@@ -260,39 +260,21 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A free loopback port, for programs that take a port and not 0: free
-/// when given, and never given twice in one process.
-///
-/// Taken from below the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`), never from `bind(:0)`. A port the
-/// kernel chose and this function let go of is one it hands out again to
-/// the next `bind(:0)` or outgoing connection anywhere on the machine —
-/// the `water` processes of tests running beside this one listen on
-/// `127.0.0.1:0` — in the moment before the child binds it. The child
-/// then fails to bind, the test finds the port listening and talks to
-/// whatever took it, which goes away later (CI, stop 29: an `ss-server`
-/// "refusing" probes). Below the range, only an explicit bind can take a
-/// port, and those in the tests all come from here.
+/// A free loopback port, for programs that take a port and not 0: from
+/// below the kernel's ephemeral range, where no `bind(:0)` of a test
+/// beside this one can take it before the child binds it
+/// ([`water_bench::free_ports`]), and never the same port twice in one
+/// process.
 pub fn free_port() -> u16 {
-    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
-    let (low, high) = ephemeral_range();
-    // Up to 10,000 ports under the range, or above it if the range starts
-    // too low to leave room; the start differs by process so that two
-    // test binaries run at once by hand rarely probe the same ports.
-    let (first, end) = if low >= 11_024 { (low - 10_000, low) } else { (high + 1, 65_535) };
-    let span = u32::from(end - first);
-    assert!(span > 100, "no room outside the ephemeral range {low}-{high} for test ports");
-    let mut next = NEXT.lock().unwrap();
-    let mut at = next.unwrap_or_else(|| (std::process::id() * 7919 % span) as u16);
-    for _ in 0..span {
-        let port = first + at;
-        at = (at + 1) % span as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            *next = Some(at);
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let [port] = water_bench::free_ports().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
             return port;
         }
     }
-    panic!("no free loopback port in {first}-{end}");
 }
 
 /// An address on loopback that refuses connections for as long as the
@@ -304,17 +286,6 @@ pub fn refusing_addr() -> (socket2::Socket, SocketAddr) {
     s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
     let addr = s.local_addr().unwrap().as_socket().unwrap();
     (s, addr)
-}
-
-/// The kernel's ephemeral port range, or Linux's default if it cannot be
-/// read.
-fn ephemeral_range() -> (u16, u16) {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    let mut it = text.split_whitespace().filter_map(|w| w.parse::<u16>().ok());
-    match (it.next(), it.next()) {
-        (Some(low), Some(high)) if low <= high => (low, high),
-        _ => (32_768, 60_999),
-    }
 }
 
 /// A thread-per-connection service on loopback: `each` runs on every
